@@ -1,0 +1,38 @@
+# Quick start:  make demo   (install + run the main job)     make test   (install + run the tests)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c $(LOCK)
+# Sharding tests run on 8 fake CPU devices; the suite runs on as many workers as cores.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu MPLBACKEND=Agg
+PYTEST_ARGS ?= -n auto --dist loadfile
+
+.PHONY: demo test install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: $(BIN)/python $(LOCK) pyproject.toml
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
+	$(PIP) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+## The main job on its embedded default: CLIP vs MaMMUT on the paper's published results.
+demo: $(VENV)/.runtime
+	MPLBACKEND=Agg $(BIN)/vlscale compare --out runs/demo
+
+test: $(VENV)/.test
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+bench: $(VENV)/.test
+	$(BIN)/python bench/fit_speed.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

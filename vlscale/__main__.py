@@ -1,0 +1,5 @@
+import sys
+
+from vlscale.cli import main
+
+sys.exit(main())
