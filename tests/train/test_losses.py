@@ -1,0 +1,129 @@
+"""Losses against straightforward numpy loops and hand-checkable values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlscale.train import losses
+
+
+def _np_log_softmax(row):
+    row = np.asarray(row, np.float64)
+    m = row.max()
+    return row - (m + np.log(np.exp(row - m).sum()))
+
+
+def _np_clip_loss(img, txt, scale):
+    logits = scale * np.asarray(img, np.float64) @ np.asarray(txt, np.float64).T
+    n = logits.shape[0]
+    i2t = [-_np_log_softmax(logits[i])[i] for i in range(n)]
+    t2i = [-_np_log_softmax(logits[:, j])[j] for j in range(n)]
+    return 0.5 * (np.mean(i2t) + np.mean(t2i))
+
+
+def _np_caption_loss(logits, labels, pad_id=0):
+    total, count = 0.0, 0
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1]):
+            if labels[b, t] == pad_id:
+                continue
+            total -= _np_log_softmax(logits[b, t])[labels[b, t]]
+            count += 1
+    return total / count
+
+
+def _normalised(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_clip_loss_matches_numpy(rng):
+    img = _normalised(rng.normal(size=(7, 16))).astype(np.float32)
+    txt = _normalised(rng.normal(size=(7, 16))).astype(np.float32)
+    got = float(losses.clip_loss(img, txt, jnp.float32(14.3)))
+    assert got == pytest.approx(_np_clip_loss(img, txt, 14.3), rel=1e-5)
+
+
+def test_clip_loss_is_symmetric_in_its_two_directions(rng):
+    img = _normalised(rng.normal(size=(5, 8))).astype(np.float32)
+    txt = _normalised(rng.normal(size=(5, 8))).astype(np.float32)
+    assert float(losses.clip_loss(img, txt, 3.0)) == pytest.approx(float(losses.clip_loss(txt, img, 3.0)), rel=1e-6)
+
+
+def test_clip_loss_hand_values():
+    eye = np.eye(4, dtype=np.float32)
+    # Identical features, scale 0: every row is uniform over 4 candidates -> log 4.
+    assert float(losses.clip_loss(eye, eye, 0.0)) == pytest.approx(math.log(4), rel=1e-6)
+    # Orthonormal matched pairs at scale s: -log(e^s / (e^s + 3)).
+    s = 5.0
+    assert float(losses.clip_loss(eye, eye, s)) == pytest.approx(-math.log(math.exp(s) / (math.exp(s) + 3)), rel=1e-6)
+
+
+def test_caption_loss_matches_numpy_and_ignores_pad(rng):
+    logits = rng.normal(size=(3, 6, 50)).astype(np.float32) * 3
+    labels = rng.integers(1, 50, size=(3, 6))
+    labels[0, 4:] = 0
+    labels[2, 1:] = 0
+    labels[1, 2] = 0  # a '!' (id 0) mid-caption is skipped as well
+    got = float(losses.caption_loss(logits, labels))
+    assert got == pytest.approx(_np_caption_loss(logits, labels), rel=1e-5)
+    # Changing logits at ignored positions leaves the loss unchanged.
+    logits2 = logits.copy()
+    logits2[2, 1:] += rng.normal(size=logits2[2, 1:].shape).astype(np.float32) * 10
+    assert float(losses.caption_loss(logits2, labels)) == pytest.approx(got, rel=1e-6)
+
+
+def test_caption_loss_uniform_logits_is_log_vocab():
+    labels = np.array([[5, 9, 0, 0], [3, 0, 0, 0]])
+    assert float(losses.caption_loss(np.zeros((2, 4, 49408), np.float32), labels)) == pytest.approx(
+        math.log(49408), rel=1e-6
+    )
+
+
+def test_caption_loss_all_pad_is_zero_not_nan():
+    assert float(losses.caption_loss(np.ones((1, 3, 7), np.float32), np.zeros((1, 3), np.int32))) == 0.0
+
+
+def test_caption_loss_in_bf16_is_computed_in_fp32(rng):
+    logits = rng.normal(size=(2, 5, 40)).astype(np.float32)
+    labels = rng.integers(1, 40, size=(2, 5))
+    got = losses.caption_loss(jnp.asarray(logits, jnp.bfloat16), labels)
+    assert got.dtype == jnp.float32
+    rounded = np.asarray(jnp.asarray(logits, jnp.bfloat16).astype(jnp.float32))
+    assert float(got) == pytest.approx(_np_caption_loss(rounded, labels), rel=1e-5)
+
+
+def test_mammut_loss_weights_one_and_two(rng):
+    img = _normalised(rng.normal(size=(4, 8))).astype(np.float32)
+    txt = _normalised(rng.normal(size=(4, 8))).astype(np.float32)
+    logits = rng.normal(size=(4, 5, 30)).astype(np.float32)
+    labels = rng.integers(0, 30, size=(4, 5))
+    out = dict(image_features=img, text_features=txt, logit_scale=jnp.float32(10.0), logits=logits, labels=labels)
+    total, parts = losses.mammut_loss(out)
+    c, cap = _np_clip_loss(img, txt, 10.0), _np_caption_loss(logits, labels)
+    assert float(parts["clip_loss"]) == pytest.approx(c, rel=1e-5)
+    assert float(parts["caption_loss"]) == pytest.approx(cap, rel=1e-5)
+    assert float(total) == pytest.approx(1.0 * c + 2.0 * cap, rel=1e-5)
+    # Captioning-only runs ("cap") drop the contrastive term entirely.
+    cap_total, cap_parts = losses.mammut_loss(out, clip_weight=0.0)
+    assert set(cap_parts) == {"caption_loss"}
+    assert float(cap_total) == pytest.approx(2.0 * cap, rel=1e-5)
+    # model_loss dispatches on the output's keys.
+    assert float(losses.model_loss(out)[0]) == pytest.approx(float(total), rel=1e-7)
+    clip_out = dict(image_features=img, text_features=txt, logit_scale=10.0)
+    assert float(losses.model_loss(clip_out)[0]) == pytest.approx(c, rel=1e-5)
+
+
+def test_losses_are_differentiable_and_jittable(rng):
+    img = jnp.asarray(_normalised(rng.normal(size=(4, 8))), jnp.float32)
+    txt = jnp.asarray(_normalised(rng.normal(size=(4, 8))), jnp.float32)
+    g = jax.jit(jax.grad(lambda s: losses.clip_loss(img, txt, s)))(jnp.float32(2.0))
+    # d/ds of the loss at the diagonal-dominant optimum direction is finite and non-zero.
+    assert np.isfinite(float(g)) and float(g) != 0.0
