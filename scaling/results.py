@@ -1,0 +1,355 @@
+"""The results table: its schema, loading, validation, selection and the error rate.
+
+This module is the single source of truth for the table every scaling-law tool reads and our evaluation code
+writes: one row per evaluated checkpoint, long format, the same columns as the paper's published table
+(``laion_scaling_results.csv``, see ``../shared/data/README.md``).
+
+Required columns (``REQUIRED_COLUMNS``):
+
+============================ =====================================================================================
+``pretrain_dataset``         pre-training data, e.g. ``datacomp_1b``, ``relaion2b-en``
+``lr_scheduler``             ``cosine``, ``const``, ...
+``downstream_dataset``       the benchmark, e.g. ``imagenet1k``, ``mscoco_captions``
+``metric``                   e.g. ``acc1``, ``image_retrieval_recall@5``, ``contrastive_loss``
+``model_type``               model family: ``clip``, ``mammut``, ``siglip``, ``coca``
+``model``                    architecture, e.g. ``ViT-B-32``
+``samples_seen``             nominal samples seen (the scale of the run)
+``gflops_per_sample``        forward GFLOPs per sample of image + text tower (the paper's model cost)
+``compute_gflops``           ``gflops_per_sample * samples_seen`` (nominal)
+``value``                    the metric; a fraction in [0, 1] for accuracies/recalls/mIoU, raw for losses
+============================ =====================================================================================
+
+Optional columns (``OPTIONAL_COLUMNS``): ``samples_seen_actual`` and ``compute_gflops_actual`` (what the runs really
+saw; the paper's ``gflops_total``), ``lr``, ``global_batch_size``, ``warmup``, ``run`` and ``step``. Rows that differ
+only in these run columns are different checkpoints; rows equal in all identity columns are duplicates.
+
+Errors found here are ``ResultsError`` (a ``UserError``): one line naming the column or row and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vlscale.errors import UserError
+
+REQUIRED_COLUMNS = (
+    "pretrain_dataset",
+    "lr_scheduler",
+    "downstream_dataset",
+    "metric",
+    "model_type",
+    "model",
+    "samples_seen",
+    "gflops_per_sample",
+    "compute_gflops",
+    "value",
+)
+OPTIONAL_COLUMNS = (
+    "samples_seen_actual",
+    "compute_gflops_actual",
+    "lr",
+    "global_batch_size",
+    "warmup",
+    "run",
+    "step",
+)
+TEXT_COLUMNS = ("pretrain_dataset", "lr_scheduler", "downstream_dataset", "metric", "model_type", "model")
+# Columns that must be strictly positive numbers (compute axes and their factors).
+POSITIVE_COLUMNS = ("samples_seen", "gflops_per_sample", "compute_gflops", "samples_seen_actual", "compute_gflops_actual")
+NUMERIC_COLUMNS = POSITIVE_COLUMNS + ("value", "lr", "global_batch_size", "warmup", "step")
+# Together these name one evaluated checkpoint; two rows equal in all of them are duplicates.
+IDENTITY_COLUMNS = TEXT_COLUMNS + ("samples_seen", "lr", "global_batch_size", "warmup", "run", "step")
+# Compute axes a fit may use (x).
+COMPUTE_COLUMNS = ("compute_gflops_actual", "compute_gflops", "samples_seen_actual", "samples_seen")
+
+# Metrics whose value is a score in [0, 1] (higher is better): the error is 1 - value.
+ACCURACY_METRIC_PATTERN = re.compile(r"(acc|recall|iou|precision|map|f1|auc)", re.IGNORECASE)
+# Metrics that are already errors/losses (lower is better): the error is the value itself.
+LOSS_METRIC_PATTERN = re.compile(r"(loss|perplexity|error|nll)", re.IGNORECASE)
+
+# The paper's main metric per benchmark (scaling_laws/constants.py `metric_map` of the paper's code).
+DEFAULT_METRIC = {
+    "imagenet1k": "acc1",
+    "mscoco_captions": "image_retrieval_recall@5",
+    "datacomp_classification": "acc1",
+    "imagenet_distribution_shift": "acc1",
+    "ade20k": "miou",
+}
+
+# Paper settings (Nezhurina et al. 2025, scripts/fig1.sh): samples seen up to 1e10, compute from 1e6 GFLOPs.
+PAPER_MAX_SAMPLES_SEEN = 1e10
+PAPER_MIN_COMPUTE = 1e6
+
+
+class ResultsError(UserError):
+    """A results table that cannot be used as given (bad file, column, row or selection)."""
+
+
+def metric_kind(metric: str) -> str:
+    """``"accuracy"`` (error = 1 - value) or ``"loss"`` (error = value); losses win on names like ``acc_loss``."""
+    if LOSS_METRIC_PATTERN.search(metric):
+        return "loss"
+    if ACCURACY_METRIC_PATTERN.search(metric):
+        return "accuracy"
+    raise ResultsError(
+        f"metric {metric!r} is neither an accuracy-like score (acc/recall/iou/...) nor a loss; "
+        "rename it (e.g. add '_loss' or '_acc') so the error rate is well defined"
+    )
+
+
+def error_rate(values: np.ndarray | pd.Series, metric: str) -> np.ndarray:
+    """The quantity scaling laws fit: 1 - value for scores, the value itself for losses."""
+    v = np.asarray(values, dtype=np.float64)
+    return 1.0 - v if metric_kind(metric) == "accuracy" else v
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Reads a CSV or parquet results table and validates it (``validate_results``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ResultsError(f"results table {p} does not exist; pass the path of a CSV or parquet file")
+    suffixes = "".join(p.suffixes).lower()
+    try:
+        if suffixes.endswith((".parquet", ".pq")):
+            df = pd.read_parquet(p)
+        elif suffixes.endswith((".csv", ".csv.gz", ".tsv")):
+            df = pd.read_csv(p, sep="\t" if ".tsv" in suffixes else ",")
+        else:
+            raise ResultsError(f"results table {p} is neither .csv nor .parquet; convert it or rename it")
+    except ResultsError:
+        raise
+    except Exception as e:  # parser errors from pandas/pyarrow: say which file, in one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ResultsError(f"could not read results table {p}: {msg}") from None
+    return validate_results(df, source=str(p))
+
+
+def _row_label(df: pd.DataFrame, i: int, source: str | None) -> str:
+    """Names row i the way a user finds it: the file line for CSVs (header is line 1), else the 0-based row."""
+    if source and source.lower().endswith((".csv", ".csv.gz", ".tsv")):
+        return f"line {i + 2} of {source}"
+    return f"row {i}" + (f" of {source}" if source else "")
+
+
+def validate_results(df: pd.DataFrame, *, source: str | None = None) -> pd.DataFrame:
+    """Checks the schema and values; returns a clean copy (numeric dtypes, fresh 0..n-1 index).
+
+    Raises ``ResultsError`` for a missing column, a non-numeric or NaN entry, non-positive compute, an accuracy
+    outside [0, 1] or duplicate rows, naming the column/row and what to do.
+    """
+    where = f" in {source}" if source else ""
+    if not isinstance(df, pd.DataFrame):
+        raise ResultsError(f"expected a pandas DataFrame of results, got {type(df).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"results table{where} lacks column(s) {', '.join(missing)}; required columns are "
+            f"{', '.join(REQUIRED_COLUMNS)}"
+        )
+    if len(df) == 0:
+        raise ResultsError(f"results table{where} has no rows")
+    df = df.reset_index(drop=True).copy()
+    for col in TEXT_COLUMNS:
+        bad = df[col].isna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ResultsError(f"column {col} is empty at {_row_label(df, i, source)}; fill it in or drop the row")
+        df[col] = df[col].astype(str)
+    for col in NUMERIC_COLUMNS:
+        if col not in df.columns:
+            continue
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad_text = num.isna() & df[col].notna()
+        if bad_text.any():
+            i = int(np.flatnonzero(bad_text.to_numpy())[0])
+            raise ResultsError(
+                f"column {col} holds non-number {df[col].iloc[i]!r} at {_row_label(df, i, source)}; "
+                "write plain numbers like 1.28e9"
+            )
+        optional = col in OPTIONAL_COLUMNS
+        if num.isna().any() and not (optional and col in ("lr", "global_batch_size", "warmup", "step")):
+            i = int(np.flatnonzero(num.isna().to_numpy())[0])
+            raise ResultsError(
+                f"column {col} is NaN at {_row_label(df, i, source)}; fill it in or drop the row"
+            )
+        df[col] = num.astype(np.float64)
+        if col in POSITIVE_COLUMNS:
+            bad = ~(num > 0) & num.notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise ResultsError(
+                    f"column {col} must be > 0 but is {num.iloc[i]:g} at {_row_label(df, i, source)}; "
+                    "fix the compute/samples of that row or drop it"
+                )
+        if not np.isfinite(num.dropna().to_numpy()).all():
+            i = int(np.flatnonzero(~np.isfinite(num.fillna(0).to_numpy()))[0])
+            raise ResultsError(f"column {col} is infinite at {_row_label(df, i, source)}; fix or drop the row")
+    kinds = {m: metric_kind(m) for m in df["metric"].unique()}
+    is_acc = df["metric"].map(kinds).eq("accuracy").to_numpy()
+    v = df["value"].to_numpy()
+    out = is_acc & ((v < 0) | (v > 1))
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        hint = " (looks like a percentage: divide by 100)" if 1 < v[i] <= 100 else ""
+        raise ResultsError(
+            f"value {v[i]:g} of accuracy metric {df['metric'].iloc[i]} is outside [0, 1] at "
+            f"{_row_label(df, i, source)}{hint}"
+        )
+    ident = [c for c in IDENTITY_COLUMNS if c in df.columns]
+    later = np.flatnonzero(df.duplicated(subset=ident, keep="first").to_numpy())
+    if len(later):
+        second = int(later[0])
+        keys = pd.util.hash_pandas_object(df[ident], index=False).to_numpy()
+        first = int(np.flatnonzero(keys == keys[second])[0])
+        raise ResultsError(
+            f"duplicate rows: {_row_label(df, first, source)} and {_row_label(df, second, None)} are the same "
+            f"checkpoint ({df['model_type'].iloc[first]} {df['model'].iloc[first]}, "
+            f"{df['samples_seen'].iloc[first]:g} samples, {df['downstream_dataset'].iloc[first]} "
+            f"{df['metric'].iloc[first]}); drop one, or add a 'run'/'step' column that tells them apart"
+        )
+    return df
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows of a results table one fit uses. ``None`` means "no filter" for that field.
+
+    ``model_types``/``models`` keep rows of those families/architectures; ``min_compute``/``max_compute`` drop rows
+    (on the ``x`` axis) before the frontier is built; ``max_samples_seen`` uses the actual samples when the table has
+    them (the paper's ``total_samples_seen``).
+    """
+
+    downstream_dataset: str | None = None
+    metric: str | None = None
+    pretrain_dataset: str | None = None
+    lr_scheduler: str | None = None
+    model_types: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    min_compute: float | None = None
+    max_compute: float | None = None
+    max_samples_seen: float | None = None
+    x: str = "compute_gflops_actual"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("model_types", "models"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    def label(self) -> str:
+        """Short human label, e.g. ``imagenet1k acc1 · datacomp_1b · cosine``."""
+        parts = [p for p in (self.downstream_dataset, self.metric) if p]
+        head = " ".join(parts) or "all benchmarks"
+        rest = [p for p in (self.pretrain_dataset, self.lr_scheduler) if p]
+        return " · ".join([head, *rest])
+
+
+def _one_value(df: pd.DataFrame, col: str, flag: str) -> str:
+    vals = sorted(df[col].unique())
+    if len(vals) != 1:
+        raise ResultsError(
+            f"the selection mixes several {col} values ({', '.join(vals)}); choose one with {flag}"
+        )
+    return vals[0]
+
+
+def _filter_eq(df: pd.DataFrame, col: str, wanted: Iterable[str] | str | None, flag: str) -> pd.DataFrame:
+    if wanted is None:
+        return df
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    have = set(df[col].unique())
+    unknown = [w for w in wanted if w not in have]
+    if unknown:
+        raise ResultsError(
+            f"{flag} {','.join(unknown)} not found in column {col}; available here: {', '.join(sorted(have)) or 'none'}"
+        )
+    return df[df[col].isin(wanted)]
+
+
+def resolve_metric(df: pd.DataFrame, downstream_dataset: str | None, metric: str | None) -> str | None:
+    """The metric to use: the given one, the only one present, or the paper's default for the benchmark."""
+    if metric is not None:
+        return metric
+    sub = df if downstream_dataset is None else df[df["downstream_dataset"] == downstream_dataset]
+    present = sorted(sub["metric"].unique())
+    if len(present) == 1:
+        return present[0]
+    default = DEFAULT_METRIC.get(downstream_dataset or "")
+    if default in present:
+        return default
+    return None
+
+
+def select(df: pd.DataFrame, sel: Selection) -> pd.DataFrame:
+    """Rows of a validated table that ``sel`` keeps, with two added columns: ``x`` (compute axis) and ``error``.
+
+    Raises ``ResultsError`` when the selection is empty, ambiguous (several benchmarks/metrics/datasets/schedulers
+    left) or names a value or column the table does not have.
+    """
+    if sel.x not in df.columns:
+        alt = [c for c in COMPUTE_COLUMNS if c in df.columns]
+        raise ResultsError(
+            f"compute column {sel.x} is not in the results table; use --x with one of {', '.join(alt)}"
+        )
+    out = df
+    out = _filter_eq(out, "downstream_dataset", sel.downstream_dataset, "--benchmark")
+    metric = resolve_metric(out, sel.downstream_dataset, sel.metric)
+    out = _filter_eq(out, "metric", metric, "--metric")
+    out = _filter_eq(out, "pretrain_dataset", sel.pretrain_dataset, "--pretrain-dataset")
+    out = _filter_eq(out, "lr_scheduler", sel.lr_scheduler, "--lr-scheduler")
+    out = _filter_eq(out, "model_type", sel.model_types, "--model-types")
+    out = _filter_eq(out, "model", sel.models, "--models")
+    for col, flag in (
+        ("downstream_dataset", "--benchmark"),
+        ("metric", "--metric"),
+        ("pretrain_dataset", "--pretrain-dataset"),
+        ("lr_scheduler", "--lr-scheduler"),
+    ):
+        _one_value(out, col, flag)
+    x = out[sel.x].to_numpy()
+    keep = np.ones(len(out), dtype=bool)
+    if sel.min_compute is not None:
+        keep &= x >= sel.min_compute
+    if sel.max_compute is not None:
+        keep &= x <= sel.max_compute
+    if sel.max_samples_seen is not None:
+        samples_col = "samples_seen_actual" if "samples_seen_actual" in out.columns else "samples_seen"
+        keep &= out[samples_col].to_numpy() <= sel.max_samples_seen
+    out = out[keep]
+    if len(out) == 0:
+        raise ResultsError(
+            f"no rows left for {sel.label()} after the compute/samples limits; widen --min-compute/--max-compute/"
+            "--max-samples-seen"
+        )
+    out = out.copy()
+    out["x"] = out[sel.x].astype(np.float64)
+    out["error"] = error_rate(out["value"], out["metric"].iloc[0])
+    return out
+
+
+def parse_float_list(text: str | Sequence[float] | None) -> tuple[float, ...]:
+    """``"2.14e12,2.59e12"`` -> ``(2.14e12, 2.59e12)``; a bad item raises ResultsError naming it."""
+    if text is None:
+        return ()
+    if not isinstance(text, str):
+        return tuple(float(t) for t in text)
+    out = []
+    for item in text.replace(" ", ",").split(","):
+        if not item:
+            continue
+        try:
+            v = float(item)
+        except ValueError:
+            raise ResultsError(f"{item!r} is not a number; give compute values like 2.14e12,2.59e12") from None
+        if not math.isfinite(v) or v <= 0:
+            raise ResultsError(f"compute value {item} must be a positive finite number")
+        out.append(v)
+    return tuple(out)
