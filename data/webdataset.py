@@ -1,0 +1,255 @@
+"""Webdataset tar shards: a sequential per-shard reader, a checkpointable shard interleaver, and a writer.
+
+The format is what img2dataset writes for LAION, DataComp and DFN: consecutive tar members that share
+a key (the file name up to its first dot) form one sample, e.g. ``000123.jpg`` + ``000123.txt`` +
+``000123.json``. Grain has no tar reader, so this module streams shards directly instead of converting
+them to ArrayRecord: reading is sequential and costs a small fraction of JPEG decoding (see
+docs/data.md for the measurement), so a conversion pass would buy little and double the disk.
+
+The reader never raises on bad input. A shard that cannot be opened or a tar that ends mid-member
+yields a record ``{"__bad__": reason, ...}`` which the decode stage counts (see ``samples.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BAD_KEY = "__bad__"
+# Reasons a reader emits itself; decode-time reasons live in samples.py.
+UNREADABLE_SHARD = "unreadable_shard"
+TRUNCATED_TAR = "truncated_tar"
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``); the extension is everything after the first dot."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{head}/{stem}" if head else stem
+    return key, ext.lower() if dot else ""
+
+
+def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """Yields the samples of one shard in order, after skipping the first ``skip`` records.
+
+    Each record is ``{"__key__", "__url__", ext: bytes, ...}`` or a bad record. Every yielded record
+    (good or bad) counts as one toward ``skip``, so a position saved as "records yielded" resumes exactly.
+    """
+    emitted = 0
+
+    def emit(record):
+        nonlocal emitted
+        emitted += 1
+        return emitted > skip
+
+    try:
+        tar = tarfile.open(path, mode="r:")
+    except (OSError, tarfile.TarError, EOFError) as e:
+        log.warning("skipping shard %s: cannot open it (%s)", path, e)
+        rec = {BAD_KEY: UNREADABLE_SHARD, "__url__": path, "__key__": ""}
+        if emit(rec):
+            yield rec
+        return
+    with tar:
+        current: dict[str, Any] | None = None
+        while True:
+            try:
+                member = tar.next()
+                if member is None:
+                    break
+                if not member.isfile():
+                    continue
+                key, ext = split_member_name(member.name)
+                # Skipped records are not read: only their headers are parsed, data is seeked over.
+                payload = None
+                if emitted >= skip:
+                    payload = tar.extractfile(member).read()
+            except (OSError, tarfile.TarError, EOFError) as e:
+                log.warning("shard %s ends early (%s); later samples in it are lost", path, e)
+                if current is not None and emit(current):
+                    yield current
+                rec = {BAD_KEY: TRUNCATED_TAR, "__url__": path, "__key__": current["__key__"] if current else ""}
+                if emit(rec):
+                    yield rec
+                return
+            if current is not None and current["__key__"] != key:
+                if emit(current):
+                    yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": path}
+            if ext:
+                current[ext] = payload
+        if current is not None and emit(current):
+            yield current
+
+
+def write_tar_sample(tar: tarfile.TarFile, key: str, fields: Mapping[str, bytes | str]) -> None:
+    """Appends one sample (``key.ext`` members) with fixed metadata so equal inputs give equal bytes."""
+    for ext, value in fields.items():
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uname = info.gname = "vlscale"
+        tar.addfile(info, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Writes samples into ``pattern % shard_index`` tar files, ``samples_per_shard`` to a shard."""
+
+    def __init__(self, pattern: str, samples_per_shard: int):
+        if "%" not in pattern:
+            raise ValueError(f"shard pattern {pattern!r} needs a %-format for the shard index, e.g. 'out/%05d.tar'")
+        self.pattern = pattern
+        self.samples_per_shard = samples_per_shard
+        self.paths: list[str] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def write(self, key: str, fields: Mapping[str, bytes | str]) -> None:
+        if self._tar is None or self._count >= self.samples_per_shard:
+            self._roll()
+        write_tar_sample(self._tar, key, fields)
+        self._count += 1
+
+    def _roll(self) -> None:
+        self.close()
+        path = self.pattern % len(self.paths)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        # Write to a temporary name and rename, so a crash never leaves a plausible-looking partial shard.
+        self._tar = tarfile.open(path + ".tmp", mode="w", format=tarfile.USTAR_FORMAT)
+        self.paths.append(path)
+        self._count = 0
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            os.replace(self.paths[-1] + ".tmp", self.paths[-1])
+            self._tar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order shards are opened in during ``epoch``: a fresh permutation per epoch, fixed by the seed."""
+    if not shuffle:
+        return np.arange(num_shards)
+    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(num_shards)
+
+
+class ShardInterleaveIterDataset(grain.IterDataset):
+    """Streams samples from tar shards: ``cycle_length`` shards open at once, read round-robin.
+
+    Shards are visited as one endless sequence of positions ``p`` (epoch ``p // n``, shard
+    ``order(epoch)[p % n]``), so epochs follow each other without a drain. The iterator state is a
+    few integers (next position, each open slot's position and records read, round-robin pointer),
+    which makes it JSON-serialisable and exact: restoring reopens the slots' shards and skips the
+    records already read.
+
+    ``set_slice`` lets grain's ``mp_prefetch`` hand each worker process its own subset of shards.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        cycle_length: int = 4,
+        num_epochs: int | None = None,
+    ):
+        super().__init__()
+        self._shards = list(shards)
+        self._seed = seed
+        self._shuffle = shuffle
+        self._cycle_length = max(1, cycle_length)
+        self._num_epochs = num_epochs
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        del sequential_slice  # Shards are already the unit of locality.
+        self._shards = self._shards[sl]
+
+    @property
+    def shards(self) -> list[str]:
+        return list(self._shards)
+
+    def __iter__(self) -> "_ShardInterleaveIterator":
+        return _ShardInterleaveIterator(self)
+
+    def __str__(self) -> str:
+        return f"ShardInterleaveIterDataset(num_shards={len(self._shards)}, cycle_length={self._cycle_length})"
+
+
+class _ShardInterleaveIterator(grain.DatasetIterator):
+    def __init__(self, ds: ShardInterleaveIterDataset):
+        super().__init__()
+        self._ds = ds
+        self._n = len(ds._shards)
+        self._orders: dict[int, np.ndarray] = {}
+        self._set_positions(next_pos=0, slots=[], rr=0)
+
+    def _total_positions(self) -> float:
+        return float("inf") if self._ds._num_epochs is None else self._n * self._ds._num_epochs
+
+    def _shard_at(self, pos: int) -> str:
+        epoch, i = divmod(pos, self._n)
+        if epoch not in self._orders:
+            self._orders = {epoch: shard_order(self._n, self._ds._seed, epoch, self._ds._shuffle)}
+        return self._ds._shards[int(self._orders[epoch][i])]
+
+    def _set_positions(self, next_pos: int, slots: list, rr: int) -> None:
+        self._next_pos = next_pos
+        self._slots = [[int(p), int(off)] for p, off in slots]
+        self._readers = [iter_tar_samples(self._shard_at(p), skip=off) for p, off in self._slots]
+        self._rr = rr
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._slots) < self._ds._cycle_length and self._next_pos < self._total_positions() and self._n:
+            p = self._next_pos
+            self._next_pos += 1
+            self._slots.append([p, 0])
+            self._readers.append(iter_tar_samples(self._shard_at(p)))
+
+    def __next__(self) -> dict[str, Any]:
+        while self._slots:
+            k = self._rr % len(self._slots)
+            try:
+                rec = next(self._readers[k])
+            except StopIteration:
+                # Replace the finished slot in place so the round-robin order of the others is kept.
+                del self._slots[k], self._readers[k]
+                if self._next_pos < self._total_positions() and self._n:
+                    p = self._next_pos
+                    self._next_pos += 1
+                    self._slots.insert(k, [p, 0])
+                    self._readers.insert(k, iter_tar_samples(self._shard_at(p)))
+                continue
+            self._slots[k][1] += 1
+            self._rr = (k + 1) % len(self._slots)
+            return rec
+        raise StopIteration
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_pos": self._next_pos, "slots": [list(s) for s in self._slots], "rr": self._rr}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._set_positions(int(state["next_pos"]), state["slots"], int(state["rr"]))
+
+    def __str__(self) -> str:
+        return f"_ShardInterleaveIterator(next_pos={self._next_pos})"
