@@ -148,6 +148,17 @@ class HeadsOutput(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+# torch F.normalize default eps (reference §1.3).
+NORMALIZE_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, eps: float = NORMALIZE_EPS) -> jax.Array:
+    """``F.normalize(x, dim=-1)``: x / max(||x||, eps), returned in float32 (features feed the fp32 losses)."""
+    x = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
 def causal_mask(length: int) -> jax.Array:
     """Boolean [1, 1, L, L] mask, True where a query may attend (key position <= query position).
 
