@@ -1,0 +1,336 @@
+"""The grain input pipeline: source -> host shard -> shuffle -> repeat -> decode/transform/tokenise ->
+per-host batch -> worker processes -> ``DataIterator`` (bad-sample guard, exact accounting, state) ->
+global arrays on the mesh.
+
+Two source shapes feed the same back half:
+
+* streaming tar shards (``webdataset``): shards are split across hosts (``shards[i::n]``), opened
+  ``cycle_length`` at a time in a per-epoch shuffled order, then mixed by a window shuffle buffer;
+* random-access sources (``synth``, ``tfds``, ``folder``): indices are split across hosts
+  (``ds[i::n]``) and globally permuted per epoch by grain's index shuffle.
+
+Every stage keeps a small, JSON-serialisable iterator state, so a restored pipeline emits exactly the
+batches an uninterrupted run would have (see ``DataIterator.get_state`` and docs/data.md for the layout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import numpy as np
+
+from vlscale.data import samples as samples_lib
+from vlscale.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+DEVICE_KEYS = ("image", "text")  # what goes onto the mesh; bookkeeping stays on the host
+SOURCES = ("synth", "webdataset", "tfds", "folder")
+
+
+def process_index_and_count(config) -> tuple[int, int]:
+    """This host's index and the host count: from the config when set (tests, simulation), else from jax."""
+    pi = config.get("process_index", None)
+    pc = config.get("process_count", None)
+    if pi is None or pc is None:
+        import jax
+
+        pi = jax.process_index() if pi is None else pi
+        pc = jax.process_count() if pc is None else pc
+    return int(pi), int(pc)
+
+
+def per_host_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise UserError(
+            f"global batch size {global_batch_size} does not split over {process_count} hosts; "
+            "choose a multiple of the host count"
+        )
+    return global_batch_size // process_count
+
+
+class DecodeIterDataset(grain.IterDataset):
+    """Decodes, validates, transforms and tokenises records; skips bad ones and counts them.
+
+    Each output element carries ``skipped``: an int32 vector (one slot per ``samples.BAD_REASONS``)
+    of records skipped since the previous good one, so counts survive worker processes and batching.
+    The training augmentation draws its randomness from (seed, records read, record key), which makes it
+    reproducible on resume and different across workers.
+    """
+
+    def __init__(self, parent: grain.IterDataset, *, image_size: int, context_length: int, train: bool,
+                 seed: int, train_scale=(0.9, 1.0), max_consecutive_bad: int = 1000,
+                 warn_interval_s: float = 30.0):
+        super().__init__(parent)
+        self.image_size = image_size
+        self.context_length = context_length
+        self.train = train
+        self.seed = seed
+        self.train_scale = tuple(train_scale)
+        self.max_consecutive_bad = max_consecutive_bad
+        self.warn_interval_s = warn_interval_s
+
+    def __iter__(self):
+        return _DecodeIterator(self, self._parent.__iter__())
+
+    def __str__(self) -> str:
+        return f"DecodeIterDataset(image_size={self.image_size}, train={self.train})"
+
+
+class _DecodeIterator(grain.DatasetIterator):
+    def __init__(self, ds: DecodeIterDataset, parent):
+        super().__init__(parent)
+        from vlscale.models import tokenizer as tokenizer_lib
+        from vlscale.models import transforms
+
+        self._ds = ds
+        self._tokenizer = tokenizer_lib.get_tokenizer(ds.context_length)
+        self._transforms = transforms
+        self._read = 0
+        self._warner = samples_lib.RateLimitedWarner(ds.warn_interval_s)
+
+    def _process(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        image, caption = samples_lib.decode_record(record)
+        try:
+            if self._ds.train:
+                key = f"{record.get('__url__', '')}/{record.get('__key__', '')}".encode()
+                rng = np.random.default_rng([self._ds.seed, self._read, zlib.crc32(key)])
+                pixels = self._transforms.train_transform(image, self._ds.image_size, rng, scale=self._ds.train_scale)
+            else:
+                pixels = self._transforms.eval_transform(image, self._ds.image_size)
+            tokens = self._tokenizer(caption)[0]
+        except Exception as e:  # noqa: BLE001 - one bad sample must not end a multi-day run
+            raise samples_lib.BadSample("transform_error", f"{type(e).__name__}: {e}") from None
+        return {"image": np.asarray(pixels, np.float32), "text": np.asarray(tokens, np.int32)}
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        skipped = np.zeros(len(samples_lib.BAD_REASONS), np.int32)
+        while True:
+            record = next(self._parent)
+            self._read += 1
+            try:
+                out = self._process(record)
+            except samples_lib.BadSample as bad:
+                skipped[samples_lib.REASON_INDEX[bad.reason]] += 1
+                where = f"{record.get('__url__', '')} {record.get('__key__', '')}".strip()
+                self._warner.warn(bad.reason, f"{where} {bad.detail}".strip())
+                if skipped.sum() >= self._ds.max_consecutive_bad:
+                    raise samples_lib.BadDataError(
+                        f"{int(skipped.sum())} records in a row were bad (last: {bad.reason} at {where}); "
+                        "check the data source"
+                    ) from None
+                continue
+            out["skipped"] = skipped
+            return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(), "read": self._read}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._read = int(state["read"])
+
+
+def random_access_records(source, *, process_index: int, process_count: int, seed: int, shuffle: bool,
+                          num_epochs: int | None) -> grain.IterDataset:
+    """A random-access source as a host-sharded, per-epoch shuffled, repeated stream of records."""
+    ds = grain.MapDataset.source(source)
+    if len(ds) < process_count:
+        raise UserError(f"data source has {len(ds)} records, fewer than the {process_count} hosts")
+    ds = ds[process_index::process_count]
+    if shuffle:
+        ds = ds.shuffle(seed)
+    ds = ds.repeat(num_epochs)
+    return ds.to_iter_dataset()
+
+
+def webdataset_records(spec, *, process_index: int, process_count: int, seed: int, shuffle: bool,
+                       num_epochs: int | None, cycle_length: int, shuffle_window: int) -> grain.IterDataset:
+    from vlscale.data import shards as shards_lib
+    from vlscale.data import webdataset
+
+    shard_list = shards_lib.host_shards(shards_lib.expand_shards(spec), process_index, process_count)
+    ds = webdataset.ShardInterleaveIterDataset(shard_list, seed=seed, shuffle=shuffle, cycle_length=cycle_length,
+                                               num_epochs=num_epochs)
+    if shuffle and shuffle_window > 1:
+        ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
+    return ds
+
+
+def source_records(config, process_index: int, process_count: int) -> grain.IterDataset:
+    """The raw record stream for this host, chosen by ``config.source``."""
+    kind = config.source
+    common = dict(process_index=process_index, process_count=process_count, seed=int(config.seed),
+                  num_epochs=config.get("num_epochs", None))
+    if kind == "webdataset":
+        if not config.shards:
+            raise UserError("data.source is 'webdataset' but data.shards is empty; set it to a path, glob or brace range")
+        return webdataset_records(config.shards, shuffle=bool(config.shuffle), cycle_length=int(config.cycle_length),
+                                  shuffle_window=int(config.shuffle_window), **common)
+    if kind == "synth":
+        from vlscale.data import synth
+
+        cfg = synth.SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.synth.knobs.items()})
+        src = synth.SynthSource(cfg, seed=int(config.synth.seed), split=config.synth.split)
+        # Records are i.i.d. draws already; a global permutation of 2**40 indices would add nothing.
+        return random_access_records(src, shuffle=False, **common)
+    if kind == "tfds":
+        from vlscale.data import tfds_source
+
+        src = tfds_source.TfdsCaptionSource(**dict(config.tfds))
+        return random_access_records(src, shuffle=bool(config.shuffle), **common)
+    if kind == "folder":
+        from vlscale.data import folder
+
+        src = folder.FolderCaptionSource(**dict(config.folder))
+        return random_access_records(src, shuffle=bool(config.shuffle), **common)
+    raise UserError(f"unknown data.source {kind!r}; choose one of {', '.join(SOURCES)}")
+
+
+def build_dataset(config, process_index: int, process_count: int) -> grain.IterDataset:
+    """The per-host dataset of batches ``{"image", "text", "skipped"}`` (numpy), workers included."""
+    records = source_records(config, process_index, process_count)
+    ds = DecodeIterDataset(
+        records, image_size=int(config.image_size), context_length=int(config.context_length),
+        train=bool(config.train), seed=int(config.seed), train_scale=tuple(config.train_scale),
+        max_consecutive_bad=int(config.max_consecutive_bad), warn_interval_s=float(config.warn_interval_s),
+    )
+    ds = ds.batch(per_host_batch_size(int(config.batch_size), process_count), drop_remainder=bool(config.drop_remainder))
+    if int(config.worker_count) > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.worker_count),
+                                                         per_worker_buffer_size=int(config.worker_buffer_size)))
+    return ds
+
+
+class DataIterator:
+    """Host batches with exact accounting, the bad-data guard, timing and checkpointable state.
+
+    ``next(it)`` returns ``{"image": float32 [b,H,W,3], "text": int32 [b,ctx]}`` for this host;
+    ``global_batch(sharding)`` returns the next batch as global ``jax.Array``s laid out by ``sharding``.
+    ``get_state``/``set_state`` speak JSON bytes so ``grain.checkpoint.CheckpointSave(it)`` writes one
+    file per host into an Orbax checkpoint (``state_dict`` gives the same state as a dict).
+    """
+
+    def __init__(self, config, *, process_index: int | None = None, process_count: int | None = None):
+        if process_index is not None:
+            config = _with(config, process_index=process_index, process_count=process_count)
+        self.config = config
+        self.process_index, self.process_count = process_index_and_count(config)
+        self.global_batch_size = int(config.batch_size)
+        self._ds = build_dataset(config, self.process_index, self.process_count)
+        self._it = iter(self._ds)
+        self.counter = samples_lib.BadSampleCounter(float(config.max_bad_fraction), int(config.bad_fraction_min_samples))
+        self.batches = 0
+        self.wait_s = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        batch = next(self._it)
+        self.wait_s += time.perf_counter() - t0
+        skipped = batch.pop("skipped")
+        self.counter.add(len(batch["image"]), skipped)
+        self.batches += 1
+        self.counter.check()
+        return batch
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples consumed by the whole job (all hosts): batches x global batch, exact by construction."""
+        return self.batches * self.global_batch_size
+
+    def global_batch(self, sharding) -> dict[str, Any]:
+        """The next batch as global arrays sharded along the batch axis (``make_array_from_process_local_data``)."""
+        return to_global(next(self), sharding)
+
+    def metrics(self, prefix: str = "data/") -> dict[str, float]:
+        out = self.counter.metrics(prefix)
+        out[f"{prefix}samples_seen"] = float(self.samples_seen)
+        out[f"{prefix}batches"] = float(self.batches)
+        out[f"{prefix}wait_s"] = self.wait_s
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "process_index": self.process_index,
+            "process_count": self.process_count,
+            "batches": self.batches,
+            "samples_seen": self.samples_seen,
+            "counter": self.counter.get_state(),
+            "grain": self._it.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state.get("version", -1)) != STATE_VERSION:
+            raise UserError(f"data iterator state has version {state.get('version')}, expected {STATE_VERSION}")
+        if int(state["process_count"]) != self.process_count:
+            raise UserError(
+                f"data state was saved with {state['process_count']} hosts but this run has {self.process_count}; "
+                "restore on the same host count (shards are assigned per host)"
+            )
+        self._it.set_state(state["grain"])
+        self.batches = int(state["batches"])
+        self.counter.set_state(state["counter"])
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state_dict(), indent=1).encode()
+
+    def set_state(self, state: bytes | str | Mapping[str, Any]) -> None:
+        if isinstance(state, (bytes, str)):
+            state = json.loads(state)
+        self.load_state_dict(state)
+
+    def start_prefetch(self) -> None:
+        start = getattr(self._it, "start_prefetch", None)
+        if start is not None:
+            start()
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def to_global(batch: Mapping[str, np.ndarray], sharding, keys=DEVICE_KEYS) -> dict[str, Any]:
+    """Builds global arrays from each host's slice of the batch, laid out by the batch ``sharding``."""
+    import jax
+
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys if k in batch}
+
+
+def _with(config, **overrides):
+    config = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else dict(config)
+    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+        for k, v in overrides.items():
+            config[k] = v
+    return config
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def make_iterator(config, **kwargs) -> DataIterator:
+    """The data iterator for a ``configs.data`` ConfigDict (see ``DataIterator``)."""
+    return DataIterator(config, **kwargs)
+
