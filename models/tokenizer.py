@@ -248,7 +248,11 @@ class Tokenizer:
         return data.decode("utf-8", errors="replace").replace(END_OF_WORD, " ")
 
 
-@functools.lru_cache(maxsize=None)
 def get_tokenizer(context_length: int = CONTEXT_LENGTH) -> Tokenizer:
     """A shared tokenizer per context length (its BPE cache is shared by every caller in the process)."""
+    return _shared_tokenizer(int(context_length))
+
+
+@functools.cache
+def _shared_tokenizer(context_length: int) -> Tokenizer:
     return Tokenizer(context_length)
