@@ -382,6 +382,8 @@ def encode_image(image: np.ndarray, fmt: str = "jpg", quality: int = 95) -> byte
     buf = io.BytesIO()
     pil_fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt]
     kwargs = {"quality": quality} if pil_fmt in ("JPEG", "WEBP") else {}
+    if pil_fmt == "JPEG":
+        kwargs["subsampling"] = 0  # 4:4:4: at 32-64 px, halving chroma resolution would blur small shapes' colours
     Image.fromarray(image).save(buf, format=pil_fmt, **kwargs)
     return buf.getvalue()
 
