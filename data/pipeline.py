@@ -204,9 +204,18 @@ def build_dataset(config, process_index: int, process_count: int) -> grain.IterD
     )
     ds = ds.batch(per_host_batch_size(int(config.batch_size), process_count), drop_remainder=bool(config.drop_remainder))
     if int(config.worker_count) > 0:
+        _absl_flags_with_defaults()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.worker_count),
                                                          per_worker_buffer_size=int(config.worker_buffer_size)))
     return ds
+
+
+def _absl_flags_with_defaults() -> None:
+    """Grain's worker processes read absl flags; outside an absl app nobody parsed them, so use defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class DataIterator:

@@ -61,6 +61,7 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
         return
     with tar:
         current: dict[str, Any] | None = None
+        groups = 0  # samples started so far; the current one has index groups - 1
         while True:
             try:
                 member = tar.next()
@@ -69,10 +70,10 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
                 if not member.isfile():
                     continue
                 key, ext = split_member_name(member.name)
-                # Skipped records are not read: only their headers are parsed, data is seeked over.
-                payload = None
-                if emitted >= skip:
-                    payload = tar.extractfile(member).read()
+                new_group = current is None or current["__key__"] != key
+                # Skipped samples are not read: only their headers are parsed, their data is seeked over.
+                wanted = (groups if new_group else groups - 1) >= skip
+                payload = tar.extractfile(member).read() if wanted else None
             except (OSError, tarfile.TarError, EOFError) as e:
                 log.warning("shard %s ends early (%s); later samples in it are lost", path, e)
                 if current is not None and emit(current):
@@ -81,12 +82,11 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
                 if emit(rec):
                     yield rec
                 return
-            if current is not None and current["__key__"] != key:
-                if emit(current):
+            if new_group:
+                if current is not None and emit(current):
                     yield current
-                current = None
-            if current is None:
                 current = {"__key__": key, "__url__": path}
+                groups += 1
             if ext:
                 current[ext] = payload
         if current is not None and emit(current):
