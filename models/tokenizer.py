@@ -53,7 +53,7 @@ _PRETOKEN_RE = regex.compile(PRETOKEN_PATTERN, regex.IGNORECASE)
 # other than tab/newline (ftfy removes or rewrites those). Guarded by a test against ftfy itself.
 _NEEDS_FTFY_IN_ASCII = stdlib_re.compile(r"[&\x00-\x08\x0b-\x1f\x7f]")
 
-DEFAULT_CACHE_SIZE = 200_000  # distinct pre-tokens kept; a few tens of MB, covers caption vocabularies
+DEFAULT_CACHE_SIZE = 100_000  # entries per cache (words, pre-tokens): ~25 MB each when full
 
 
 def byte_symbols() -> list[str]:
@@ -128,6 +128,14 @@ def clean_text(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def cleaned_words(text: str) -> list[str]:
+    """``clean_text(text).split()``, without building the cleaned string for plain ASCII text."""
+    if isinstance(text, str) and text.isascii() and not _NEEDS_FTFY_IN_ASCII.search(text):
+        return text.lower().split()
+    # Cleaning leaves single spaces as the only whitespace (lower() creates none), so split() is exact.
+    return clean_text(text).split()
+
+
 def pretokenize(cleaned: str) -> list[str]:
     """Splits cleaned text into the pieces BPE works on (digits one by one)."""
     return _PRETOKEN_RE.findall(cleaned)
@@ -174,7 +182,8 @@ class Tokenizer:
         self._token_to_id = tables.token_to_id
         self._id_to_bytes = tables.id_to_bytes
         self._byte_translation = tables.byte_translation
-        self._cache: dict[str, tuple[int, ...]] = self._fresh_cache()
+        self._piece_cache: dict[str, tuple[int, ...]] = self._fresh_piece_cache()
+        self._word_cache: dict[str, tuple[int, ...]] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -183,36 +192,52 @@ class Tokenizer:
     def __reduce__(self):
         return (type(self), (self.context_length, self.cache_size))
 
-    def _fresh_cache(self) -> dict[str, tuple[int, ...]]:
+    def _fresh_piece_cache(self) -> dict[str, tuple[int, ...]]:
         # open_clip seeds its cache with the special tokens, which is how a literal "<start_of_text>"
         # inside a caption becomes id 49406 instead of being split into BPE pieces.
         return {token: (self._token_to_id[token],) for token in SPECIAL_TOKENS}
 
     def _piece_ids(self, piece: str) -> tuple[int, ...]:
-        ids = self._cache.get(piece)
+        """Ids of one pre-token (cached): byte-level symbols, BPE, vocabulary lookup."""
+        ids = self._piece_cache.get(piece)
         if ids is not None:
             return ids
         word = piece.encode("utf-8").decode("latin-1").translate(self._byte_translation)
         symbols = list(word)
         symbols[-1] += END_OF_WORD
         ids = tuple(self._token_to_id[s] for s in bpe_merge(symbols, self._ranks))
-        if len(self._cache) >= self.cache_size:
+        if len(self._piece_cache) >= self.cache_size:
             # Rebinding (not clearing in place) keeps concurrent readers in other threads safe.
-            self._cache = self._fresh_cache()
-        self._cache[piece] = ids
+            self._piece_cache = self._fresh_piece_cache()
+        self._piece_cache[piece] = ids
         return ids
 
-    def _encode_cleaned(self, cleaned: str, limit: int | None) -> list[int]:
+    def _word_ids(self, word: str) -> tuple[int, ...]:
+        """Ids of one space-separated word of cleaned text (cached), e.g. "dog," → ids of "dog", ",".
+
+        Exact because no pre-token contains whitespace, so pre-tokenising word by word gives the same
+        pieces as the whole text; and a warm cache skips the regex for most words.
+        """
+        ids = self._word_cache.get(word)
+        if ids is not None:
+            return ids
+        ids = tuple(i for piece in _PRETOKEN_RE.findall(word) for i in self._piece_ids(piece))
+        if len(self._word_cache) >= self.cache_size:
+            self._word_cache = {}
+        self._word_cache[word] = ids
+        return ids
+
+    def _encode_words(self, words: list[str], limit: int | None) -> list[int]:
         ids: list[int] = []
-        for match in _PRETOKEN_RE.finditer(cleaned):
-            ids.extend(self._piece_ids(match.group()))
+        for word in words:
+            ids.extend(self._word_ids(word))
             if limit is not None and len(ids) >= limit:
                 break
         return ids
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without SOT/EOT and without truncation."""
-        return self._encode_cleaned(clean_text(text), None)
+        return self._encode_words(cleaned_words(text), None)
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
         """Token ids ``int32 [N, context_length]`` exactly as ``open_clip.tokenize`` gives them.
@@ -227,7 +252,7 @@ class Tokenizer:
         out = np.zeros((len(texts), ctx), dtype=np.int32)
         for row, text in enumerate(texts):
             # Only the first ctx ids can survive truncation, so BPE stops there.
-            tokens = [SOT_ID, *self._encode_cleaned(clean_text(text), ctx), EOT_ID]
+            tokens = [SOT_ID, *self._encode_words(cleaned_words(text), ctx), EOT_ID]
             if len(tokens) > ctx:
                 tokens = tokens[:ctx]
                 tokens[-1] = EOT_ID

@@ -196,6 +196,14 @@ def test_decode_round_trips_clean_text(tokenizer):
         tokenizer.decode([-1])
 
 
+def test_word_by_word_pretokenising_is_exact():
+    """The word cache relies on pre-tokens never spanning a space of the cleaned text."""
+    for text in TRICKY_TEXTS + generated_captions(300, seed=5):
+        cleaned = tk.clean_text(text)
+        assert tk.cleaned_words(text) == cleaned.split()
+        assert [p for word in cleaned.split() for p in tk.pretokenize(word)] == tk.pretokenize(cleaned)
+
+
 def test_ascii_fast_path_agrees_with_ftfy():
     """The ftfy skip assumes printable ASCII without '&' (plus tab/newline) is left unchanged."""
     rnd = random.Random(0)
@@ -213,7 +221,7 @@ def test_cache_is_bounded_and_does_not_change_ids(reference):
     small = tk.Tokenizer(cache_size=8)
     captions = generated_captions(300, seed=3)
     np.testing.assert_array_equal(small(captions), reference_ids(reference, captions, 77))
-    assert len(small._cache) <= 8
+    assert len(small._piece_cache) <= 8 and len(small._word_cache) <= 8
 
 
 def test_single_and_batch_paths_agree_and_pickle(tokenizer):
