@@ -117,11 +117,16 @@ def bpe_tables() -> BpeTables:
     )
 
 
+def is_plain_ascii(text: str) -> bool:
+    """True when ftfy and html.unescape would leave ``text`` unchanged, so cleaning can skip them."""
+    return text.isascii() and not _NEEDS_FTFY_IN_ASCII.search(text)
+
+
 def clean_text(text: str) -> str:
     """open_clip's default 'lower' cleaning: ftfy, html-unescape twice, collapse whitespace, lower-case."""
     if not isinstance(text, str):
         raise TypeError(f"tokenizer input must be str, got {type(text).__name__}")
-    if not text.isascii() or _NEEDS_FTFY_IN_ASCII.search(text):
+    if not is_plain_ascii(text):
         text = ftfy.fix_text(text)
         text = html.unescape(html.unescape(text))
     # str.split() and str.strip() use the same whitespace set, so the join also strips.
@@ -130,7 +135,7 @@ def clean_text(text: str) -> str:
 
 def cleaned_words(text: str) -> list[str]:
     """``clean_text(text).split()``, without building the cleaned string for plain ASCII text."""
-    if isinstance(text, str) and text.isascii() and not _NEEDS_FTFY_IN_ASCII.search(text):
+    if isinstance(text, str) and is_plain_ascii(text):
         return text.lower().split()
     # Cleaning leaves single spaces as the only whitespace (lower() creates none), so split() is exact.
     return clean_text(text).split()
@@ -281,3 +286,8 @@ def get_tokenizer(context_length: int = CONTEXT_LENGTH) -> Tokenizer:
 @functools.cache
 def _shared_tokenizer(context_length: int) -> Tokenizer:
     return Tokenizer(context_length)
+
+
+def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
+    """``open_clip.tokenize`` as numpy: ids ``int32 [N, context_length]`` from the shared tokenizer."""
+    return get_tokenizer(context_length)(texts)

@@ -238,6 +238,7 @@ def test_get_tokenizer_is_shared_per_context():
     assert tk.get_tokenizer() is tk.get_tokenizer(77)
     assert tk.get_tokenizer(16).context_length == 16
     assert tk.get_tokenizer(16)("a cat").shape == (1, 16)
+    np.testing.assert_array_equal(tk.tokenize(["a cat", "a dog"], 16), tk.get_tokenizer(16)(["a cat", "a dog"]))
 
 
 def test_non_string_input_is_rejected(tokenizer):
