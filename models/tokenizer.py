@@ -169,6 +169,38 @@ def bpe_merge(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str
     return symbols
 
 
+class GenerationalCache:
+    """A bounded map that approximates LRU at the cost of a dict lookup.
+
+    New entries go into ``recent``; when it holds ``capacity // 2`` entries it becomes ``older`` (the
+    previous ``older`` is dropped) and a new ``recent`` starts. A hit in ``older`` is copied back into
+    ``recent``, so frequently used words survive every turnover. Only rebinding, never iterating or
+    clearing in place, so readers in other threads stay safe.
+    """
+
+    __slots__ = ("half", "recent", "older")
+
+    def __init__(self, capacity: int):
+        self.half = max(1, capacity // 2)
+        self.recent: dict = {}
+        self.older: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.older)
+
+    def get_older(self, key):
+        """Looks in the older generation (after a miss in ``recent``), promoting a hit."""
+        value = self.older.get(key)
+        if value is not None:
+            self.put(key, value)
+        return value
+
+    def put(self, key, value) -> None:
+        if len(self.recent) >= self.half:
+            self.older, self.recent = self.recent, {}
+        self.recent[key] = value
+
+
 class Tokenizer:
     """open_clip-identical CLIP tokenizer.
 
@@ -187,8 +219,11 @@ class Tokenizer:
         self._token_to_id = tables.token_to_id
         self._id_to_bytes = tables.id_to_bytes
         self._byte_translation = tables.byte_translation
-        self._piece_cache: dict[str, tuple[int, ...]] = self._fresh_piece_cache()
-        self._word_cache: dict[str, tuple[int, ...]] = {}
+        # open_clip seeds its BPE cache with the special tokens, which is how a literal "<start_of_text>"
+        # inside a caption becomes id 49406 instead of BPE pieces; here that rule lives outside the cache.
+        self._special_ids = {token: (self._token_to_id[token],) for token in SPECIAL_TOKENS}
+        self._piece_cache = GenerationalCache(self.cache_size)
+        self._word_cache = GenerationalCache(self.cache_size)
 
     @property
     def vocab_size(self) -> int:
@@ -197,24 +232,19 @@ class Tokenizer:
     def __reduce__(self):
         return (type(self), (self.context_length, self.cache_size))
 
-    def _fresh_piece_cache(self) -> dict[str, tuple[int, ...]]:
-        # open_clip seeds its cache with the special tokens, which is how a literal "<start_of_text>"
-        # inside a caption becomes id 49406 instead of being split into BPE pieces.
-        return {token: (self._token_to_id[token],) for token in SPECIAL_TOKENS}
-
     def _piece_ids(self, piece: str) -> tuple[int, ...]:
         """Ids of one pre-token (cached): byte-level symbols, BPE, vocabulary lookup."""
-        ids = self._piece_cache.get(piece)
+        cache = self._piece_cache
+        ids = cache.recent.get(piece) or cache.get_older(piece)
         if ids is not None:
             return ids
-        word = piece.encode("utf-8").decode("latin-1").translate(self._byte_translation)
-        symbols = list(word)
-        symbols[-1] += END_OF_WORD
-        ids = tuple(self._token_to_id[s] for s in bpe_merge(symbols, self._ranks))
-        if len(self._piece_cache) >= self.cache_size:
-            # Rebinding (not clearing in place) keeps concurrent readers in other threads safe.
-            self._piece_cache = self._fresh_piece_cache()
-        self._piece_cache[piece] = ids
+        ids = self._special_ids.get(piece)
+        if ids is None:
+            word = piece.encode("utf-8").decode("latin-1").translate(self._byte_translation)
+            symbols = list(word)
+            symbols[-1] += END_OF_WORD
+            ids = tuple(self._token_to_id[s] for s in bpe_merge(symbols, self._ranks))
+        cache.put(piece, ids)
         return ids
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
@@ -223,13 +253,11 @@ class Tokenizer:
         Exact because no pre-token contains whitespace, so pre-tokenising word by word gives the same
         pieces as the whole text; and a warm cache skips the regex for most words.
         """
-        ids = self._word_cache.get(word)
-        if ids is not None:
-            return ids
-        ids = tuple(i for piece in _PRETOKEN_RE.findall(word) for i in self._piece_ids(piece))
-        if len(self._word_cache) >= self.cache_size:
-            self._word_cache = {}
-        self._word_cache[word] = ids
+        cache = self._word_cache
+        ids = cache.recent.get(word) or cache.get_older(word)
+        if ids is None:
+            ids = tuple(i for piece in _PRETOKEN_RE.findall(word) for i in self._piece_ids(piece))
+            cache.put(word, ids)
         return ids
 
     def _encode_words(self, words: list[str], limit: int | None) -> list[int]:

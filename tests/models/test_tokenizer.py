@@ -219,9 +219,20 @@ def test_ascii_fast_path_agrees_with_ftfy():
 
 def test_cache_is_bounded_and_does_not_change_ids(reference):
     small = tk.Tokenizer(cache_size=8)
-    captions = generated_captions(300, seed=3)
+    # Special tokens in the text must keep their ids after the caches have turned over many times.
+    captions = generated_captions(300, seed=3) + ["a <start_of_text> b", "x<end_of_text>y"] * 3
     np.testing.assert_array_equal(small(captions), reference_ids(reference, captions, 77))
     assert len(small._piece_cache) <= 8 and len(small._word_cache) <= 8
+
+
+def test_generational_cache_keeps_frequent_keys():
+    cache = tk.GenerationalCache(capacity=4)
+    cache.put("hot", 1)
+    for i in range(100):
+        cache.put(f"cold{i}", i)
+        assert (cache.recent.get("hot") or cache.get_older("hot")) == 1  # used often: never evicted
+        assert len(cache) <= 4
+    assert cache.recent.get("cold0") is None and cache.get_older("cold0") is None
 
 
 def test_single_and_batch_paths_agree_and_pickle(tokenizer):
