@@ -110,7 +110,12 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
 
 
 def unstack_layers(params: Mapping) -> dict:
-    """Turns every scan-stacked ``resblocks``/``cross_attn`` subtree into ``resblocks_{i}`` entries."""
+    """Turns every scan-stacked ``resblocks``/``cross_attn`` subtree into ``resblocks_{i}`` entries (and a
+    MaMMUT decoder's scanned ``layer_groups`` into its per-block entries)."""
+    if "layer_groups" in params:
+        from vlscale.models.mammut import unscan_decoder_params
+
+        params = unscan_decoder_params(params)
     out = {}
     for k, v in params.items():
         if isinstance(v, Mapping) and k in LIST_NAMES:
@@ -150,10 +155,18 @@ def is_stacked(params: Mapping) -> bool:
     return False
 
 
-def match_layout(params: Mapping, template: Mapping) -> dict:
-    """``params`` in the stacked/unstacked layout of ``template`` (e.g. a model built with scan_layers)."""
+def to_layout(params: Mapping, model_name_or_config: Any, scan_layers: bool) -> dict:
+    """``params`` (either layout) in the layout a model built with ``scan_layers`` expects."""
+    from vlscale.models.config import get_config
+
     params = unstack_layers(params)
-    return stack_layers(params) if is_stacked(template) else params
+    if not scan_layers:
+        return params
+    if get_config(model_name_or_config).family == "mammut":
+        from vlscale.models.mammut import to_scan_layout
+
+        return to_scan_layout({**params, "visual": stack_layers(params["visual"])})
+    return stack_layers(params)
 
 
 # --- state dicts ---------------------------------------------------------------------------------------------------
@@ -261,8 +274,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_name_or_config: Any, scan
     unexpected = sorted(set(sd) - used)
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(cfg.name, missing, unexpected, mismatched)
-    params = _unflatten(flat)
-    return stack_layers(params) if scan_layers else params
+    return to_layout(_unflatten(flat), cfg, scan_layers)
 
 
 def flax_to_torch(params: Mapping, model_name_or_config: Any = None, text_prefix: bool = False) -> dict[str, np.ndarray]:
@@ -387,7 +399,7 @@ def load_params(directory: str | Path, scan_layers: bool = False) -> tuple[dict,
     import jax
 
     tree = jax.tree.map(np.asarray, _to_plain_dict(tree))
-    return (stack_layers(tree) if scan_layers else tree), meta
+    return to_layout(tree, meta["model"], scan_layers), meta
 
 
 def _to_plain_dict(tree: Any) -> Any:
