@@ -77,12 +77,18 @@ def to_normalized_array(image: Image.Image) -> np.ndarray:
     return (pixels - _MEAN32) / _STD32
 
 
+def eval_resize_crop(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """The geometry of the eval transform: shortest side to ``size`` (bicubic), centre crop; mode kept.
+
+    For pipelines that ship uint8 pixels and normalise on the accelerator.
+    """
+    width, height = shortest_side_resize_size(*image.size, size)
+    return resize(image, width, height).crop(center_crop_box(width, height, size))
+
+
 def eval_transform(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """open_clip's eval preprocessing: shortest side to ``size`` (bicubic), centre crop, RGB, normalise."""
-    width, height = shortest_side_resize_size(*image.size, size)
-    image = resize(image, width, height)
-    image = image.crop(center_crop_box(width, height, size))
-    return to_normalized_array(image)
+    return to_normalized_array(eval_resize_crop(image, size))
 
 
 def random_resized_crop_box(
@@ -139,8 +145,19 @@ def train_transform(
     ratio: Sequence[float] = TRAIN_RATIO,
 ) -> np.ndarray:
     """open_clip's train preprocessing: RandomResizedCrop (bicubic), RGB, normalise; float32 HWC."""
+    return to_normalized_array(train_resize_crop(image, size, rng, scale, ratio))
+
+
+def train_resize_crop(
+    image: Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    scale: Sequence[float] = TRAIN_SCALE,
+    ratio: Sequence[float] = TRAIN_RATIO,
+) -> Image.Image:
+    """The geometry of the train transform (a random box, resized to ``size`` x ``size``); mode kept."""
     top, left, crop_h, crop_w = random_resized_crop_box(*image.size, rng, scale, ratio)
-    return to_normalized_array(resized_crop(image, top, left, crop_h, crop_w, size))
+    return resized_crop(image, top, left, crop_h, crop_w, size)
 
 
 def load_image(

@@ -52,6 +52,7 @@ def test_sample_photographs_match_open_clip_eval(reference_eval, name):
 def test_eval_output_is_normalised_hwc(photo):
     out = tf.eval_transform(photo)
     assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, tf.to_normalized_array(tf.eval_resize_crop(photo)))
     # De-normalising gives back 8-bit pixel values (up to float rounding).
     pixels = (out * np.float32(tf.OPENAI_STD) + np.float32(tf.OPENAI_MEAN)) * 255
     np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
@@ -128,6 +129,9 @@ def test_train_transform_is_resized_crop_of_the_drawn_box(photo):
     box = tf.random_resized_crop_box(*photo.size, np.random.default_rng(7))
     np.testing.assert_array_equal(out, tf.to_normalized_array(tf.resized_crop(photo, *box, 64)))
     assert out.shape == (64, 64, 3) and out.dtype == np.float32
+    cropped = tf.train_resize_crop(photo, 64, np.random.default_rng(7))
+    assert cropped.size == (64, 64)
+    np.testing.assert_array_equal(out, tf.to_normalized_array(cropped))
     # Same seed, same crop; another seed, another crop.
     np.testing.assert_array_equal(out, tf.train_transform(photo, 64, np.random.default_rng(7)))
     assert not np.array_equal(out, tf.train_transform(photo, 64, np.random.default_rng(8)))
