@@ -156,6 +156,34 @@ def test_generated_captions_match_open_clip(tokenizer, reference, context_length
     assert (ours[:, -1] == tk.EOT_ID).sum() > 10
 
 
+def random_unicode_strings(n: int, seed: int = 0) -> list[str]:
+    """Fuzz inputs: runs of characters from many blocks (scripts, digits, marks, symbols, emoji, spaces,
+    controls, html-ish punctuation), surrogates excluded since no str→UTF-8 tokenizer accepts them."""
+    rnd = random.Random(seed)
+    blocks = [(0x00, 0x7F), (0x80, 0x24F), (0x300, 0x36F), (0x370, 0x52F), (0x590, 0x6FF), (0x900, 0x97F),
+              (0x2000, 0x206F), (0x2100, 0x218F), (0x3000, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xACFF),
+              (0xFB00, 0xFB4F), (0xFF00, 0xFFEF), (0x1D400, 0x1D4FF), (0x1F300, 0x1F6FF), (0x1F900, 0x1F9FF)]
+    extra = list("  &;#<>'\"") + ["&amp;", "'S", "'LL", "\u200d", "\ufe0f", "\n", "<start_of_text>"]
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rnd.randint(0, 12)):
+            if rnd.random() < 0.3:
+                parts.append(rnd.choice(extra))
+            else:
+                lo, hi = rnd.choice(blocks)
+                parts.append("".join(chr(rnd.randint(lo, hi)) for _ in range(rnd.randint(1, 6))))
+        out.append("".join(parts))
+    return out
+
+
+def test_random_unicode_matches_open_clip(tokenizer, reference):
+    texts = random_unicode_strings(1500)
+    for context_length in (tk.CONTEXT_LENGTH, 16):
+        np.testing.assert_array_equal(tokenizer(texts, context_length), reference_ids(reference, texts, context_length))
+    assert tokenizer([]).shape == (0, tk.CONTEXT_LENGTH)
+
+
 def test_truncation_puts_eot_last(tokenizer):
     ids = tokenizer("word " * 200)[0]
     assert ids[0] == tk.SOT_ID and ids[-1] == tk.EOT_ID
