@@ -31,7 +31,10 @@ from vlscale.errors import UserError
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-DEVICE_KEYS = ("image", "text")  # what goes onto the mesh; bookkeeping stays on the host
+DEVICE_KEYS = ("image", "text")
+# float32: normalised on the host (the models' contract); uint8: resized/cropped pixels, normalised on
+# the device with ``normalize_images`` (4x less host work and transfer, identical float32 arithmetic).
+IMAGE_DTYPES = ("float32", "uint8")  # what goes onto the mesh; bookkeeping stays on the host
 SOURCES = ("synth", "webdataset", "tfds", "folder")
 
 
@@ -67,8 +70,11 @@ class DecodeIterDataset(grain.IterDataset):
 
     def __init__(self, parent: grain.IterDataset, *, image_size: int, context_length: int, train: bool,
                  seed: int, train_scale=(0.9, 1.0), max_consecutive_bad: int = 1000,
-                 warn_interval_s: float = 30.0):
+                 warn_interval_s: float = 30.0, image_dtype: str = "float32"):
         super().__init__(parent)
+        if image_dtype not in IMAGE_DTYPES:
+            raise UserError(f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES}")
+        self.image_dtype = image_dtype
         self.image_size = image_size
         self.context_length = context_length
         self.train = train
@@ -99,16 +105,29 @@ class _DecodeIterator(grain.DatasetIterator):
     def _process(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         image, caption = samples_lib.decode_record(record)
         try:
+            t = self._transforms
+            size = self._ds.image_size
+            rng = None
             if self._ds.train:
                 key = f"{record.get('__url__', '')}/{record.get('__key__', '')}".encode()
                 rng = np.random.default_rng([self._ds.seed, self._read, zlib.crc32(key)])
-                pixels = self._transforms.train_transform(image, self._ds.image_size, rng, scale=self._ds.train_scale)
-            else:
-                pixels = self._transforms.eval_transform(image, self._ds.image_size)
+            if self._ds.image_dtype == "float32":  # the models' transforms, as they are
+                if rng is not None:
+                    pixels = t.train_transform(image, size, rng, scale=self._ds.train_scale)
+                else:
+                    pixels = t.eval_transform(image, size)
+            else:  # the same geometry, stopping before normalisation (tested equal after normalize_images)
+                if rng is not None:
+                    top, left, h, w = t.random_resized_crop_box(*image.size, rng, self._ds.train_scale, t.TRAIN_RATIO)
+                    image = t.resized_crop(image, top, left, h, w, size)
+                else:
+                    width, height = t.shortest_side_resize_size(*image.size, size)
+                    image = t.resize(image, width, height).crop(t.center_crop_box(width, height, size))
+                pixels = np.asarray(image.convert("RGB"), np.uint8)
             tokens = self._tokenizer(caption)[0]
         except Exception as e:  # noqa: BLE001 - one bad sample must not end a multi-day run
             raise samples_lib.BadSample("transform_error", f"{type(e).__name__}: {e}") from None
-        return {"image": np.asarray(pixels, np.float32), "text": np.asarray(tokens, np.int32)}
+        return {"image": pixels, "text": np.asarray(tokens, np.int32)}
 
     def __next__(self) -> dict[str, np.ndarray]:
         skipped = np.zeros(len(samples_lib.BAD_REASONS), np.int32)
@@ -201,6 +220,7 @@ def build_dataset(config, process_index: int, process_count: int) -> grain.IterD
         records, image_size=int(config.image_size), context_length=int(config.context_length),
         train=bool(config.train), seed=int(config.seed), train_scale=tuple(config.train_scale),
         max_consecutive_bad=int(config.max_consecutive_bad), warn_interval_s=float(config.warn_interval_s),
+        image_dtype=str(config.get("image_dtype", "float32")),
     )
     ds = ds.batch(per_host_batch_size(int(config.batch_size), process_count), drop_remainder=bool(config.drop_remainder))
     if int(config.worker_count) > 0:
@@ -321,6 +341,20 @@ def to_global(batch: Mapping[str, np.ndarray], sharding, keys=DEVICE_KEYS) -> di
     import jax
 
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys if k in batch}
+
+
+def normalize_images(images):
+    """uint8 [..., H, W, 3] -> float32 normalised with the OpenAI statistics, on whatever device holds them.
+
+    The same float32 operations as ``models.transforms.to_normalized_array`` (divide by 255, subtract
+    the mean, divide by the std), so the result matches the host path.
+    """
+    import jax.numpy as jnp
+
+    from vlscale.models.transforms import OPENAI_MEAN, OPENAI_STD
+
+    x = jnp.asarray(images).astype(jnp.float32) / jnp.float32(255)
+    return (x - jnp.asarray(OPENAI_MEAN, jnp.float32)) / jnp.asarray(OPENAI_STD, jnp.float32)
 
 
 def _with(config, **overrides):

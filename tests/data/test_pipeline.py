@@ -172,3 +172,16 @@ def test_interleave_state_is_small_and_exact(tiny_shards):
     it2 = iter(ds)
     it2.set_state(state)
     assert [r["__key__"] for r in it2] == tail
+
+
+def test_uint8_images_normalised_on_device_match_the_host_path(tiny_shards):
+    out, _ = tiny_shards
+    for train in (True, False):
+        host = make_config(shards=str(out), train=train)
+        raw = make_config(shards=str(out), train=train, image_dtype="uint8")
+        with pipeline.make_iterator(host) as a, pipeline.make_iterator(raw) as b:
+            for _ in range(3):
+                x, y = next(a), next(b)
+                assert y["image"].dtype == np.uint8
+                np.testing.assert_array_equal(x["text"], y["text"])
+                np.testing.assert_allclose(np.asarray(pipeline.normalize_images(y["image"])), x["image"], atol=1e-6)

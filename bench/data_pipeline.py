@@ -1,0 +1,182 @@
+"""Images per second of the training input pipeline, against open_clip's webdataset loader, same run.
+
+What is timed: read 256-px JPEG webdataset shards -> decode -> RandomResizedCrop to 224 -> normalise ->
+tokenise -> batch, i.e. the per-sample work of open_clip's training loader (``get_wds_dataset``), at
+worker counts 0, 1, 2 (``--workers``). "per core" divides by the processes doing the work
+(max(1, workers)). The first batch (worker start-up, shard opening) is not timed.
+
+It also times reading alone, to decide whether shards should be converted to ArrayRecord: the same
+records read from the tar shards (vlscale's reader) and from an ArrayRecord file (grain's source).
+
+Usage: python bench/data_pipeline.py [--samples 1024] [--batch 64] [--workers 0,1,2] [--out DIR]
+Needs the test extras (torch, webdataset, open_clip_torch) for the comparison; without them it prints
+vlscale's numbers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+import time
+
+# One thread per process on both sides, so "per core" means one core.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+from vlscale.configs import data as data_config  # noqa: E402
+from vlscale.data import pipeline, synth, webdataset  # noqa: E402
+
+SHARD_IMAGE_SIZE = 256  # the issue's benchmark shards: 256-px JPEG
+MODEL_IMAGE_SIZE = 224  # every model in the paper's profile table (models/transforms.py IMAGE_SIZE)
+
+
+def write_shards(out_dir: str, samples: int, shards: int) -> list[str]:
+    cfg = synth.SynthConfig(image_size=SHARD_IMAGE_SIZE)
+    return synth.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
+
+
+def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_dtype: str = "float32") -> float:
+    config = data_config.get_config("webdataset")
+    config.shards = shard_dir
+    config.update(image_size=MODEL_IMAGE_SIZE, batch_size=batch, train=True, worker_count=workers,
+                  shuffle_window=256, worker_buffer_size=2, image_dtype=image_dtype)
+    n_batches = samples // batch
+    with pipeline.make_iterator(config) as it:
+        next(it)  # start-up
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            b = next(it)
+        dt = time.perf_counter() - t0
+    assert b["image"].shape == (batch, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE, 3) and b["image"].dtype == image_dtype
+    return n_batches * batch / dt
+
+
+def open_clip_available() -> bool:
+    try:
+        import open_clip  # noqa: F401
+        import open_clip_train.data  # noqa: F401
+        import torch  # noqa: F401
+        import webdataset as wds  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def time_open_clip(shard_paths: list[str], samples: int, batch: int, workers: int) -> float:
+    """open_clip's training loader: the stage list of ``open_clip_train.data.get_wds_dataset``.
+
+    Rebuilt from webdataset's own stages because open_clip_train 3.3.0's ``group_by_keys_nothrow``
+    no longer matches the installed webdataset's sample format (KeyError 'fname'); the stages, their
+    order, the transforms (``open_clip.image_transform(224, is_train=True)``) and the tokenizer are
+    open_clip's.
+    """
+    import open_clip
+    import torch
+    import webdataset as wds
+
+    torch.set_num_threads(1)
+    preprocess = open_clip.image_transform(MODEL_IMAGE_SIZE, is_train=True)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    n_batches = samples // batch
+    stages = [
+        wds.SimpleShardList(list(shard_paths)),
+        wds.shuffle(bufsize=2000, initial=500),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(bufsize=5000, initial=1000),  # open_clip's _SAMPLE_SHUFFLE_SIZE / _INITIAL
+        wds.select(lambda s: ("txt" in s) and any(k in s for k in ("png", "jpg", "jpeg", "webp"))),
+        wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+        wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
+        wds.to_tuple("image", "text"),
+        wds.batched(batch, partial=False),
+    ]
+    dataset = wds.DataPipeline(*stages).repeat(nepochs=1000)
+    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                           persistent_workers=workers > 0)
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        images, _texts = next(it)
+    dt = time.perf_counter() - t0
+    assert tuple(images.shape) == (batch, 3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE)
+    del it, loader
+    return n_batches * batch / dt
+
+
+def time_reading(shard_paths: list[str], tmp: str) -> tuple[float, float]:
+    """Records per second, read only (no decode): tar shards vs the same records in ArrayRecord."""
+    import grain
+    from array_record.python import array_record_module
+
+    records = [r for p in shard_paths for r in webdataset.iter_tar_samples(p)]
+    ar_path = os.path.join(tmp, "records.array_record")
+    writer = array_record_module.ArrayRecordWriter(ar_path, "group_size:1")
+    for r in records:
+        writer.write(pickle.dumps({"jpg": r["jpg"], "txt": r["txt"]}))
+    writer.close()
+
+    t0 = time.perf_counter()
+    n = sum(1 for p in shard_paths for _ in webdataset.iter_tar_samples(p))
+    tar_rate = n / (time.perf_counter() - t0)
+    source = grain.sources.ArrayRecordDataSource([ar_path])
+    t0 = time.perf_counter()
+    n = sum(1 for i in range(len(source)) if pickle.loads(source[i]))
+    ar_rate = n / (time.perf_counter() - t0)
+    return tar_rate, ar_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1024, help="timed images per configuration")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--out", default=None, help="where to write the shards (default: a temporary folder)")
+    args = parser.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    tmp = args.out or tempfile.mkdtemp(prefix="vlscale_bench_")
+    # Enough shards for every worker; samples to cover a timed pass plus start-up.
+    shards = max(args.shards, max(workers))
+    paths = write_shards(tmp, args.samples + args.batch * (max(workers) + 1), shards)
+    print(f"{len(paths)} shards of {SHARD_IMAGE_SIZE}-px JPEG in {tmp}; cores: {os.cpu_count()}, "
+          f"load average: {os.getloadavg()[0]:.1f}")
+
+    tar_rate, ar_rate = time_reading(paths, tmp)
+    print(f"read only (no decode): tar shards {tar_rate:,.0f} records/s, ArrayRecord {ar_rate:,.0f} records/s")
+
+    with_oc = open_clip_available()
+    if not with_oc:
+        print("torch/webdataset/open_clip not installed: printing vlscale only")
+    rows = []
+    for w in workers:
+        ours = time_vlscale(tmp, args.samples, args.batch, w)
+        ours_u8 = time_vlscale(tmp, args.samples, args.batch, w, image_dtype="uint8")
+        theirs = time_open_clip(paths, args.samples, args.batch, w) if with_oc else float("nan")
+        rows.append((w, ours, ours_u8, theirs))
+
+    print(f"\ndecode + RandomResizedCrop({MODEL_IMAGE_SIZE}) + normalise + tokenise, batch {args.batch}, "
+          f"{args.samples} images per row; img/s (per core)")
+    print("vlscale f32: normalised on the host (same work as open_clip); u8: normalised on the device later")
+    header = (f"{'workers':>7} | {'vlscale f32':>17} | {'vlscale u8':>17} | {'open_clip':>17} | "
+              f"{'f32/open_clip':>13} | {'u8/open_clip':>12}")
+    print(header)
+    print("-" * len(header))
+    for w, ours, ours_u8, theirs in rows:
+        cores = max(1, w)
+
+        def cell(v):
+            return f"{v:>8.1f} ({v / cores:>6.1f})"
+
+        print(f"{w:>7} | {cell(ours)} | {cell(ours_u8)} | {cell(theirs)} | {ours / theirs:>13.2f} | "
+              f"{ours_u8 / theirs:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
