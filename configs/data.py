@@ -56,6 +56,7 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     # Workers (0 = in the main process, e.g. on Colab).
     c.worker_count = 0
     c.worker_buffer_size = 2
+    c.prefetch = 2  # batches a main-process thread keeps ready (0: none)
 
     # Bad input.
     c.max_bad_fraction = DEFAULT_MAX_BAD_FRACTION

@@ -118,11 +118,9 @@ class _DecodeIterator(grain.DatasetIterator):
                     pixels = t.eval_transform(image, size)
             else:  # the same geometry, stopping before normalisation (tested equal after normalize_images)
                 if rng is not None:
-                    top, left, h, w = t.random_resized_crop_box(*image.size, rng, self._ds.train_scale, t.TRAIN_RATIO)
-                    image = t.resized_crop(image, top, left, h, w, size)
+                    image = t.train_resize_crop(image, size, rng, scale=self._ds.train_scale)
                 else:
-                    width, height = t.shortest_side_resize_size(*image.size, size)
-                    image = t.resize(image, width, height).crop(t.center_crop_box(width, height, size))
+                    image = t.eval_resize_crop(image, size)
                 pixels = np.asarray(image.convert("RGB"), np.uint8)
             tokens = self._tokenizer(caption)[0]
         except Exception as e:  # noqa: BLE001 - one bad sample must not end a multi-day run
@@ -227,6 +225,10 @@ def build_dataset(config, process_index: int, process_count: int) -> grain.IterD
         _absl_flags_with_defaults()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.worker_count),
                                                          per_worker_buffer_size=int(config.worker_buffer_size)))
+    if int(config.get("prefetch", 0)) > 0:
+        # A thread in the main process keeps batches ready while the step runs (decode, resize and JAX
+        # release the GIL). Its state is the state of the batch last handed out, so resume stays exact.
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=int(config.prefetch))
     return ds
 
 

@@ -27,6 +27,7 @@ def make_config(source="webdataset", **overrides):
     c.cycle_length = 2
     c.synth.knobs.image_size = 32
     c.bad_fraction_min_samples = 1
+    c.prefetch = 0  # tests that need the prefetch thread turn it on
     c.max_bad_fraction = 1.0
     for k, v in overrides.items():
         node = c

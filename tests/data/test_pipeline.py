@@ -71,7 +71,8 @@ def test_shard_order_and_window_shuffle_change_per_epoch(tiny_shards):
 
 def test_resume_gives_exactly_the_uninterrupted_batches(tiny_shards):
     out, _ = tiny_shards
-    config = make_config(shards=str(out), shuffle=True, train=True)  # endless, augmented, shuffled
+    # Endless, augmented, shuffled, with the main-process prefetch thread running ahead.
+    config = make_config(shards=str(out), shuffle=True, train=True, prefetch=2)
     with pipeline.make_iterator(config) as it:
         full = [next(it) for _ in range(30)]  # > 2 epochs of 48 samples
     with pipeline.make_iterator(config) as it:
