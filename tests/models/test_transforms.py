@@ -124,6 +124,22 @@ def test_fixed_box_resized_crop_matches_torchvision(photo, box, mode):
     assert_pixels_match(ours, as_hwc(theirs))
 
 
+def test_open_clip_train_pipeline_with_a_fixed_box(photo, monkeypatch):
+    """With torchvision's box draw pinned, open_clip's whole train transform equals ours on that box."""
+    from open_clip.transform import image_transform
+    from torchvision.transforms import InterpolationMode, RandomResizedCrop
+
+    reference = image_transform(224, is_train=True)
+    crop = reference.transforms[0]
+    assert isinstance(crop, RandomResizedCrop) and crop.interpolation == InterpolationMode.BICUBIC
+    assert tuple(crop.scale) == tf.TRAIN_SCALE and tuple(crop.ratio) == tf.TRAIN_RATIO
+    box = (10, 20, 400, 350)
+    monkeypatch.setattr(RandomResizedCrop, "get_params", staticmethod(lambda image, scale, ratio: box))
+    for mode in ("RGB", "RGBA", "P", "L"):
+        image = photo.convert(mode)
+        assert_pixels_match(tf.to_normalized_array(tf.resized_crop(image, *box, 224)), as_hwc(reference(image)))
+
+
 def test_train_transform_is_resized_crop_of_the_drawn_box(photo):
     out = tf.train_transform(photo, 64, np.random.default_rng(7))
     box = tf.random_resized_crop_box(*photo.size, np.random.default_rng(7))
