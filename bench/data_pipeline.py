@@ -132,6 +132,51 @@ def time_reading(shard_paths: list[str], tmp: str) -> tuple[float, float]:
     return tar_rate, ar_rate
 
 
+def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefetch: int) -> dict:
+    """Data wait as a share of step time: a real jitted CLIP train step of a tiny model, fed by the pipeline.
+
+    Source: the synthetic stream at the model's image size (decode-free: rendered on the fly, the CPU
+    demo's setting) and the same images through JPEG shards (decode + RandomResizedCrop).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from vlscale.models import registry
+    from vlscale.models.config import get_config as model_config
+    from vlscale.train.losses import model_loss
+
+    cfg = model_config(model_name)
+    model = registry.build_model(cfg)
+    params = registry.init_params(model, 0)
+
+    @jax.jit
+    def step(params, images, tokens):
+        def loss_fn(p):
+            return model_loss(model.apply({"params": p}, images, tokens))[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        return jax.tree.map(lambda w, g: w - 1e-3 * g, params, grads), loss
+
+    config = data_config.get_config("synth")
+    config.update(image_size=cfg.image_size, context_length=cfg.context_length, batch_size=batch,
+                  worker_count=workers, prefetch=prefetch)
+    config.synth.knobs.image_size = cfg.image_size
+    with pipeline.make_iterator(config) as it:
+        b = next(it)
+        params, loss = step(params, b["image"], b["text"])  # compile
+        jax.block_until_ready(loss)
+        wait0 = it.wait_s
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            b = next(it)
+            params, loss = step(params, b["image"], b["text"])
+        jax.block_until_ready(loss)
+        total = time.perf_counter() - t0
+        wait = it.wait_s - wait0
+    return {"model": model_name, "batch": batch, "workers": workers, "prefetch": prefetch,
+            "step_ms": 1e3 * total / steps, "wait_ms": 1e3 * wait / steps, "wait_share": wait / total}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1024, help="timed images per configuration")
@@ -139,7 +184,20 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--out", default=None, help="where to write the shards (default: a temporary folder)")
+    parser.add_argument("--wait-model", default="tiny-clip", help="model for the data-wait measurement")
+    parser.add_argument("--wait-steps", type=int, default=30)
+    parser.add_argument("--wait-batch", type=int, default=256)
+    parser.add_argument("--only", choices=("throughput", "wait"), default=None, help="run one part only")
     args = parser.parse_args()
+    if args.only != "throughput":
+        print(f"data wait in a {args.wait_model} CPU train step (synthetic stream, batch {args.wait_batch}, "
+              f"{args.wait_steps} steps):")
+        for workers, prefetch in ((0, 0), (0, 2), (1, 2)):
+            r = time_data_wait(args.wait_model, args.wait_batch, args.wait_steps, workers, prefetch)
+            print(f"  workers {workers} prefetch {prefetch}: step {r['step_ms']:.1f} ms, data wait "
+                  f"{r['wait_ms']:.1f} ms ({r['wait_share']:.1%} of step time)")
+        if args.only == "wait":
+            return
     workers = [int(w) for w in args.workers.split(",")]
     tmp = args.out or tempfile.mkdtemp(prefix="vlscale_bench_")
     # Enough shards for every worker; samples to cover a timed pass plus start-up.

@@ -57,6 +57,7 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.worker_count = 0
     c.worker_buffer_size = 2
     c.prefetch = 2  # batches a main-process thread keeps ready (0: none)
+    c.read_threads = 0  # random-access sources: reader threads per process (raise for remote storage)
 
     # Bad input.
     c.max_bad_fraction = DEFAULT_MAX_BAD_FRACTION

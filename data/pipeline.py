@@ -156,7 +156,7 @@ class _DecodeIterator(grain.DatasetIterator):
 
 
 def random_access_records(source, *, process_index: int, process_count: int, seed: int, shuffle: bool,
-                          num_epochs: int | None) -> grain.IterDataset:
+                          num_epochs: int | None, read_threads: int = 0) -> grain.IterDataset:
     """A random-access source as a host-sharded, per-epoch shuffled, repeated stream of records."""
     ds = grain.MapDataset.source(source)
     if len(ds) < process_count:
@@ -165,7 +165,10 @@ def random_access_records(source, *, process_index: int, process_count: int, see
     if shuffle:
         ds = ds.shuffle(seed)
     ds = ds.repeat(num_epochs)
-    return ds.to_iter_dataset()
+    # Records are cheap to fetch (metadata, local array_record, or drawn on the CPU): grain's default 16
+    # read threads would only fight the decode stage for the GIL. Raise read_threads for remote storage.
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, 4 * read_threads))
+    return ds.to_iter_dataset(options)
 
 
 def webdataset_records(spec, *, process_index: int, process_count: int, seed: int, shuffle: bool,
@@ -184,6 +187,7 @@ def webdataset_records(spec, *, process_index: int, process_count: int, seed: in
 def source_records(config, process_index: int, process_count: int) -> grain.IterDataset:
     """The raw record stream for this host, chosen by ``config.source``."""
     kind = config.source
+    read_threads = int(config.get("read_threads", 0))
     common = dict(process_index=process_index, process_count=process_count, seed=int(config.seed),
                   num_epochs=config.get("num_epochs", None))
     if kind == "webdataset":
@@ -197,17 +201,17 @@ def source_records(config, process_index: int, process_count: int) -> grain.Iter
         cfg = synth.SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.synth.knobs.items()})
         src = synth.SynthSource(cfg, seed=int(config.synth.seed), split=config.synth.split)
         # Records are i.i.d. draws already; a global permutation of 2**40 indices would add nothing.
-        return random_access_records(src, shuffle=False, **common)
+        return random_access_records(src, shuffle=False, read_threads=read_threads, **common)
     if kind == "tfds":
         from vlscale.data import tfds_source
 
         src = tfds_source.TfdsCaptionSource(**dict(config.tfds))
-        return random_access_records(src, shuffle=bool(config.shuffle), **common)
+        return random_access_records(src, shuffle=bool(config.shuffle), read_threads=read_threads, **common)
     if kind == "folder":
         from vlscale.data import folder
 
         src = folder.FolderCaptionSource(**dict(config.folder))
-        return random_access_records(src, shuffle=bool(config.shuffle), **common)
+        return random_access_records(src, shuffle=bool(config.shuffle), read_threads=read_threads, **common)
     raise UserError(f"unknown data.source {kind!r}; choose one of {', '.join(SOURCES)}")
 
 

@@ -38,11 +38,92 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+BLOCK = 512
+_READ_BUFFER = 1 << 20  # shards are read front to back; a large buffer keeps syscalls few
+
+
+class TarFormatError(Exception):
+    """A header that is not a tar header, or data that ends early."""
+
+
+def _octal(field: bytes) -> int:
+    field = field.rstrip(b"\0 ").lstrip(b" ")
+    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    return int(field, 8) if field else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header, if any (records are ``"<len> key=value\\n"``)."""
+    pos = 0
+    found = None
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            found = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return found
+
+
+def iter_tar_members(f, want: "callable") -> Iterator[tuple[str, bytes | None]]:
+    """Yields ``(name, data)`` for the regular files of a tar stream; ``data`` is None when ``want(name)``
+    is false (the bytes are seeked over, not read).
+
+    A minimal ustar/pax/GNU reader: python's ``tarfile`` parses each header field in Python and keeps
+    every member object, which made header parsing a visible share of the per-sample cost on small
+    images (see docs/data.md). Raises ``TarFormatError`` on a bad checksum or data that ends early.
+    """
+    long_name = None
+    while True:
+        header = f.read(BLOCK)
+        if len(header) < BLOCK:
+            if header.strip(b"\0"):
+                raise TarFormatError("header cut short")
+            return  # a tar without the end-of-archive blocks ends here too
+        if header == b"\0" * BLOCK:
+            return
+        stored = _octal(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # checksum field counts as spaces
+            raise TarFormatError("bad header checksum")
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        padded = (size + BLOCK - 1) // BLOCK * BLOCK
+        if kind in (b"x", b"L"):  # pax / GNU long name for the next member
+            data = f.read(padded)
+            if len(data) < padded:
+                raise TarFormatError("extended header cut short")
+            data = data[:size]
+            long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        if long_name is not None:
+            name, long_name = long_name, None
+        else:
+            name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix and header[257:262] == b"ustar":
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+        if kind not in (b"0", b"\0", b"7") or not want(name):
+            if padded:
+                f.seek(padded, 1)
+            if kind in (b"0", b"\0", b"7"):
+                yield name, None
+            continue
+        data = f.read(padded)
+        if len(data) < size:
+            raise TarFormatError(f"member {name} cut short")
+        yield name, data[:size]
+
+
 def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
     """Yields the samples of one shard in order, after skipping the first ``skip`` records.
 
     Each record is ``{"__key__", "__url__", ext: bytes, ...}`` or a bad record. Every yielded record
     (good or bad) counts as one toward ``skip``, so a position saved as "records yielded" resumes exactly.
+    Members of skipped samples are seeked over, not read.
     """
     emitted = 0
 
@@ -52,29 +133,30 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
         return emitted > skip
 
     try:
-        tar = tarfile.open(path, mode="r:")
-    except (OSError, tarfile.TarError, EOFError) as e:
+        f = open(path, "rb", buffering=_READ_BUFFER)
+        head = f.peek(BLOCK)[:BLOCK]
+        if len(head) < BLOCK or (head.strip(b"\0") and _octal_checksum_ok(head) is False):
+            raise TarFormatError("not a tar file")
+    except (OSError, TarFormatError, ValueError) as e:
         log.warning("skipping shard %s: cannot open it (%s)", path, e)
         rec = {BAD_KEY: UNREADABLE_SHARD, "__url__": path, "__key__": ""}
         if emit(rec):
             yield rec
         return
-    with tar:
-        current: dict[str, Any] | None = None
-        groups = 0  # samples started so far; the current one has index groups - 1
+    current: dict[str, Any] | None = None
+    state = {"groups": 0, "key": None}  # samples started so far; the current one has index groups - 1
+
+    def want(name: str) -> bool:
+        key = split_member_name(name)[0]
+        index = state["groups"] if key != state["key"] else state["groups"] - 1
+        return index >= skip
+
+    with f:
+        members = iter_tar_members(f, want)
         while True:
             try:
-                member = tar.next()
-                if member is None:
-                    break
-                if not member.isfile():
-                    continue
-                key, ext = split_member_name(member.name)
-                new_group = current is None or current["__key__"] != key
-                # Skipped samples are not read: only their headers are parsed, their data is seeked over.
-                wanted = (groups if new_group else groups - 1) >= skip
-                payload = tar.extractfile(member).read() if wanted else None
-            except (OSError, tarfile.TarError, EOFError) as e:
+                item = next(members, None)
+            except (OSError, TarFormatError, ValueError) as e:
                 log.warning("shard %s ends early (%s); later samples in it are lost", path, e)
                 if current is not None and emit(current):
                     yield current
@@ -82,15 +164,27 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
                 if emit(rec):
                     yield rec
                 return
-            if new_group:
+            if item is None:
+                break
+            name, payload = item
+            key, ext = split_member_name(name)
+            if current is None or current["__key__"] != key:
                 if current is not None and emit(current):
                     yield current
                 current = {"__key__": key, "__url__": path}
-                groups += 1
+                state["groups"] += 1
+                state["key"] = key
             if ext:
                 current[ext] = payload
         if current is not None and emit(current):
             yield current
+
+
+def _octal_checksum_ok(header: bytes) -> bool:
+    try:
+        return _octal(header[148:156]) == sum(header[:148]) + 256 + sum(header[156:])
+    except ValueError:
+        return False
 
 
 def write_tar_sample(tar: tarfile.TarFile, key: str, fields: Mapping[str, bytes | str]) -> None:
