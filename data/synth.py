@@ -237,9 +237,9 @@ def _background(cfg: SynthConfig, scene: Scene, rng: np.random.Generator) -> np.
         img = base + ramp[..., None] * (other - base)
     else:  # texture: low-frequency noise, upsampled
         k = int(rng.integers(3, 8))
-        coarse = rng.normal(0, 30, (k, k, 1)).astype(np.float32)
+        coarse = rng.standard_normal((k, k, 1), dtype=np.float32) * np.float32(30)
         reps = -(-side // k)
-        img = base + np.kron(coarse, np.ones((reps, reps, 1), np.float32))[:side, :side]
+        img = base + np.repeat(np.repeat(coarse, reps, axis=0), reps, axis=1)[:side, :side]
     return img
 
 
@@ -267,11 +267,13 @@ def render(cfg: SynthConfig, scene: Scene, rng: np.random.Generator) -> np.ndarr
         col = _jittered(COLOURS[cfg.colours[d_colour]], rng, cfg.colour_jitter)
         _draw_shape(draw, cfg.shapes[d_shape], dx, dy, SIZES["small"] * side / 2 * 0.8,
                     rng.uniform(0, 2 * np.pi) if cfg.rotate else 0.0, col)
-    out = np.asarray(im, dtype=np.float32)
     std = rng.uniform(0, cfg.noise_max)
-    if std > 0:
-        out = out + rng.normal(0, std, out.shape).astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    if std <= 0:
+        return np.asarray(im, dtype=np.uint8)
+    out = rng.standard_normal((side, side, 3), dtype=np.float32)
+    out *= np.float32(std)
+    out += np.asarray(im, dtype=np.float32)
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
 
 def _draw_shape(draw, shape, cx, cy, r, angle, col):
