@@ -1,0 +1,342 @@
+"""Writers for fits and comparisons: console text, fit.json, fit.csv and a LaTeX table like the paper's.
+
+Files written by ``save_*`` into OUT/:
+
+* ``fit.json`` -- the contract other tools read: ``{"groups": {NAME: {"form", "params", "objective", "n_points",
+  "n_frontier", "frontier", "converged_starts", "predictions", "heldout", ...}}, "selection", "fit_seconds",
+  "compile_seconds"}``; comparisons add ``comparison``, ``crossover``, ``verdict`` (and, over several benchmarks,
+  ``benchmarks`` and ``consistency``).
+* ``fit.csv`` -- one row per (benchmark, pretrain dataset, group): parameters, counts, predictions with intervals.
+* ``fit.tex`` -- booktabs table of the fitted parameters and predictions.
+* ``fit.png`` / ``fit.pdf`` -- the figure (see ``plots``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# ------------------------------------------------------------------------------------------------ number formats
+
+
+def fmt_c(c: float | None) -> str:
+    """Compute in GFLOPs, compact: 2.59e12."""
+    if c is None or (isinstance(c, float) and not math.isfinite(c)):
+        return "-"
+    return f"{c:.3g}".replace("e+", "e")
+
+
+def fmt_p(v: float) -> str:
+    """A fitted parameter: 4 significant digits, scientific when large or small."""
+    if v == 0 or 1e-3 <= abs(v) < 1e4:
+        return f"{v:.4g}"
+    return f"{v:.3e}".replace("e+", "e")
+
+
+def fmt_err(v: float, lo: float | None = None, hi: float | None = None) -> str:
+    """An error rate with its interval: 0.1839 [0.1721, 0.2086]."""
+    s = f"{v:.4f}"
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        s += f" [{lo:.4f}, {hi:.4f}]"
+    return s
+
+
+def fmt_pp(v: float, lo: float | None = None, hi: float | None = None) -> str:
+    """A difference of error rates in percentage points with its interval: -1.98 [-4.35, +0.41]."""
+    s = f"{100 * v:+.2f}"
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        s += f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    return s
+
+
+def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> str:
+    """Plain aligned text table (first column left-aligned, the rest right-aligned)."""
+    cols = list(zip(*([header] + rows))) if rows else [[h] for h in header]
+    widths = [max(len(str(v)) for v in col) for col in cols]
+
+    def line(vals):
+        cells = [str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(vals, widths))]
+        return indent + "  ".join(cells).rstrip()
+
+    out = [line(header), indent + "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ console text
+
+
+def _formula(form: str) -> str:
+    from vlscale.scaling.forms import get_form
+
+    try:
+        return get_form(form).formula
+    except Exception:
+        return form
+
+
+def fit_summary(rep, *, title: bool = True) -> str:
+    """Everything a user needs from one FitReport, as text."""
+    sel = rep.selection
+    lines = []
+    if title:
+        lines.append(f"== {sel.label()} ==")
+        lines.append(f"   error = {'1 - ' if _is_acc(sel.metric) else ''}{sel.metric} vs C = {sel.x} [GFLOPs]; "
+                     f"law {rep.form}: E(C) = {_formula(rep.form)}; frontier: {rep.frontier_method}")
+    groups = list(rep.groups.values())
+    pnames = list(groups[0].curve.params)
+    rows = []
+    for g in groups:
+        c = g.curve
+        rows.append([g.name, len(g.points), g.n_frontier, int(g.fitted.sum())]
+                    + [fmt_p(c.params[k]) for k in pnames]
+                    + [f"{c.converged_starts}/{c.n_starts}", ",".join(c.at_bound) or "-"])
+    lines.append(table(rows, ["group", "points", "frontier", "fitted", *pnames, "converged", "at bound"]))
+    if groups[0].predictions:
+        lines.append("")
+        lines.append(f"   predicted error ({100 * rep.level:.0f}% interval: {groups[0].interval_method})")
+        rows = []
+        for i, p in enumerate(groups[0].predictions):
+            rows.append([fmt_c(p["compute"])] + [fmt_err(g.predictions[i]["error"], g.predictions[i]["lo"],
+                                                         g.predictions[i]["hi"]) for g in groups])
+        lines.append(table(rows, ["C [GFLOPs]"] + [g.name for g in groups]))
+    held = heldout_summary(rep)
+    if held:
+        lines.append("")
+        lines.append(held)
+    loo = [(g.name, g.loo_summary()) for g in groups if g.loo_summary()]
+    if loo:
+        lines.append("")
+        lines.append("   leave-one-out over the fitted frontier: " + "; ".join(
+            f"{n} {s['mean_abs_err_pp']:.2f} pp mean, {s['max_abs_err_pp']:.2f} max ({s['n']} points)" for n, s in loo))
+    alloc = [(g.name, g.allocation) for g in groups if g.allocation]
+    if alloc:
+        parts = []
+        for n, a in alloc:
+            d, m = a.get("D_opt"), a.get("N_opt")
+            if d and m:
+                parts.append(f"{n} D_opt ∝ C^{d['slope']:.2f}, N_opt ∝ C^{m['slope']:.2f}")
+        if parts:
+            lines.append("   compute-optimal allocation on the fitted frontier (N = GFLOPs/sample): " + "; ".join(parts))
+            c_last = alloc[0][1]["D_opt"]["predictions"][-1]["compute"] if alloc[0][1]["D_opt"]["predictions"] else None
+            if c_last is not None:
+                lines.append(f"   at C = {fmt_c(c_last)}: " + "; ".join(
+                    f"{n} D_opt = {a['D_opt']['predictions'][-1]['value']:.3g} samples, "
+                    f"N_opt = {a['N_opt']['predictions'][-1]['value']:.3g} GFLOPs/sample" for n, a in alloc))
+    return "\n".join(lines)
+
+
+def _is_acc(metric: str | None) -> bool:
+    from vlscale.scaling.results import metric_kind
+
+    try:
+        return metric is not None and metric_kind(metric) == "accuracy"
+    except Exception:
+        return False
+
+
+def heldout_summary(rep) -> str:
+    """The held-out validation table (empty string when nothing is held out)."""
+    rows = []
+    limits = set()
+    for g in rep.groups.values():
+        if g.fit_max_compute is not None:
+            limits.add(g.fit_max_compute)
+        for h in g.heldout:
+            rows.append([g.name, h["model"], fmt_c(h["samples_seen"]), fmt_c(h["compute"]), h["kind"],
+                         f"{h['observed']:.4f}", fmt_err(h["predicted"], h["lo"], h["hi"]),
+                         f"{h['abs_err_pp']:.2f}", f"{100 * h['rel_err']:.1f}%",
+                         "yes" if h["inside_interval"] else "no"])
+    if not rows:
+        return ""
+    lim = ", ".join(fmt_c(v) for v in sorted(limits))
+    head = f"   held-out validation: fitted on frontier points with C <= {lim}; every frontier (and best-per-compute) "\
+           "point above it:"
+    return head + "\n" + table(rows, ["group", "model", "samples", "C [GFLOPs]", "kind", "observed", "predicted",
+                                      "|err| pp", "rel err", "in interval"])
+
+
+def comparison_summary(cmp, *, with_fit: bool = True) -> str:
+    lines = [fit_summary(cmp.fit)] if with_fit else []
+    rows = []
+    for r in cmp.comparison:
+        rows.append([fmt_c(r["compute"]), f"{r[cmp.first]:.4f}", f"{r[cmp.second]:.4f}",
+                     fmt_pp(r["diff"], r["lo"], r["hi"])])
+    lines.append("")
+    lines.append(f"   {cmp.second} - {cmp.first} (negative: {cmp.second} has lower error)")
+    lines.append(table(rows, ["C [GFLOPs]", cmp.first, cmp.second, "difference pp [interval]"]))
+    cr = cmp.crossover
+    if cr.get("compute") is not None:
+        ci = f" [{fmt_c(cr['lo'])}, {fmt_c(cr['hi'])}]" if "lo" in cr else ""
+        frac = f", curves cross in {100 * cr['fraction_crossing']:.0f}% of bootstraps" if "fraction_crossing" in cr else ""
+        lines.append(f"   crossover at C = {fmt_c(cr['compute'])} GFLOPs{ci}{frac}")
+    else:
+        lines.append(f"   no crossover between {fmt_c(cr['range'][0])} and {fmt_c(cr['range'][1])} GFLOPs")
+    lines.append(f"   verdict: {cmp.verdict}")
+    return "\n".join(lines)
+
+
+def comparison_set_summary(cs) -> str:
+    blocks = [comparison_summary(c) for c in cs.comparisons]
+    rows = []
+    for c in cs.comparisons:
+        from vlscale.scaling.api import consistency_row
+
+        r = consistency_row(c)
+        rows.append([r["pretrain_dataset"] or "-", f"{r['benchmark']} {r['metric']}", r["winner"] or "-",
+                     fmt_pp(r["diff"], r["lo"], r["hi"]) if r["diff"] is not None else "-",
+                     fmt_c(r["crossover"]), "-" if r["agree"] is None else f"{100 * r['agree']:.0f}%"])
+    first = cs.comparisons[0]
+    cons = [f"== consistency across {len(cs.comparisons)} comparisons "
+            f"({first.second} - {first.first} at C = {fmt_c(first.judged_at)} GFLOPs) ==",
+            table(rows, ["pretrain", "benchmark", "lower error", "difference pp [interval]", "crossover",
+                         "bootstraps agree"]),
+            f"   {cs.consistency}",
+            f"   fit time {cs.fit_seconds:.1f} s (of which JAX compilation {cs.compile_seconds:.1f} s)"]
+    return "\n\n".join(blocks + ["\n".join(cons)])
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o):
+    """NaN/inf -> None so fit.json is strict JSON."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not math.isfinite(float(o)):
+        return None
+    return o
+
+
+def write_json(obj: dict, path: Path) -> Path:
+    path.write_text(json.dumps(_clean(obj), indent=1, default=_json_default, allow_nan=False) + "\n")
+    return path
+
+
+def csv_rows(rep, extra: dict | None = None) -> list[dict]:
+    rows = []
+    sel = rep.selection
+    for g in rep.groups.values():
+        row = {"benchmark": sel.downstream_dataset, "metric": sel.metric, "pretrain_dataset": sel.pretrain_dataset,
+               "lr_scheduler": sel.lr_scheduler, "group": g.name, "form": g.curve.form}
+        row.update({f"param_{k}": v for k, v in g.curve.params.items()})
+        row.update(objective=g.curve.objective, n_points=len(g.points), n_frontier=g.n_frontier,
+                   n_fitted=int(g.fitted.sum()), fit_max_compute=g.fit_max_compute,
+                   converged_starts=g.curve.converged_starts)
+        for p in g.predictions:
+            c = fmt_c(p["compute"])
+            row[f"error@{c}"], row[f"lo@{c}"], row[f"hi@{c}"] = p["error"], p["lo"], p["hi"]
+        loo = g.loo_summary()
+        row["loo_mean_abs_err_pp"] = loo["mean_abs_err_pp"] if loo else None
+        if g.heldout:
+            row["heldout_mean_abs_err_pp"] = float(np.mean([h["abs_err_pp"] for h in g.heldout]))
+        if extra:
+            row.update(extra)
+        rows.append(row)
+    return rows
+
+
+def latex_table(reps, caption: str | None = None) -> str:
+    """Booktabs table: one row per (benchmark, dataset, group) with the fitted parameters and predictions."""
+    reps = list(reps)
+    pnames = list(next(iter(reps[0].groups.values())).curve.params)
+    pred_c = [p["compute"] for p in next(iter(reps[0].groups.values())).predictions]
+    multi = len(reps) > 1
+    head = (["Benchmark", "Dataset"] if multi else []) + ["Model"] + [f"${k}$" for k in pnames] \
+        + [f"$\\hat E({_latex_num(c)})$" for c in pred_c]
+    lines = ["\\begin{table}[t]", "\\centering", "\\small",
+             "\\begin{tabular}{" + "l" * (3 if multi else 1) + "r" * (len(head) - (3 if multi else 1)) + "}",
+             "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
+    for rep in reps:
+        sel = rep.selection
+        for g in rep.groups.values():
+            cells = ([_latex_escape(f"{sel.downstream_dataset} {sel.metric}"), _latex_escape(sel.pretrain_dataset or "")]
+                     if multi else [])
+            cells.append(_latex_escape(g.name))
+            cells += [_latex_num(g.curve.params[k], sig=4) for k in pnames]
+            for p in g.predictions:
+                band = f" [{p['lo']:.3f}, {p['hi']:.3f}]" if math.isfinite(p["lo"]) else ""
+                cells.append(f"{p['error']:.3f}{band}")
+            lines.append(" & ".join(cells) + " \\\\")
+        if multi:
+            lines.append("\\midrule" if rep is not reps[-1] else "")
+    lines = [ln for ln in lines if ln]
+    form = reps[0].form
+    cap = caption or (f"Fitted {_latex_escape(form)} law $E(C) = {_formula_latex(form)}$ on the Pareto frontier "
+                      f"({_latex_escape(reps[0].frontier_method)}); predicted error with "
+                      f"{100 * reps[0].level:.0f}\\% intervals.")
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{cap}}}", "\\label{tab:scaling-fit}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _formula_latex(form: str) -> str:
+    return {"saturation_both": "a\\,(C+b)^{c} + d", "saturation": "a\\,(C+b)^{c}", "power": "a\\,C^{c}",
+            "power_floor": "a\\,C^{c} + d"}.get(form, _latex_escape(_formula(form)))
+
+
+def _latex_num(v: float, sig: int = 3) -> str:
+    if v == 0 or 1e-3 <= abs(v) < 1e4:
+        return f"{v:.{sig}g}"
+    m, e = f"{v:.{sig - 1}e}".split("e")
+    return f"${m}\\times10^{{{int(e)}}}$"
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("&", "\\&"), ("%", "\\%"), ("#", "\\#"), ("@", "@")):
+        s = s.replace(a, b)
+    return s
+
+
+def _save_common(reps, out_dir, json_obj, plot_fn) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(json_obj, out / "fit.json")}
+    rows = [r for rep in reps for r in csv_rows(rep)]
+    pd.DataFrame(rows).to_csv(out / "fit.csv", index=False)
+    paths["csv"] = out / "fit.csv"
+    (out / "fit.tex").write_text(latex_table(reps))
+    paths["tex"] = out / "fit.tex"
+    fig = plot_fn()
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"fit.{ext}", dpi=130 if ext == "png" else None)
+        paths[ext] = out / f"fit.{ext}"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def save_fit(rep, out_dir) -> dict[str, Path]:
+    from vlscale.scaling import plots
+
+    return _save_common([rep], out_dir, rep.to_json(), lambda: plots.plot_fit(rep).figure)
+
+
+def save_comparison(cmp, out_dir) -> dict[str, Path]:
+    from vlscale.scaling import plots
+
+    return _save_common([cmp.fit], out_dir, cmp.to_json(),
+                        lambda: plots.plot_fit(cmp.fit, title_extra=cmp.verdict).figure)
+
+
+def save_comparison_set(cs, out_dir) -> dict[str, Path]:
+    from vlscale.scaling import plots
+
+    return _save_common([c.fit for c in cs.comparisons], out_dir, cs.to_json(),
+                        lambda: plots.plot_comparison_set(cs))
