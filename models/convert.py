@@ -277,6 +277,21 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_name_or_config: Any, scan
     return to_layout(_unflatten(flat), cfg, scan_layers)
 
 
+def expected_state_dict_shapes(model_name_or_config: Any) -> dict[str, tuple]:
+    """The open_clip state-dict keys and shapes a model's checkpoint holds (computed without allocating)."""
+    from vlscale.models.registry import build_model, param_shapes
+
+    # Trace the scanned model (fast for deep stacks) and unstack zero-stride views of its shapes.
+    shapes = param_shapes(build_model(model_name_or_config, scan_layers=True))
+    zero = np.zeros((), np.float32)
+    views = _unflatten({p: np.broadcast_to(zero, s.shape) for p, s in _flatten(_to_plain_dict(shapes)).items()})
+    out: dict[str, tuple] = {}
+    for path, a in _flatten(unstack_layers(views)).items():
+        key, kind, _ = flax_leaf_to_torch(path)
+        out[key] = _expected_torch_shape(kind, tuple(a.shape))
+    return out
+
+
 def flax_to_torch(params: Mapping, model_name_or_config: Any = None, text_prefix: bool = False) -> dict[str, np.ndarray]:
     """An open_clip state dict (key -> float32 numpy) that ``load_state_dict(strict=True)`` accepts.
 
