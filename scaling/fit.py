@@ -136,6 +136,31 @@ def _check_loss(loss: str, huber_delta: float):
         raise UserError(f"huber_delta must be > 0; got {huber_delta}")
 
 
+# ----------------------------------------------------------------------------------------------- small solves
+def spd_solve(a, b):
+    """Solves a @ x = b for a small symmetric positive-definite a (p <= ~6) by an unrolled Cholesky.
+
+    Written out element by element because batched ``jnp.linalg.solve`` on millions of 2x2..5x5 systems (one per
+    start and step, or per grid cell) runs one LAPACK call each on CPU and dominated the fit time ~20-fold.
+    """
+    p = a.shape[-1]
+    low = [[None] * p for _ in range(p)]
+    for i in range(p):
+        for j in range(i + 1):
+            acc = a[..., i, j] - sum(low[i][k] * low[j][k] for k in range(j))
+            if i == j:
+                low[i][i] = jnp.sqrt(jnp.maximum(acc, 1e-300))
+            else:
+                low[i][j] = acc / low[j][j]
+    z = []
+    for i in range(p):
+        z.append((b[..., i] - sum(low[i][k] * z[k] for k in range(i))) / low[i][i])
+    sol = [None] * p
+    for i in reversed(range(p)):
+        sol[i] = (z[i] - sum(low[k][i] * sol[k] for k in range(i + 1, p))) / low[i][i]
+    return jnp.stack(sol, axis=-1)
+
+
 # ----------------------------------------------------------------------------------------------- objective
 def _residuals(form, loss, theta, x, y):
     if loss == "mse" and form.fit_space == "linear":
@@ -179,7 +204,7 @@ def _lm_solve(form, loss, max_steps, theta0, x, y, w, delta):
         hess = (jac * (w * omega)[:, None]).T @ jac / wsum
         diag = jnp.diag(hess)
         damped = hess + jnp.diag(lam * diag + RIDGE * (jnp.max(diag) + 1e-300))
-        step = -jnp.linalg.solve(damped, grad)
+        step = -spd_solve(damped, grad)
         step = step * jnp.minimum(1.0, MAX_STEP / (jnp.max(jnp.abs(step)) + 1e-300))
         trial = jnp.clip(theta + step, -forms_lib.THETA_LIMIT, forms_lib.THETA_LIMIT)
         f_trial = safe_objective(trial)
@@ -205,22 +230,24 @@ def _subset_masks(k: int) -> np.ndarray:
     return np.array(list(itertools.product((0.0, 1.0), repeat=k)), dtype=np.float64)
 
 
-def _nnls_small(basis, y, w):
-    """min_c sum w (basis @ c - y)^2 subject to c >= 0, for k <= 3 columns, by trying every active set."""
-    k = basis.shape[1]
-    scale = jnp.sqrt(jnp.sum(w[:, None] * basis * basis, axis=0)) + 1e-300
-    g = basis / scale
-    gram = (g * w[:, None]).T @ g
-    rhs = g.T @ (w * y)
+def _nnls_normal(gram, rhs, yy):
+    """min_c c^T gram c - 2 c^T rhs + yy subject to c >= 0 (k <= 3), by trying every active set.
+
+    Works on the normal equations (weighted Gram matrix and right-hand side) so the per-point data never needs
+    to be touched per cell. Columns are rescaled to unit norm first; returns (coef, weighted SSE).
+    """
+    k = gram.shape[-1]
+    scale = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)) + 1e-300
+    g = gram / jnp.outer(scale, scale)
+    r = rhs / scale
     masks = jnp.asarray(_subset_masks(k))
 
     def solve(m):
-        a = gram * jnp.outer(m, m) + jnp.diag(1.0 - m) + RIDGE * jnp.eye(k)
-        c = jnp.linalg.solve(a, rhs * m) * m
-        feasible = jnp.all(c >= 0.0)
-        res = g @ c - y
-        sse = jnp.sum(w * res * res)
-        return c, jnp.where(feasible & jnp.isfinite(sse), sse, jnp.inf)
+        a = g * jnp.outer(m, m) + jnp.diag(1.0 - m) + RIDGE * jnp.eye(k)
+        c = spd_solve(a, r * m) * m
+        sse = yy - 2.0 * c @ r + c @ g @ c
+        feasible = jnp.all(c >= 0.0) & jnp.isfinite(sse)
+        return c, jnp.where(feasible, jnp.maximum(sse, 0.0), jnp.inf)
 
     coefs, sses = jax.vmap(solve)(masks)
     best = jnp.argmin(sses)
@@ -232,16 +259,14 @@ def _profile_seeds(form, loss, n_seeds, nl_grid, x, y, w):
     prof = form.profile
     # Log-space objectives are approximated by relative (1/y^2-weighted) linear least squares.
     w_fit = w if (loss == "mse" and form.fit_space == "linear") else w / (y * y)
-
-    def cell(nl):
-        basis = prof.basis(nl, x)
-        coef, sse = _nnls_small(basis, y, w_fit)
-        return prof.assemble(nl, coef), sse
-
-    thetas, sses = jax.vmap(cell)(nl_grid)
+    # Basis [cells, n, k] depends on x only: when x is shared by all sets (bootstrap) it is built once.
+    basis = jax.vmap(lambda nl: prof.basis(nl, x))(nl_grid)
+    gram = jnp.einsum("mnk,mnl,n->mkl", basis, basis, w_fit)
+    rhs = jnp.einsum("mnk,n->mk", basis, w_fit * y)
+    coefs, sses = jax.vmap(_nnls_normal, in_axes=(0, 0, None))(gram, rhs, jnp.sum(w_fit * y * y))
     sses = jnp.where(jnp.isfinite(sses), sses, jnp.inf)
     _, idx = jax.lax.top_k(-sses, n_seeds)
-    return thetas[idx]
+    return jax.vmap(prof.assemble)(nl_grid[idx], coefs[idx])
 
 
 # ----------------------------------------------------------------------------------------------- compiled cores
@@ -255,15 +280,16 @@ def _fit_sets(x, y, w, starts, nl_grid, delta, *, form_name, loss, max_steps, n_
     form = forms_lib.get_form(form_name)
     solve = functools.partial(_lm_solve, form, loss, max_steps)
 
-    def one_set(x, y, w):
-        all_starts = starts
+    def one_set(x, y, w, set_starts):
         if n_seeds:
             seeds = _profile_seeds(form, loss, n_seeds, nl_grid, x, y, w)
-            all_starts = jnp.concatenate([starts, seeds.astype(starts.dtype)], axis=0)
-        thetas, objs, steps = jax.vmap(solve, in_axes=(0, None, None, None, None))(all_starts, x, y, w, delta)
+            set_starts = jnp.concatenate([set_starts, seeds.astype(set_starts.dtype)], axis=0)
+        thetas, objs, steps = jax.vmap(solve, in_axes=(0, None, None, None, None))(set_starts, x, y, w, delta)
         return thetas, jnp.where(jnp.isfinite(objs), objs, jnp.inf), steps
 
-    return jax.vmap(one_set)(x, y, w)
+    # starts [S, p] are shared by every set, [B, S, p] gives each set its own (warm starts); likewise x [n] is
+    # shared (bootstrap: computed on once) and [B, n] per set.
+    return jax.vmap(one_set, in_axes=(_x_axis(form, x), 0, 0, 0 if starts.ndim == 3 else None))(x, y, w, starts)
 
 
 _fit_sets_jit = jax.jit(_fit_sets, static_argnames=("form_name", "loss", "max_steps", "n_seeds"))
@@ -285,7 +311,12 @@ def _fit_sets_best(x, y, w, starts, nl_grid, delta, *, form_name, loss, max_step
         converged = jnp.sum(objs <= f_best + CONVERGED_RTOL * jnp.abs(f_best))
         return theta, f_best, jnp.linalg.norm(grad), mse, converged
 
-    return jax.vmap(reduce)(x, y, w, thetas, objs)
+    return jax.vmap(reduce, in_axes=(_x_axis(form, x), 0, 0, 0, 0))(x, y, w, thetas, objs)
+
+
+def _x_axis(form, x):
+    """0 when x carries a leading set axis ([B, n] or [B, n, 2]), None when one x is shared by all sets."""
+    return 0 if x.ndim == (2 if form.n_inputs == 1 else 3) else None
 
 
 def _profile_grid(form, xs) -> np.ndarray:
@@ -398,13 +429,16 @@ def fit_weighted_sets(form, xs, ys, ws, starts, *, loss="mse", huber_delta=DEFAU
                       max_steps=DEFAULT_MAX_STEPS, n_seeds=DEFAULT_SEEDS) -> dict[str, np.ndarray]:
     """The array core of ``fit_curves_batched`` for already-checked inputs (no per-set Python work).
 
-    xs [B, n(, 2)], ys and ws [B, n], starts [S, p] theta. Returns arrays keyed theta [B, p], objective, grad_norm,
+    xs [B, n(, 2)], ys and ws [B, n], starts [S, p] theta shared by all sets or [B, S, p] per set. Returns arrays keyed theta [B, p], objective, grad_norm,
     mse, converged [B] and the int n_seeds actually used.
     """
     form = forms_lib.get_form(form)
     n_seeds = int(n_seeds) if form.profile is not None else 0
     nl_grid = _profile_grid(form, np.asarray(xs)[np.asarray(ws) > 0])
     n_seeds = min(n_seeds, nl_grid.shape[0])
+    xs = np.asarray(xs, dtype=np.float64)
+    if _x_axis(form, xs) == 0 and np.all(xs == xs[:1]):
+        xs = xs[0]  # one copy: the per-x work (profile basis) then runs once, not once per set
     with jax.enable_x64(True):
         out = _fit_sets_best(
             jnp.asarray(xs, dtype=jnp.float64), jnp.asarray(ys, dtype=jnp.float64), jnp.asarray(ws, dtype=jnp.float64),
@@ -432,3 +466,22 @@ def fit_all_starts(x, y, form="saturation_both", *, loss="mse", huber_delta=DEFA
         )
         thetas, objs, steps = (np.asarray(a)[0] for a in out)
     return thetas, objs, steps
+
+
+@functools.partial(jax.jit, static_argnames=("form_name", "loss", "n_seeds"))
+def _seeds_jit(x, y, w, nl_grid, *, form_name, loss, n_seeds):
+    return _profile_seeds(forms_lib.get_form(form_name), loss, n_seeds, nl_grid, x, y, w)
+
+
+def profile_starts(x, y, form="saturation_both", *, loss="mse", n_seeds=DEFAULT_SEEDS, weights=None) -> np.ndarray:
+    """The ``n_seeds`` best variable-projection cells for (x, y) as theta starts [n_seeds, p] (empty if the form
+    has no profile)."""
+    form = forms_lib.get_form(form)
+    x, y, w = _check_data(x, y, form, weights)
+    if form.profile is None or n_seeds <= 0:
+        return np.zeros((0, form.n_params))
+    nl_grid = _profile_grid(form, x[w > 0])
+    with jax.enable_x64(True):
+        seeds = _seeds_jit(jnp.asarray(x), jnp.asarray(y), jnp.asarray(w), jnp.asarray(nl_grid), form_name=form.name,
+                           loss=loss, n_seeds=min(int(n_seeds), nl_grid.shape[0]))
+    return np.asarray(seeds)
