@@ -1,0 +1,239 @@
+"""`vlscale models`, `vlscale convert` and `vlscale embed`.
+
+Only argparse-level code at import time (the CLI imports every package's cli module for `vlscale --help`);
+jax, torch, pandas and the models load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+EMBED_BATCH = 64
+
+MODELS_EXAMPLES = """examples:
+  vlscale models                # the paper's 35 CLIP/MaMMUT models: parameters and GFLOPs per sample
+  vlscale models --csv --all    # as CSV, including the tiny test/CPU configurations
+"""
+CONVERT_EXAMPLES = """examples:
+  vlscale convert --from-open-clip epoch_32.pt --model mammut_ViT-B-32 --out ckpt/mammut_b32
+  vlscale convert --from-open-clip open_clip_model.safetensors --model ViT-B-32 --out ckpt/b32
+  vlscale convert --to-open-clip ckpt/b32 --out b32_open_clip.pt
+"""
+EMBED_EXAMPLES = """examples:
+  vlscale embed --checkpoint ckpt/b32 --images cat.jpg dog.jpg --texts "a cat" "a dog"
+  vlscale embed --checkpoint ckpt/b32 --image-dir photos/ --texts-file captions.txt --out emb.npz
+"""
+
+
+def register(registry) -> None:
+    registry.add("models", "List the model configurations with parameter counts and GFLOPs.", _configure_models,
+                 _run_models, description="List the model configurations: parameters (millions) and forward "
+                 "GFLOPs per sample in the paper's convention, plus full training GFLOPs (fwd+bwd, attention "
+                 "included) per sample.\n\n" + MODELS_EXAMPLES)
+    registry.add("convert", "Convert open_clip / MaMMUT checkpoints to vlscale parameters and back.",
+                 _configure_convert, _run_convert,
+                 description="Convert an open_clip or open_clip_mammut checkpoint (.pt with {'state_dict': ...} "
+                 "or a bare state dict, or .safetensors) into a vlscale (Orbax) checkpoint, or export a vlscale "
+                 "checkpoint as an open_clip state dict.\n\n" + CONVERT_EXAMPLES)
+    registry.add("embed", "Embed images and texts with a checkpoint; print their similarity matrix.",
+                 _configure_embed, _run_embed,
+                 description="Embed images (open_clip eval preprocessing) and texts (open_clip tokenizer) with a "
+                 "vlscale checkpoint. Writes L2-normalised float32 image_embeddings and text_embeddings in input "
+                 "order to --out, or prints the image-text cosine similarity matrix.\n\n" + EMBED_EXAMPLES)
+
+
+# --- models --------------------------------------------------------------------------------------------------------
+
+
+def _configure_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
+    p.add_argument("--all", action="store_true", help="include the tiny test/CPU configurations")
+
+
+def _run_models(args) -> int:
+    from vlscale.models.flops import profile_table
+
+    table = profile_table(include_tiny=args.all)
+    cols = ["model", "image_size", "mparams", "image_mparams", "text_mparams", "gflops", "train_gflops"]
+    table = table[cols]
+    if args.csv:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+# --- convert -------------------------------------------------------------------------------------------------------
+
+
+def _configure_convert(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-open-clip", metavar="FILE", help="open_clip / MaMMUT checkpoint (.pt, .safetensors)")
+    src.add_argument("--to-open-clip", metavar="DIR", help="vlscale checkpoint directory to export")
+    p.add_argument("--model", help="model name (see `vlscale models`); required with --from-open-clip")
+    p.add_argument("--out", required=True, help="output directory (--from-open-clip) or .pt/.safetensors file")
+    p.add_argument("--text-prefix", action="store_true",
+                   help="export a CLIP text tower under 'text.' (open_clip CustomTextCLIP layout)")
+
+
+def _run_convert(args) -> int:
+    from vlscale.errors import UserError
+    from vlscale.models import convert
+    from vlscale.models.config import get_config
+    from vlscale.models.registry import count_params
+
+    if args.from_open_clip:
+        if not args.model:
+            raise UserError("--from-open-clip needs --model NAME (run `vlscale models` for the names)")
+        cfg = get_config(args.model)
+        params = convert.from_open_clip(args.from_open_clip, cfg.name)
+        out = convert.save_params(args.out, params, cfg.name)
+        print(f"converted {args.from_open_clip} -> {out} ({cfg.name}, {count_params(params):,} parameters)")
+        return 0
+    out = Path(args.out)
+    if out.suffix.lower() not in (".pt", ".pth", ".bin", ".safetensors"):
+        raise UserError(f"--out {out}: use a .pt or .safetensors file name for --to-open-clip")
+    params, meta = convert.load_params(args.to_open_clip)
+    if args.model and args.model != meta["model"]:
+        raise UserError(f"--model {args.model} does not match the checkpoint's model {meta['model']}")
+    state = convert.flax_to_torch(params, meta["model"], text_prefix=args.text_prefix)
+    convert.save_state_dict_file(state, out)
+    print(f"exported {args.to_open_clip} ({meta['model']}) -> {out} ({len(state)} tensors)")
+    return 0
+
+
+# --- embed ---------------------------------------------------------------------------------------------------------
+
+
+def _configure_embed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="vlscale checkpoint (from `vlscale convert`)")
+    p.add_argument("--model", help="model name; defaults to the one recorded in the checkpoint")
+    imgs = p.add_mutually_exclusive_group()
+    imgs.add_argument("--images", nargs="+", metavar="FILE", help="image files")
+    imgs.add_argument("--image-dir", metavar="DIR", help="every image in DIR (sorted by name)")
+    txts = p.add_mutually_exclusive_group()
+    txts.add_argument("--texts", nargs="+", metavar="TEXT", help="texts to embed")
+    txts.add_argument("--texts-file", metavar="FILE", help="texts, one per line")
+    p.add_argument("--out", metavar="FILE.npz", help="write image_embeddings / text_embeddings here")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32: float32 with highest matmul precision (default); bf16: bfloat16 compute")
+    p.add_argument("--batch-size", type=int, default=EMBED_BATCH)
+
+
+def _image_paths(args) -> list[Path]:
+    from vlscale.errors import UserError
+
+    if args.images:
+        return [Path(p) for p in args.images]
+    if args.image_dir:
+        d = Path(args.image_dir)
+        if not d.is_dir():
+            raise UserError(f"--image-dir {d} is not a directory")
+        paths = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise UserError(f"--image-dir {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return paths
+    return []
+
+
+def _texts(args) -> list[str]:
+    from vlscale.errors import UserError
+
+    if args.texts:
+        return list(args.texts)
+    if args.texts_file:
+        f = Path(args.texts_file)
+        if not f.is_file():
+            raise UserError(f"--texts-file {f} does not exist")
+        return [line for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return []
+
+
+def _batched(fn, arrays, batch_size):
+    import numpy as np
+
+    outs = [np.asarray(fn(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def embed(checkpoint: str | Path, image_paths=(), texts=(), model_name: str | None = None,
+          precision: str = "fp32", batch_size: int = EMBED_BATCH):
+    """(image_embeddings [N, E], text_embeddings [M, E]): L2-normalised float32, in input order."""
+    import jax
+    import numpy as np
+
+    from vlscale.errors import UserError
+    from vlscale.models import convert, registry, transforms
+    from vlscale.models.tokenizer import get_tokenizer
+
+    params, meta = convert.load_params(checkpoint)
+    name = model_name or meta["model"]
+    if model_name and model_name != meta["model"]:
+        raise UserError(f"--model {model_name} does not match the checkpoint's model {meta['model']}")
+    model = registry.build_model(name, dtype="float32" if precision == "fp32" else "bfloat16")
+    cfg = model.config
+    matmul = "highest" if precision == "fp32" else "default"
+
+    # Parameters are jit arguments (not closed-over constants) so large models compile quickly.
+    encode_images_p = jax.jit(lambda p, x: model.apply({"params": p}, x, normalize=True, method="encode_image"))
+    encode_texts_p = jax.jit(lambda p, t: model.apply({"params": p}, t, normalize=True, method="encode_text"))
+    params = jax.device_put(params)
+
+    def encode_images(x):
+        return encode_images_p(params, x)
+
+    def encode_texts(t):
+        return encode_texts_p(params, t)
+
+    width = cfg.embed_dim
+    image_emb = np.zeros((0, width), np.float32)
+    text_emb = np.zeros((0, width), np.float32)
+    with jax.default_matmul_precision(matmul):
+        if image_paths:
+            missing = [str(p) for p in image_paths if not Path(p).is_file()]
+            if missing:
+                raise UserError(f"image file(s) not found: {', '.join(missing[:3])}")
+            pixels = np.stack([transforms.eval_transform(transforms.load_image(p), size=cfg.image_size)
+                               for p in image_paths])
+            image_emb = _batched(encode_images, pixels, batch_size)
+        if texts:
+            tokens = get_tokenizer(cfg.context_length)(list(texts))
+            text_emb = _batched(encode_texts, tokens, batch_size)
+    return image_emb, text_emb
+
+
+def format_similarity(image_names, texts, sims) -> str:
+    """The image x text cosine-similarity matrix as an aligned table (rows: images, columns: texts)."""
+    col_names = [f"t{j}" for j in range(len(texts))]
+    row_w = max(len(n) for n in image_names)
+    lines = ["texts: " + "; ".join(f"t{j}={t!r}" for j, t in enumerate(texts))]
+    lines.append(" " * row_w + "".join(f"{c:>9}" for c in col_names))
+    for name, row in zip(image_names, sims):
+        lines.append(f"{name:<{row_w}}" + "".join(f"{v:9.4f}" for v in row))
+    return "\n".join(lines)
+
+
+def _run_embed(args) -> int:
+    import numpy as np
+
+    from vlscale.errors import UserError
+
+    paths, texts = _image_paths(args), _texts(args)
+    if not paths and not texts:
+        raise UserError("nothing to embed: give --images/--image-dir and/or --texts/--texts-file")
+    if args.out is None and not (paths and texts):
+        raise UserError("without --out, embed prints the image-text similarity matrix: give images and texts")
+    image_emb, text_emb = embed(args.checkpoint, paths, texts, model_name=args.model, precision=args.precision,
+                                batch_size=args.batch_size)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, image_embeddings=image_emb, text_embeddings=text_emb,
+                 image_paths=np.array([str(p) for p in paths]), texts=np.array(texts))
+        print(f"wrote {out}: image_embeddings {image_emb.shape}, text_embeddings {text_emb.shape}")
+    else:
+        print(format_similarity([p.name for p in paths], texts, image_emb @ text_emb.T))
+    return 0
