@@ -132,11 +132,12 @@ def time_reading(shard_paths: list[str], tmp: str) -> tuple[float, float]:
     return tar_rate, ar_rate
 
 
-def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefetch: int) -> dict:
+def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefetch: int, in_memory: bool,
+                   image_dtype: str) -> dict:
     """Data wait as a share of step time: a real jitted CLIP train step of a tiny model, fed by the pipeline.
 
-    Source: the synthetic stream at the model's image size (decode-free: rendered on the fly, the CPU
-    demo's setting) and the same images through JPEG shards (decode + RandomResizedCrop).
+    Source: the synthetic stream at the model's image size, either rendered and augmented on the fly
+    (streaming) or rendered once and served from memory (``in_memory``, the CPU demo's setting).
     """
     import jax
     import jax.numpy as jnp
@@ -151,6 +152,9 @@ def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefet
 
     @jax.jit
     def step(params, images, tokens):
+        if images.dtype == jnp.uint8:
+            images = pipeline.normalize_images(images)
+
         def loss_fn(p):
             return model_loss(model.apply({"params": p}, images, tokens))[0]
 
@@ -159,7 +163,8 @@ def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefet
 
     config = data_config.get_config("synth")
     config.update(image_size=cfg.image_size, context_length=cfg.context_length, batch_size=batch,
-                  worker_count=workers, prefetch=prefetch)
+                  worker_count=workers, prefetch=prefetch, in_memory=in_memory, image_dtype=image_dtype,
+                  in_memory_samples=max(4096, 4 * batch))
     config.synth.knobs.image_size = cfg.image_size
     with pipeline.make_iterator(config) as it:
         b = next(it)
@@ -173,7 +178,8 @@ def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefet
         jax.block_until_ready(loss)
         total = time.perf_counter() - t0
         wait = it.wait_s - wait0
-    return {"model": model_name, "batch": batch, "workers": workers, "prefetch": prefetch,
+    return {"model": model_name, "batch": batch, "workers": workers, "prefetch": prefetch, "in_memory": in_memory,
+            "image_dtype": image_dtype,
             "step_ms": 1e3 * total / steps, "wait_ms": 1e3 * wait / steps, "wait_share": wait / total}
 
 
@@ -192,10 +198,12 @@ def main() -> None:
     if args.only != "throughput":
         print(f"data wait in a {args.wait_model} CPU train step (synthetic stream, batch {args.wait_batch}, "
               f"{args.wait_steps} steps):")
-        for workers, prefetch in ((0, 0), (0, 2), (1, 2)):
-            r = time_data_wait(args.wait_model, args.wait_batch, args.wait_steps, workers, prefetch)
-            print(f"  workers {workers} prefetch {prefetch}: step {r['step_ms']:.1f} ms, data wait "
-                  f"{r['wait_ms']:.1f} ms ({r['wait_share']:.1%} of step time)")
+        settings = ((0, 2, False, "float32"), (1, 2, False, "uint8"), (0, 2, True, "float32"), (0, 2, True, "uint8"))
+        for workers, prefetch, in_memory, dtype in settings:
+            r = time_data_wait(args.wait_model, args.wait_batch, args.wait_steps, workers, prefetch, in_memory, dtype)
+            where = "in memory" if in_memory else "streaming"
+            print(f"  {where:>9}, {dtype:>7}, workers {workers}, prefetch {prefetch}: step {r['step_ms']:6.1f} ms, "
+                  f"data wait {r['wait_ms']:6.1f} ms ({r['wait_share']:.1%} of step time)")
         if args.only == "wait":
             return
     workers = [int(w) for w in args.workers.split(",")]

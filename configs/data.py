@@ -44,6 +44,10 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.train_scale = TRAIN_SCALE
     c.image_dtype = "float32"  # or "uint8": normalise on the device (pipeline.normalize_images), 4x less transfer
 
+    # Small datasets (the CPU demo): decode, resize and tokenise once, then serve batches from RAM.
+    c.in_memory = False
+    c.in_memory_samples = 20_000  # synthetic stream only: how many samples to draw and hold
+
     # Order and batching.
     c.batch_size = 256  # global; each host gets batch_size / process_count
     c.seed = 0

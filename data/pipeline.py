@@ -130,7 +130,12 @@ class _DecodeIterator(grain.DatasetIterator):
     def __next__(self) -> dict[str, np.ndarray]:
         skipped = np.zeros(len(samples_lib.BAD_REASONS), np.int32)
         while True:
-            record = next(self._parent)
+            try:
+                record = next(self._parent)
+            except StopIteration:
+                if skipped.any():  # a finite stream that ends in bad records: report them on a blank row
+                    return self._blank(skipped)
+                raise
             self._read += 1
             try:
                 out = self._process(record)
@@ -145,7 +150,13 @@ class _DecodeIterator(grain.DatasetIterator):
                     ) from None
                 continue
             out["skipped"] = skipped
+            out["valid"] = np.bool_(True)
             return out
+
+    def _blank(self, skipped: np.ndarray) -> dict[str, np.ndarray]:
+        size = self._ds.image_size
+        return {"image": np.zeros((size, size, 3), self._ds.image_dtype),
+                "text": np.zeros(self._ds.context_length, np.int32), "skipped": skipped, "valid": np.bool_(False)}
 
     def get_state(self) -> dict[str, Any]:
         return {"parent": self._parent.get_state(), "read": self._read}
@@ -217,6 +228,8 @@ def source_records(config, process_index: int, process_count: int) -> grain.Iter
 
 def build_dataset(config, process_index: int, process_count: int) -> grain.IterDataset:
     """The per-host dataset of batches ``{"image", "text", "skipped"}`` (numpy), workers included."""
+    if bool(config.get("in_memory", False)):
+        return in_memory_batches(config, process_index, process_count)
     records = source_records(config, process_index, process_count)
     ds = DecodeIterDataset(
         records, image_size=int(config.image_size), context_length=int(config.context_length),
@@ -234,6 +247,103 @@ def build_dataset(config, process_index: int, process_count: int) -> grain.IterD
         # release the GIL). Its state is the state of the batch last handed out, so resume stays exact.
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=int(config.prefetch))
     return ds
+
+
+class _ArrayBatches:
+    """Random-access source of whole batches gathered from preprocessed arrays (the in-memory path).
+
+    Batch ``b`` is slice ``b mod k`` of epoch ``b // k``'s permutation (``k`` full batches per epoch),
+    so any batch is computed directly from its index: grain's index is the whole iterator state.
+    """
+
+    def __init__(self, images: np.ndarray, tokens: np.ndarray, *, batch_size: int, seed: int, shuffle: bool,
+                 num_epochs: int | None, normalize: bool):
+        self.images, self.tokens, self.normalize = images, tokens, normalize
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.batches_per_epoch = len(images) // batch_size
+        if self.batches_per_epoch == 0:
+            raise UserError(f"{len(images)} samples in memory cannot fill one batch of {batch_size}")
+        self.length = self.batches_per_epoch * num_epochs if num_epochs is not None else 2**62
+        self._perm: tuple[int, np.ndarray] | None = None
+        self._skipped = np.zeros((batch_size, len(samples_lib.BAD_REASONS)), np.int32)
+        self._valid = np.ones(batch_size, bool)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            n = len(self.images)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._perm = (epoch, perm)
+        return self._perm[1]
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        epoch, b = divmod(int(index), self.batches_per_epoch)
+        idx = np.sort(self._permutation(epoch)[b * self.batch_size : (b + 1) * self.batch_size])
+        images = self.images[idx]
+        if self.normalize:
+            from vlscale.models.transforms import OPENAI_MEAN, OPENAI_STD
+
+            images = images.astype(np.float32)
+            images /= np.float32(255)
+            images -= np.asarray(OPENAI_MEAN, np.float32)
+            images /= np.asarray(OPENAI_STD, np.float32)
+        return {"image": images, "text": self.tokens[idx], "skipped": self._skipped, "valid": self._valid}
+
+
+def load_arrays(config, process_index: int, process_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over this host's share of the source: eval geometry, uint8 pixels, token ids, skip counts.
+
+    The synthetic stream is cut to ``config.in_memory_samples`` records (finite sources are read whole).
+    """
+    load = _with(config, in_memory=False, num_epochs=1, shuffle=False, train=False, image_dtype="uint8",
+                 batch_size=process_count, drop_remainder=False, worker_count=0, prefetch=0,
+                 process_index=process_index, process_count=process_count)
+    if load.source == "synth":
+        from vlscale.data import synth
+
+        cfg = synth.SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in load.synth.knobs.items()})
+        src = synth.SynthSource(cfg, seed=int(load.synth.seed), split=load.synth.split,
+                                length=int(config.in_memory_samples))
+        records = random_access_records(src, process_index=process_index, process_count=process_count, seed=0,
+                                        shuffle=False, num_epochs=1)
+    else:
+        records = source_records(load, process_index, process_count)
+    ds = DecodeIterDataset(records, image_size=int(load.image_size), context_length=int(load.context_length),
+                           train=False, seed=0, max_consecutive_bad=int(load.max_consecutive_bad),
+                           warn_interval_s=float(load.warn_interval_s), image_dtype="uint8")
+    images, tokens = [], []
+    skipped = np.zeros(len(samples_lib.BAD_REASONS), np.int64)
+    for element in ds:
+        skipped += element["skipped"]
+        if element["valid"]:
+            images.append(element["image"])
+            tokens.append(element["text"])
+    if not images:
+        raise UserError("the data source yielded no good samples to hold in memory")
+    counter = samples_lib.BadSampleCounter(float(config.max_bad_fraction), int(config.bad_fraction_min_samples))
+    counter.add(len(images), skipped)
+    counter.check()
+    return np.stack(images), np.stack(tokens), skipped
+
+
+def in_memory_batches(config, process_index: int, process_count: int) -> grain.IterDataset:
+    """Batches served from arrays held in memory: decode, resize and tokenise happen once, at start.
+
+    For datasets that fit in RAM (the CPU scaling demo's synthetic sets): a batch is one gather, so
+    the data wait is negligible next to even a tiny model's step. Images get the eval geometry (no
+    per-epoch RandomResizedCrop); order is a fresh permutation per epoch, resumable by index.
+    """
+    images, tokens, skipped = load_arrays(config, process_index, process_count)
+    log.info("holding %d samples in memory (%.1f MB); skipped at load: %s", len(images),
+             (images.nbytes + tokens.nbytes) / 1e6, {r: int(n) for r, n in zip(samples_lib.BAD_REASONS, skipped) if n})
+    source = _ArrayBatches(images, tokens, batch_size=per_host_batch_size(int(config.batch_size), process_count),
+                           seed=int(config.seed), shuffle=bool(config.shuffle), num_epochs=config.get("num_epochs", None),
+                           normalize=str(config.get("image_dtype", "float32")) == "float32")
+    out = grain.MapDataset.source(source).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=1))
+    out.load_skipped = skipped  # reported by DataIterator's metrics
+    return out
 
 
 def _absl_flags_with_defaults() -> None:
@@ -262,6 +372,8 @@ class DataIterator:
         self._ds = build_dataset(config, self.process_index, self.process_count)
         self._it = iter(self._ds)
         self.counter = samples_lib.BadSampleCounter(float(config.max_bad_fraction), int(config.bad_fraction_min_samples))
+        # In-memory data was validated once at load; its skip counts stay in the metrics.
+        self.counter.add(0, getattr(self._ds, "load_skipped", np.zeros(len(samples_lib.BAD_REASONS), np.int64)))
         self.batches = 0
         self.wait_s = 0.0
 
@@ -273,6 +385,9 @@ class DataIterator:
         batch = next(self._it)
         self.wait_s += time.perf_counter() - t0
         skipped = batch.pop("skipped")
+        valid = batch.pop("valid", None)
+        if valid is not None and not valid.all():  # only the last batch of a finite stream
+            batch = {k: v[valid] for k, v in batch.items()}
         self.counter.add(len(batch["image"]), skipped)
         self.batches += 1
         self.counter.check()
@@ -280,7 +395,11 @@ class DataIterator:
 
     @property
     def samples_seen(self) -> int:
-        """Samples consumed by the whole job (all hosts): batches x global batch, exact by construction."""
+        """Samples consumed by the whole job (all hosts): batches x global batch.
+
+        Exact for training (full batches on every host, ``drop_remainder``); for a finite pass that
+        keeps a partial last batch, ``counter.good`` is this host's exact count.
+        """
         return self.batches * self.global_batch_size
 
     def global_batch(self, sharding) -> dict[str, Any]:

@@ -137,3 +137,14 @@ def test_counter_ignores_unreadable_shards_and_waits_for_enough_samples():
     c2 = samples.BadSampleCounter()
     c2.set_state(state)
     assert c2.good == 100 and c2.bad_samples == 5
+
+
+def test_bad_records_at_the_very_end_are_still_counted(tmp_path):
+    _write(tmp_path / "00000.tar", [("a", {"jpg": _jpeg(1), "txt": "one"}), ("b", {"jpg": _jpeg(2), "txt": "two"}),
+                                    ("c", {"jpg": b"", "txt": "empty"}), ("d", {"txt": "no image"})])
+    config = make_config(shards=str(tmp_path), num_epochs=1, shuffle=False, batch_size=4, drop_remainder=False)
+    with pipeline.make_iterator(config) as it:
+        batches = list(it)
+        m = it.metrics()
+    assert [len(b["text"]) for b in batches] == [2]  # the blank row that carried the counts is dropped
+    assert m["data/bad/empty_image"] == 1 and m["data/bad/missing_image"] == 1 and m["data/samples_good"] == 2

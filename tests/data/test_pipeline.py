@@ -1,4 +1,5 @@
 import json
+import tarfile
 
 import jax
 import numpy as np
@@ -186,3 +187,48 @@ def test_uint8_images_normalised_on_device_match_the_host_path(tiny_shards):
                 assert y["image"].dtype == np.uint8
                 np.testing.assert_array_equal(x["text"], y["text"])
                 np.testing.assert_allclose(np.asarray(pipeline.normalize_images(y["image"])), x["image"], atol=1e-6)
+
+
+def test_in_memory_batches_resume_and_split_hosts(tiny_shards):
+    out, _ = tiny_shards
+    config = make_config(shards=str(out), in_memory=True, batch_size=8, prefetch=2)
+    with pipeline.make_iterator(config) as it:
+        full = [next(it) for _ in range(14)]  # 48 samples -> 6 batches per epoch: > 2 epochs
+        assert it.samples_seen == 14 * 8
+    epoch0 = {tuple(r) for b in full[:6] for r in b["text"]}
+    with pipeline.make_iterator(make_config(shards=str(out), batch_size=48, train=False)) as it:
+        assert epoch0 == {tuple(r) for r in next(it)["text"]}  # one epoch = every sample once
+    assert not np.array_equal(full[0]["text"], full[6]["text"])  # a fresh permutation each epoch
+    with pipeline.make_iterator(config) as it:
+        for _ in range(5):
+            next(it)
+        state = it.get_state()
+    with pipeline.make_iterator(config) as it:
+        it.set_state(state)
+        for a in full[5:]:
+            b = next(it)
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["text"], b["text"])
+    shares = []
+    for host in range(2):
+        with pipeline.make_iterator(config, process_index=host, process_count=2) as it:
+            shares.append({tuple(r) for _ in range(6) for r in next(it)["text"]})
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == epoch0
+
+
+def test_in_memory_synth_and_load_time_bad_counts(tmp_path):
+    config = make_config("synth", in_memory=True, in_memory_samples=20, batch_size=5, image_dtype="uint8")
+    with pipeline.make_iterator(config) as it:
+        b = next(it)
+    assert b["image"].dtype == np.uint8 and b["image"].shape == (5, 32, 32, 3)
+    tok = tokenizer_lib.get_tokenizer(16)
+    drawn = {tuple(tok(synth.generate(TINY, 0, "train", i)["caption"])[0]) for i in range(20)}
+    assert {tuple(r) for r in b["text"]} <= drawn
+    # A bad sample after the last good one is still counted (reported on a blank row that is dropped).
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        webdataset.write_tar_sample(tar, "good", {"jpg": synth.encode_image(synth.generate(TINY, 0, "train", 0)["image"]),
+                                                  "txt": "fine"})
+        webdataset.write_tar_sample(tar, "bad", {"jpg": b"junk", "txt": "broken"})
+    with pipeline.make_iterator(make_config(shards=str(tmp_path), in_memory=True, batch_size=1)) as it:
+        next(it)
+        assert it.metrics()["data/bad/corrupt_image"] == 1
