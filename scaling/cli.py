@@ -1,0 +1,245 @@
+"""`vlscale fit`, `vlscale compare` and `vlscale data laion-results`.
+
+Only argparse-level code at import time (the CLI imports every package's cli module for `vlscale --help`);
+pandas/jax load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+# Paper defaults (Nezhurina et al. 2025, scripts/fig1.sh); kept here as literals so --help needs no imports.
+PAPER_BENCHMARKS = "imagenet1k/acc1,mscoco_captions/image_retrieval_recall@5,mscoco_captions/text_retrieval_recall@5"
+PAPER_PRETRAIN_DATASETS = "datacomp_1b,relaion2b-en"
+PAPER_PREDICT_AT = "2.14e12,2.59e12"
+PAPER_FIT_MAX_COMPUTE = "1e12"
+PAPER_MAX_SAMPLES_SEEN = 1e10
+PAPER_MIN_COMPUTE = 1e6
+
+FIT_EXAMPLES = """examples:
+  vlscale fit --benchmark imagenet1k --pretrain-dataset datacomp_1b --lr-scheduler cosine \\
+      --model-types clip,mammut --max-samples-seen 1e10 --fit-max-compute 1e12 --predict 2.14e12,2.59e12 --out runs/fit
+  vlscale fit my_results.parquet --benchmark imagenet1k --frontier hull --form power_floor --bootstrap 0
+"""
+COMPARE_EXAMPLES = """examples:
+  vlscale compare --out runs/demo                       # the paper's CLIP vs MaMMUT comparison, 3 benchmarks x 2 datasets
+  vlscale compare --benchmark imagenet1k --pretrain-dataset relaion2b-en --fit-max-compute none
+  vlscale compare --group-by pretrain_dataset --model-types mammut --benchmark imagenet1k   # datasets, not models
+"""
+
+
+def _float_or_none(text: str):
+    if text is None or str(text).lower() in ("none", "inf", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use e.g. 1e12, or none)") from None
+
+
+def _fit_max(text: str):
+    """``1e12`` or ``clip:1e12,mammut:5e11`` (per group, like the paper's --large_flops_mapping) or ``none``."""
+    if text is None or str(text).lower() in ("none", "inf", ""):
+        return None
+    if ":" not in text:
+        return _float_or_none(text)
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition(":")
+        if not name or not value:
+            raise argparse.ArgumentTypeError(f"{item!r}: write GROUP:COMPUTE, e.g. clip:1e12")
+        out[name] = _float_or_none(value)
+    return out
+
+
+def _csv(text: str | None):
+    return None if text is None else tuple(t for t in (s.strip() for s in text.split(",")) if t)
+
+
+def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
+    p.add_argument("results", nargs="?", default=None,
+                   help="results table (CSV or parquet; columns in docs/scaling.md). Default: the paper's table from "
+                        "$VLSCALE_RESULTS or ../shared/data")
+    sel = p.add_argument_group("selection")
+    if compare:
+        sel.add_argument("--benchmark", default=PAPER_BENCHMARKS,
+                         help="benchmark(s), comma-separated, each DATASET or DATASET/METRIC (default: %(default)s)")
+        sel.add_argument("--pretrain-dataset", default=PAPER_PRETRAIN_DATASETS,
+                         help="pretrain dataset(s), comma-separated (default: %(default)s)")
+        sel.add_argument("--lr-scheduler", default="cosine", help="(default: %(default)s)")
+        sel.add_argument("--model-types", default="clip,mammut",
+                         help="the two model types to compare (or, with --group-by pretrain_dataset, the model type "
+                              "to keep) (default: %(default)s)")
+    else:
+        sel.add_argument("--benchmark", help="downstream dataset, e.g. imagenet1k, mscoco_captions")
+        sel.add_argument("--pretrain-dataset", help="e.g. datacomp_1b, relaion2b-en")
+        sel.add_argument("--lr-scheduler", help="e.g. cosine, const")
+        sel.add_argument("--model-types", help="model types to fit, comma-separated (default: all in the selection)")
+    sel.add_argument("--metric", help="metric (default: the paper's for the benchmark, e.g. acc1 for imagenet1k)")
+    sel.add_argument("--models", help="keep only these architectures, comma-separated (e.g. ViT-B-32,ViT-L-14)")
+    sel.add_argument("--group-by", default="model_type", choices=("model_type", "pretrain_dataset", "model"),
+                     help="one curve per value of this column (default: %(default)s)")
+    sel.add_argument("--x", default="compute_gflops_actual",
+                     help="compute column: compute_gflops_actual (the paper's gflops_total), compute_gflops, "
+                          "samples_seen_actual, samples_seen (default: %(default)s)")
+    sel.add_argument("--min-compute", type=_float_or_none, default=PAPER_MIN_COMPUTE if compare else None,
+                     help="drop rows below this compute before the frontier" + (" (default: 1e6)" if compare else ""))
+    sel.add_argument("--max-compute", type=_float_or_none, help="drop rows above this compute before the frontier")
+    sel.add_argument("--max-samples-seen", type=_float_or_none, default=PAPER_MAX_SAMPLES_SEEN if compare else None,
+                     help="drop runs that saw more samples" + (" (default: 1e10)" if compare else ""))
+    fit = p.add_argument_group("fit")
+    fit.add_argument("--form", default="saturation_both",
+                     help="law: saturation_both a(C+b)^c+d, saturation, power, power_floor (default: %(default)s)")
+    fit.add_argument("--frontier", default="bins", choices=("bins", "naive", "hull"),
+                     help="Pareto frontier method (default: %(default)s, the paper's)")
+    fit.add_argument("--starts", default="seeds", choices=("seeds", "paper"),
+                     help="main-fit starts: variable-projection seeds (fast, default) or also the paper's 3200-point "
+                          "grid (same optima on the paper's data, ~100x slower)")
+    fit.add_argument("--loss", default="mse", choices=("mse", "huber"), help="(default: %(default)s)")
+    fit.add_argument("--fit-max-compute", type=_fit_max, default=_fit_max(PAPER_FIT_MAX_COMPUTE) if compare else None,
+                     help="fit only frontier points with compute <= this (or GROUP:C,GROUP:C, or none) and validate "
+                          "on the points above" + (f" (default: {PAPER_FIT_MAX_COMPUTE}, the paper's)" if compare else ""))
+    fit.add_argument("--predict", "--at", dest="predict", default=PAPER_PREDICT_AT if compare else None,
+                     help="compute values to predict at, comma-separated" + (" (default: %(default)s)" if compare else ""))
+    fit.add_argument("--bootstrap", type=int, default=1000,
+                     help="bootstrap resamples for intervals; 0 = delta method (default: %(default)s)")
+    fit.add_argument("--level", type=float, default=0.95, help="interval level (default: %(default)s)")
+    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    fit.add_argument("--no-loo", action="store_true", help="skip leave-one-out validation")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="write fit.json, fit.csv, fit.tex, fit.png, fit.pdf into this folder")
+    out.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _progress(args):
+    if args.quiet:
+        return None
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:5.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _load(args):
+    from vlscale.paths import find_results_table
+    from vlscale.scaling.results import load_results
+
+    path = find_results_table(args.results)
+    return load_results(path), path
+
+
+def _written(paths: dict) -> str:
+    return "wrote " + ", ".join(str(p) for p in paths.values())
+
+
+def run_fit(args) -> int:
+    from vlscale.scaling import api
+
+    df, path = _load(args)
+    say = _progress(args)
+    if say:
+        say(f"read {len(df)} rows from {path}")
+    rep = api.fit(
+        df, benchmark=args.benchmark, metric=args.metric, pretrain_dataset=args.pretrain_dataset,
+        lr_scheduler=args.lr_scheduler, model_types=_csv(args.model_types), models=_csv(args.models),
+        group_by=args.group_by, x=args.x, form=args.form, frontier=args.frontier, min_compute=args.min_compute,
+        max_compute=args.max_compute, max_samples_seen=args.max_samples_seen, fit_max_compute=args.fit_max_compute,
+        predict=args.predict or (), bootstrap=args.bootstrap, level=args.level, loss=args.loss, seed=args.seed,
+        leave_one_out=not args.no_loo, starts=args.starts, progress=say,
+    )
+    print(rep.summary())
+    print(f"\n   fit time {rep.fit_seconds:.1f} s (of which JAX compilation {rep.compile_seconds:.1f} s)")
+    if args.out:
+        print(_written(rep.save(args.out)))
+    return 0
+
+
+def run_compare(args) -> int:
+    from vlscale.scaling import api
+
+    df, path = _load(args)
+    say = _progress(args)
+    benchmarks = [api.parse_benchmark(b) for b in _csv(args.benchmark)]
+    if args.metric:
+        benchmarks = [(ds, args.metric) for ds, _ in benchmarks]
+    types = _csv(args.model_types)
+    by_dataset = args.group_by == "pretrain_dataset"
+    datasets = _csv(args.pretrain_dataset)
+    if say:
+        say(f"read {len(df)} rows from {path}; comparing {' vs '.join(datasets if by_dataset else types)} on "
+            f"{len(benchmarks)} benchmark(s)" + ("" if by_dataset else f" x {len(datasets)} pretrain dataset(s)"))
+    cs = api.compare_benchmarks(
+        df, groups=datasets if by_dataset else types, group_by=args.group_by, at=args.predict or (),
+        benchmarks=benchmarks, pretrain_datasets=[None] if by_dataset else datasets, lr_scheduler=args.lr_scheduler,
+        model_types=types if by_dataset else None, models=_csv(args.models), x=args.x, form=args.form,
+        frontier=args.frontier, min_compute=args.min_compute, max_compute=args.max_compute,
+        max_samples_seen=args.max_samples_seen, fit_max_compute=args.fit_max_compute, bootstrap=args.bootstrap,
+        level=args.level, loss=args.loss, seed=args.seed, leave_one_out=not args.no_loo, starts=args.starts,
+        progress=say,
+    )
+    print(cs.summary())
+    if args.out:
+        print(_written(cs.save(args.out)))
+    return 0
+
+
+def _laion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder to write laion_scaling_results.csv into")
+    p.add_argument("--notebook", help="a local copy of overview.ipynb (skips the download)")
+    p.add_argument("--model-profile", help="a local copy of model_profile.csv (skips the download)")
+    p.add_argument("--ref", default=None, help="git ref of LAION-AI/scaling-laws-for-comparison (default: pinned commit)")
+
+
+def run_laion_results(args) -> int:
+    from pathlib import Path
+
+    from vlscale.errors import UserError
+    from vlscale.paths import LAION_RESULTS_FILE
+    from vlscale.scaling import laion_notebook as ln
+
+    if bool(args.notebook) != bool(args.model_profile):
+        raise UserError("pass both --notebook and --model-profile (offline), or neither (download)")
+    if args.notebook:
+        for f in (args.notebook, args.model_profile):
+            if not Path(f).is_file():
+                raise UserError(f"{f} does not exist; pass the path of your local copy")
+        nb_text, profile_text = Path(args.notebook).read_text(), Path(args.model_profile).read_text()
+    else:
+        print(f"downloading {ln.NOTEBOOK_PATH} and {ln.MODEL_PROFILE_PATH} from github.com/{ln.LAION_REPO} ...",
+              file=sys.stderr)
+        nb_text, profile_text = ln.download_sources(args.ref or ln.LAION_COMMIT)
+    df = ln.parse_notebook(nb_text, ln.read_model_profile(profile_text))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = ln.write_results_csv(df, out / LAION_RESULTS_FILE)
+    with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):
+        print(ln.summary_counts(df).to_string())
+    print(f"wrote {len(df)} rows to {path}")
+    return 0
+
+
+def register(registry) -> None:
+    registry.add(
+        "fit", "Fit a scaling law to the Pareto frontier of a results table (per model type).",
+        lambda p: _selection_args(p, compare=False), run_fit,
+        description="Fit a scaling law per group to the Pareto frontier of error vs compute, predict with intervals, "
+                    "and validate on held-out points.\n\n" + FIT_EXAMPLES,
+    )
+    registry.add(
+        "compare", "Compare two model types (or datasets) by their fitted scaling laws, across benchmarks.",
+        lambda p: _selection_args(p, compare=True), run_compare,
+        description="Fit both groups on the same selection, report the difference in predicted error with bootstrap "
+                    "intervals, the crossover compute and a verdict, per benchmark and pretrain dataset, and whether "
+                    "the verdict is consistent. With no arguments: the paper's CLIP vs MaMMUT comparison.\n\n"
+                    + COMPARE_EXAMPLES,
+    )
+    registry.add(
+        "laion-results", "Rebuild the paper's published results table from LAION's overview.ipynb.", _laion_args,
+        run_laion_results, group="data",
+        description="Downloads overview.ipynb and model_profile.csv from LAION-AI/scaling-laws-for-comparison (needs "
+                    "network; or pass local copies) and writes the long-format laion_scaling_results.csv.",
+    )
