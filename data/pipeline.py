@@ -9,12 +9,15 @@ Two source shapes feed the same back half:
 * random-access sources (``synth``, ``tfds``, ``folder``): indices are split across hosts
   (``ds[i::n]``) and globally permuted per epoch by grain's index shuffle.
 
+Small datasets can instead be decoded once and served from memory (``config.in_memory``).
+
 Every stage keeps a small, JSON-serialisable iterator state, so a restored pipeline emits exactly the
 batches an uninterrupted run would have (see ``DataIterator.get_state`` and docs/data.md for the layout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -31,10 +34,10 @@ from vlscale.errors import UserError
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-DEVICE_KEYS = ("image", "text")
+DEVICE_KEYS = ("image", "text")  # what goes onto the mesh; bookkeeping stays on the host
 # float32: normalised on the host (the models' contract); uint8: resized/cropped pixels, normalised on
 # the device with ``normalize_images`` (4x less host work and transfer, identical float32 arithmetic).
-IMAGE_DTYPES = ("float32", "uint8")  # what goes onto the mesh; bookkeeping stays on the host
+IMAGE_DTYPES = ("float32", "uint8")
 SOURCES = ("synth", "webdataset", "tfds", "folder")
 
 
@@ -484,18 +487,10 @@ def normalize_images(images):
 
 def _with(config, **overrides):
     config = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else dict(config)
-    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
         for k, v in overrides.items():
             config[k] = v
     return config
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def make_iterator(config, **kwargs) -> DataIterator:
