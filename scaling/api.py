@@ -436,6 +436,7 @@ def _prepare(df, sel: Selection, *, group_by: str, groups: Sequence[str] | None,
         pts = pd.concat(tables)
     else:
         pts = results_lib.select(df, sel)
+    sel = dataclasses.replace(sel, x=results_lib.resolve_x(df, sel.x))
     if sel.metric is None:
         sel = dataclasses.replace(sel, metric=str(pts["metric"].iloc[0]))
     if sel.downstream_dataset is None:
@@ -611,7 +612,7 @@ def fit(
     models: Sequence[str] | None = None,
     groups: Sequence[str] | None = None,
     group_by: str = "model_type",
-    x: str = "compute_gflops_actual",
+    x: str | None = None,
     form: str = "saturation_both",
     frontier: str = "bins",
     min_compute: float | None = None,
@@ -776,7 +777,7 @@ def compare_benchmarks(
     lr_scheduler: str | None = "cosine",
     model_types: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
-    x: str = "compute_gflops_actual",
+    x: str | None = None,
     form: str = "saturation_both",
     frontier: str = "bins",
     min_compute: float | None = results_lib.PAPER_MIN_COMPUTE,

@@ -81,9 +81,9 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
     sel.add_argument("--models", help="keep only these architectures, comma-separated (e.g. ViT-B-32,ViT-L-14)")
     sel.add_argument("--group-by", default="model_type", choices=("model_type", "pretrain_dataset", "model"),
                      help="one curve per value of this column (default: %(default)s)")
-    sel.add_argument("--x", default="compute_gflops_actual",
-                     help="compute column: compute_gflops_actual (the paper's gflops_total), compute_gflops, "
-                          "samples_seen_actual, samples_seen (default: %(default)s)")
+    sel.add_argument("--x", default=None,
+                     help="compute column: compute_gflops_actual (the paper's gflops_total; the default when "
+                          "present), compute_gflops (the default otherwise), samples_seen_actual, samples_seen")
     sel.add_argument("--min-compute", type=_float_or_none, default=PAPER_MIN_COMPUTE if compare else None,
                      help="drop rows below this compute before the frontier" + (" (default: 1e6)" if compare else ""))
     sel.add_argument("--max-compute", type=_float_or_none, help="drop rows above this compute before the frontier")

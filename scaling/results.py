@@ -235,7 +235,7 @@ class Selection:
     min_compute: float | None = None
     max_compute: float | None = None
     max_samples_seen: float | None = None
-    x: str = "compute_gflops_actual"
+    x: str | None = None  # None: compute_gflops_actual when the table has it, else compute_gflops
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -288,17 +288,23 @@ def resolve_metric(df: pd.DataFrame, downstream_dataset: str | None, metric: str
     return None
 
 
+def resolve_x(df: pd.DataFrame, x: str | None) -> str:
+    """The compute column to use: ``x``, or by default the actual compute when present, else the nominal one."""
+    if x is None:
+        x = "compute_gflops_actual" if "compute_gflops_actual" in df.columns else "compute_gflops"
+    if x not in df.columns:
+        alt = [c for c in COMPUTE_COLUMNS if c in df.columns]
+        raise ResultsError(f"compute column {x} is not in the results table; use --x with one of {', '.join(alt)}")
+    return x
+
+
 def select(df: pd.DataFrame, sel: Selection) -> pd.DataFrame:
     """Rows of a validated table that ``sel`` keeps, with two added columns: ``x`` (compute axis) and ``error``.
 
     Raises ``ResultsError`` when the selection is empty, ambiguous (several benchmarks/metrics/datasets/schedulers
     left) or names a value or column the table does not have.
     """
-    if sel.x not in df.columns:
-        alt = [c for c in COMPUTE_COLUMNS if c in df.columns]
-        raise ResultsError(
-            f"compute column {sel.x} is not in the results table; use --x with one of {', '.join(alt)}"
-        )
+    x_col = resolve_x(df, sel.x)
     out = df
     out = _filter_eq(out, "downstream_dataset", sel.downstream_dataset, "--benchmark")
     metric = resolve_metric(out, sel.downstream_dataset, sel.metric)
@@ -314,7 +320,7 @@ def select(df: pd.DataFrame, sel: Selection) -> pd.DataFrame:
         ("lr_scheduler", "--lr-scheduler"),
     ):
         _one_value(out, col, flag)
-    x = out[sel.x].to_numpy()
+    x = out[x_col].to_numpy()
     keep = np.ones(len(out), dtype=bool)
     if sel.min_compute is not None:
         keep &= x >= sel.min_compute
@@ -330,7 +336,7 @@ def select(df: pd.DataFrame, sel: Selection) -> pd.DataFrame:
             "--max-samples-seen"
         )
     out = out.copy()
-    out["x"] = out[sel.x].astype(np.float64)
+    out["x"] = out[x_col].astype(np.float64)
     out["error"] = error_rate(out["value"], out["metric"].iloc[0])
     return out
 
