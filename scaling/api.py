@@ -686,7 +686,9 @@ def _crossings_boot(grid: np.ndarray, diffs: np.ndarray) -> np.ndarray:
 
 
 def _fmt_c(c: float) -> str:
-    return f"{c:.2g}".replace("e+", "e")
+    """2.6e12, 9.9e8: two significant digits, no exponent padding."""
+    m, _, e = f"{c:.2g}".partition("e")
+    return f"{m}e{int(e)}" if e else m
 
 
 def _compare_fitted(rep: FitReport, first: str, second: str, at: Sequence[float], level: float) -> Comparison:

@@ -27,7 +27,8 @@ def fmt_c(c: float | None) -> str:
     """Compute in GFLOPs, compact: 2.59e12."""
     if c is None or (isinstance(c, float) and not math.isfinite(c)):
         return "-"
-    return f"{c:.3g}".replace("e+", "e")
+    m, _, e = f"{c:.3g}".partition("e")
+    return f"{m}e{int(e)}" if e else m
 
 
 def fmt_p(v: float) -> str:
