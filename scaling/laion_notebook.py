@@ -108,8 +108,9 @@ def _output_html(output: dict) -> str:
 
 
 def read_model_profile(source) -> dict[str, float]:
-    """``model_simple_namespace`` -> GFLOPs per sample, from model_profile.csv (a path or its text)."""
-    text = Path(source).read_text() if isinstance(source, (str, Path)) and Path(source).is_file() else str(source)
+    """``model_simple_namespace`` -> GFLOPs per sample, from model_profile.csv (a Path, a path string, or its text)."""
+    is_path = isinstance(source, Path) or (isinstance(source, str) and "\n" not in source)
+    text = Path(source).read_text() if is_path else str(source)
     reader = csv.DictReader(io.StringIO(text))
     need = {"model_simple_namespace", "gflops"}
     if reader.fieldnames is None or not need <= set(reader.fieldnames):
@@ -119,7 +120,8 @@ def read_model_profile(source) -> dict[str, float]:
 
 def parse_notebook(notebook: dict | str | Path, model_profile: dict[str, float]) -> pd.DataFrame:
     """The long results table from a notebook (parsed JSON, JSON text or a path) and a model profile mapping."""
-    if isinstance(notebook, Path) or (isinstance(notebook, str) and not notebook.lstrip().startswith("{")):
+    if isinstance(notebook, Path) or (isinstance(notebook, str) and not notebook.lstrip().startswith("{")
+                                      and "\n" not in notebook):
         notebook = Path(notebook).read_text()
     if isinstance(notebook, str):
         try:
