@@ -3,7 +3,7 @@
 What is timed: read 256-px JPEG webdataset shards -> decode -> RandomResizedCrop to 224 -> normalise ->
 tokenise -> batch, i.e. the per-sample work of open_clip's training loader (``get_wds_dataset``), at
 worker counts 0, 1, 2 (``--workers``). "per core" divides by the processes doing the work
-(max(1, workers)). The first batch (worker start-up, shard opening) is not timed.
+(max(1, workers)). Start-up (two batches from every worker) is not timed.
 
 It also times reading alone, to decide whether shards should be converted to ArrayRecord: the same
 records read from the tar shards (vlscale's reader) and from an ArrayRecord file (grain's source).
@@ -35,6 +35,11 @@ SHARD_IMAGE_SIZE = 256  # the issue's benchmark shards: 256-px JPEG
 MODEL_IMAGE_SIZE = 224  # every model in the paper's profile table (models/transforms.py IMAGE_SIZE)
 
 
+def warmup_batches(workers: int) -> int:
+    """Untimed batches: two from every worker, so no process is still starting when timing begins."""
+    return 2 * max(1, workers) + 1
+
+
 def write_shards(out_dir: str, samples: int, shards: int) -> list[str]:
     cfg = synth.SynthConfig(image_size=SHARD_IMAGE_SIZE)
     return synth.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
@@ -47,7 +52,8 @@ def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_d
                   shuffle_window=256, worker_buffer_size=2, image_dtype=image_dtype)
     n_batches = samples // batch
     with pipeline.make_iterator(config) as it:
-        next(it)  # start-up
+        for _ in range(warmup_batches(workers)):
+            next(it)
         t0 = time.perf_counter()
         for _ in range(n_batches):
             b = next(it)
@@ -100,7 +106,8 @@ def time_open_clip(shard_paths: list[str], samples: int, batch: int, workers: in
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                            persistent_workers=workers > 0)
     it = iter(loader)
-    next(it)
+    for _ in range(warmup_batches(workers)):
+        next(it)
     t0 = time.perf_counter()
     for _ in range(n_batches):
         images, _texts = next(it)
@@ -248,7 +255,7 @@ def main() -> None:
     tmp = args.out or tempfile.mkdtemp(prefix="vlscale_bench_")
     # Enough shards for every worker; samples to cover a timed pass plus start-up.
     shards = max(args.shards, max(workers))
-    paths = write_shards(tmp, args.samples + args.batch * (max(workers) + 1), shards)
+    paths = write_shards(tmp, args.samples + args.batch * warmup_batches(max(workers)), shards)
     print(f"{len(paths)} shards of {SHARD_IMAGE_SIZE}-px JPEG in {tmp}; cores: {os.cpu_count()}, "
           f"load average: {os.getloadavg()[0]:.1f}")
 
