@@ -273,8 +273,10 @@ class FitReport:
 
     def to_json(self) -> dict:
         sel = self.selection.to_dict()
+        limits = {k: g.fit_max_compute for k, g in self.groups.items()}
+        same = len(set(limits.values())) == 1
         sel.update(group_by=self.group_by, frontier=self.frontier_method, form=self.form, level=self.level,
-                   bootstrap=self.n_boot)
+                   bootstrap=self.n_boot, fit_max_compute=next(iter(limits.values())) if same else limits)
         return {
             "groups": {k: g.to_json() for k, g in self.groups.items()},
             "selection": sel,
