@@ -232,3 +232,16 @@ def test_in_memory_synth_and_load_time_bad_counts(tmp_path):
     with pipeline.make_iterator(make_config(shards=str(tmp_path), in_memory=True, batch_size=1)) as it:
         next(it)
         assert it.metrics()["data/bad/corrupt_image"] == 1
+
+
+def test_random_access_sources_split_disjoint_complete_and_reshuffle_per_epoch():
+    src = synth.SynthSource(TINY, seed=0, length=30)
+    keys = []
+    for host in range(2):
+        ds = pipeline.random_access_records(src, process_index=host, process_count=2, seed=3, shuffle=True,
+                                            num_epochs=2)
+        keys.append([r["__key__"] for r in ds])
+    first = [k[:15] for k in keys]
+    assert not set(first[0]) & set(first[1])
+    assert sorted(first[0] + first[1]) == [f"{i:09d}" for i in range(30)]
+    assert keys[0][:15] != keys[0][15:] and sorted(keys[0][:15]) == sorted(keys[0][15:])
