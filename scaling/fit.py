@@ -58,6 +58,8 @@ LAMBDA_MAX = 1e12
 LAMBDA_UP, LAMBDA_DOWN = 4.0, 0.3
 # Keeps the normal equations solvable when a column vanishes (a parameter pinned at a floor).
 RIDGE = 1e-14
+# Point counts are padded up to a multiple of this (with weight-0 points) so nearby sizes share one compilation.
+PAD_POINTS = 16
 # Largest change of any log-space coordinate per step (a factor e in a natural parameter). Without it, Marquardt
 # steps from the paper's grid run off along flat directions (c -> 0, b -> inf, d -> 0) and only 2 % of its 3200
 # starts reach the optimum on the MaMMUT ImageNet frontier; with it, 100 % do (measured, see bench/fit_speed.py).
@@ -425,18 +427,36 @@ def fit_curves_batched(
     ]
 
 
+def _pad_points(form, xs, ys, ws):
+    """Pads the point axis to a multiple of PAD_POINTS with weight-0 copies of the first point, so fits of 13, 14
+    or 16 points share one compiled program (compilation, not running, dominates small fits)."""
+    n = ys.shape[1]
+    extra = -n % PAD_POINTS
+    if not extra:
+        return xs, ys, ws
+    point_axis = 1 if _x_axis(form, xs) == 0 else 0
+    x_pad = np.repeat(np.take(xs, [0], axis=point_axis), extra, axis=point_axis)
+    return (
+        np.concatenate([xs, x_pad], axis=point_axis),
+        np.concatenate([ys, np.repeat(ys[:, :1], extra, axis=1)], axis=1),
+        np.concatenate([ws, np.zeros((ws.shape[0], extra))], axis=1),
+    )
+
+
 def fit_weighted_sets(form, xs, ys, ws, starts, *, loss="mse", huber_delta=DEFAULT_HUBER_DELTA,
                       max_steps=DEFAULT_MAX_STEPS, n_seeds=DEFAULT_SEEDS) -> dict[str, np.ndarray]:
     """The array core of ``fit_curves_batched`` for already-checked inputs (no per-set Python work).
 
-    xs [B, n(, 2)], ys and ws [B, n], starts [S, p] theta shared by all sets or [B, S, p] per set. Returns arrays keyed theta [B, p], objective, grad_norm,
-    mse, converged [B] and the int n_seeds actually used.
+    xs [B, n(, 2)] (or one shared [n(, 2)]), ys and ws [B, n], starts [S, p] theta shared by all sets or
+    [B, S, p] per set. Returns arrays keyed theta [B, p], objective, grad_norm, mse, converged [B] and the int
+    n_seeds actually used.
     """
     form = forms_lib.get_form(form)
     n_seeds = int(n_seeds) if form.profile is not None else 0
     nl_grid = _profile_grid(form, np.asarray(xs)[np.asarray(ws) > 0])
     n_seeds = min(n_seeds, nl_grid.shape[0])
-    xs = np.asarray(xs, dtype=np.float64)
+    xs, ys, ws = _pad_points(form, np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64),
+                             np.asarray(ws, dtype=np.float64))
     if _x_axis(form, xs) == 0 and np.all(xs == xs[:1]):
         xs = xs[0]  # one copy: the per-x work (profile basis) then runs once, not once per set
     with jax.enable_x64(True):

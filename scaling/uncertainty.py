@@ -55,6 +55,7 @@ class Bootstrap:
     predict_at: np.ndarray
     fit: fit_lib.CurveFit
     level: float = DEFAULT_LEVEL
+    thetas: np.ndarray | None = None  # [n_boot, n_params] unconstrained vectors (exact, no floor clipping)
 
     def interval(self, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the predictions at ``predict_at``."""
@@ -148,6 +149,7 @@ def bootstrap_fit(
         predict_at=predict_at,
         fit=full_fit,
         level=level,
+        thetas=thetas,
     )
 
 

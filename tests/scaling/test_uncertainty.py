@@ -1,0 +1,118 @@
+"""Bootstrap and delta-method intervals: shapes, determinism, sanity against known answers, and coverage."""
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from vlscale.errors import UserError
+from vlscale.scaling import fit, forms, uncertainty
+
+from .test_forms import EXAMPLE_PARAMS
+
+X = np.geomspace(1e7, 1e11, 14)
+PREDICT_AT = np.array([1e11, 4e11, 1e12])
+
+
+@pytest.fixture(scope="module")
+def data():
+    form = forms.get_form("saturation_both")
+    y_true = np.asarray(form.predict(form.from_params(EXAMPLE_PARAMS["saturation_both"]), X), dtype=np.float64)
+    y = y_true * np.exp(0.01 * np.random.default_rng(3).standard_normal(X.size))
+    return X, y, fit.fit_curve(X, y)
+
+
+@pytest.fixture(scope="module")
+def boot(data):
+    x, y, full = data
+    return uncertainty.bootstrap_fit(x, y, n_boot=200, seed=7, predict_at=PREDICT_AT, full_fit=full)
+
+
+def test_bootstrap_shapes_and_intervals(boot, data):
+    assert boot.params.shape == (200, 4)
+    assert boot.predictions.shape == (200, 3)
+    assert boot.param_names == ("a", "b", "c", "d")
+    lo, hi = boot.interval()
+    centre = data[2].predict(PREDICT_AT)
+    assert np.all(lo < centre) and np.all(centre < hi)
+    # Extrapolating further is less certain.
+    assert np.all(np.diff(hi - lo) > 0)
+    lo90, hi90 = boot.interval(0.9)
+    assert np.all(lo90 >= lo) and np.all(hi90 <= hi)
+    ci = boot.param_interval()
+    assert set(ci) == {"a", "b", "c", "d"}
+    assert ci["c"][0] < data[2].params["c"] < ci["c"][1] < 0
+    # Every resample's prediction is its parameters' prediction.
+    form = forms.get_form("saturation_both")
+    assert boot.thetas.shape == (200, 4)
+    np.testing.assert_allclose(np.exp(boot.thetas[:, 1]), boot.params[:, 1], rtol=1e-12)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(np.asarray(form.predict(boot.thetas[0], PREDICT_AT)), boot.predictions[0], rtol=1e-9)
+
+
+def test_bootstrap_is_deterministic_per_seed(boot, data):
+    x, y, full = data
+    again = uncertainty.bootstrap_fit(x, y, n_boot=200, seed=7, predict_at=PREDICT_AT, full_fit=full)
+    np.testing.assert_array_equal(again.predictions, boot.predictions)
+    other = uncertainty.bootstrap_fit(x, y, n_boot=200, seed=8, predict_at=PREDICT_AT, full_fit=full)
+    assert not np.array_equal(other.predictions, boot.predictions)
+
+
+def test_bootstrap_resamples_are_exact_refits(boot, data):
+    """Resample i, refitted on its own with the full multi-start fit, lands on the same optimum."""
+    x, y, full = data
+    weights = uncertainty.resample_weights(len(x), 200, 4, np.random.default_rng(7))
+    for i in (0, 1):
+        single = fit.fit_curve(x, y, weights=weights[i])
+        np.testing.assert_allclose(single.predict(PREDICT_AT), boot.predictions[i], rtol=1e-6)
+
+
+def test_resample_weights_are_multiplicities():
+    w = uncertainty.resample_weights(10, 500, 4, np.random.default_rng(0))
+    assert w.shape == (500, 10)
+    assert np.all(w.sum(axis=1) == 10)
+    assert np.all(np.count_nonzero(w, axis=1) >= 4)
+
+
+def test_delta_interval_is_exact_for_a_linear_model():
+    """For loglinear (linear regression in log-log space) the delta method is the textbook t-interval."""
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e7, 1e11, 14)
+    y = np.exp(-2.5 + 0.52 * np.log(x) + 0.05 * rng.standard_normal(x.size))
+    result = fit.fit_curve(x, y, "loglinear")
+    at = np.array([1e12])
+    lo, hi = uncertainty.delta_interval(result, x, y, at, level=0.95)
+    design = np.stack([np.log(x), np.ones_like(x)], axis=1)
+    coef, rss, *_ = np.linalg.lstsq(design, np.log(y), rcond=None)
+    s2 = rss[0] / (x.size - 2)
+    g = np.array([np.log(at[0]), 1.0])
+    se = np.sqrt(s2 * g @ np.linalg.inv(design.T @ design) @ g)
+    t = stats.t.ppf(0.975, x.size - 2)
+    centre = g @ coef
+    np.testing.assert_allclose([lo[0], hi[0]], np.exp([centre - t * se, centre + t * se]), rtol=1e-6)
+    # Not the paper's log(t) multiplier: ours is wider by t / log(t).
+    assert np.log(hi[0] / lo[0]) == pytest.approx(2 * t * se, rel=1e-6)
+
+
+def test_delta_interval_brackets_fit_and_widens(data):
+    x, y, full = data
+    lo, hi = uncertainty.delta_interval(full, x, y, PREDICT_AT)
+    centre = full.predict(PREDICT_AT)
+    np.testing.assert_allclose((lo + hi) / 2, centre, rtol=1e-9)
+    assert np.all(np.diff(hi - lo) > 0)
+    lo80, hi80 = uncertainty.delta_interval(full, x, y, PREDICT_AT, level=0.8)
+    assert np.all(hi80 - lo80 < hi - lo)
+    with pytest.raises(UserError, match="more points"):
+        uncertainty.delta_interval(full, x[:4], y[:4], PREDICT_AT)
+    with pytest.raises(UserError, match="level"):
+        uncertainty.delta_interval(full, x, y, PREDICT_AT, level=95)
+
+
+def test_coverage_of_the_recommended_interval():
+    """Nominal 95 % intervals at 4x beyond the fitted range, 10-point frontiers with 1.5 % noise (small run;
+    bench/fit_speed.py reports a larger one)."""
+    result = uncertainty.coverage_simulation(60, n_boot=100, seed=0)
+    assert result["n_rep"] == 60 and result["predict_at"] == pytest.approx(4e11)
+    assert 0.90 <= result["delta_coverage"] <= 0.99
+    assert 0.85 <= result["bootstrap_coverage"] <= 0.99
+    assert 0 < result["delta_median_width"] < 0.2 * result["target"] * 4
