@@ -827,7 +827,8 @@ def compare_benchmarks(
     if consistent:
         w = comparisons[0].winner
         other = comparisons[0].first if w == comparisons[0].second else comparisons[0].second
-        text = f"consistent: {w} below {other} at {_fmt_c(comparisons[0].judged_at)} GFLOPs in {n}/{n} comparisons"
+        text = (f"consistent: {w} below {other} at {_fmt_c(comparisons[0].judged_at)} GFLOPs in {n}/{n} "
+                f"comparison{'s' if n != 1 else ''}")
     else:
         counts = {w: sum(c.winner == w for c in comparisons) for w in winners}
         text = "inconsistent: " + ", ".join(f"{w} wins {k}/{n}" for w, k in counts.items())

@@ -192,7 +192,8 @@ def comparison_set_summary(cs) -> str:
                      fmt_pp(r["diff"], r["lo"], r["hi"]) if r["diff"] is not None else "-",
                      fmt_c(r["crossover"]), "-" if r["agree"] is None else f"{100 * r['agree']:.0f}%"])
     first = cs.comparisons[0]
-    cons = [f"== consistency across {len(cs.comparisons)} comparisons "
+    n = len(cs.comparisons)
+    cons = [f"== consistency across {n} comparison{'s' if n != 1 else ''} "
             f"({first.second} - {first.first} at C = {fmt_c(first.judged_at)} GFLOPs) ==",
             table(rows, ["pretrain", "benchmark", "lower error", "difference pp [interval]", "crossover",
                          "bootstraps agree"]),

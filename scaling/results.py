@@ -249,6 +249,8 @@ class Selection:
         parts = [p for p in (self.downstream_dataset, self.metric) if p]
         head = " ".join(parts) or "all benchmarks"
         rest = [p for p in (self.pretrain_dataset, self.lr_scheduler) if p]
+        if self.model_types and len(self.model_types) == 1:
+            rest.append(self.model_types[0])
         return " · ".join([head, *rest])
 
 
