@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -69,7 +69,7 @@ def _pax_path(data: bytes) -> str | None:
     return found
 
 
-def iter_tar_members(f, want: "callable") -> Iterator[tuple[str, bytes | None]]:
+def iter_tar_members(f, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
     """Yields ``(name, data)`` for the regular files of a tar stream; ``data`` is None when ``want(name)``
     is false (the bytes are seeked over, not read).
 
@@ -132,12 +132,15 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
         emitted += 1
         return emitted > skip
 
+    f = None
     try:
         f = open(path, "rb", buffering=_READ_BUFFER)
         head = f.peek(BLOCK)[:BLOCK]
-        if len(head) < BLOCK or (head.strip(b"\0") and _octal_checksum_ok(head) is False):
+        if len(head) < BLOCK or (head.strip(b"\0") and not _octal_checksum_ok(head)):
             raise TarFormatError("not a tar file")
     except (OSError, TarFormatError, ValueError) as e:
+        if f is not None:
+            f.close()
         log.warning("skipping shard %s: cannot open it (%s)", path, e)
         rec = {BAD_KEY: UNREADABLE_SHARD, "__url__": path, "__key__": ""}
         if emit(rec):
