@@ -245,3 +245,23 @@ def test_random_access_sources_split_disjoint_complete_and_reshuffle_per_epoch()
     assert not set(first[0]) & set(first[1])
     assert sorted(first[0] + first[1]) == [f"{i:09d}" for i in range(30)]
     assert keys[0][:15] != keys[0][15:] and sorted(keys[0][:15]) == sorted(keys[0][15:])
+
+
+def test_config_mistakes_are_one_line_user_errors(tiny_shards):
+    from vlscale.errors import UserError
+
+    out, _ = tiny_shards
+    cases = [
+        (make_config("nope"), "unknown data.source 'nope'"),
+        (make_config(shards=""), "data.shards is empty"),
+        (make_config(shards=str(out), batch_size=5, process_index=0, process_count=2), "does not split over 2 hosts"),
+        (make_config(shards=str(out / "missing-*.tar")), "matches no files"),
+        (make_config(shards=str(out), image_dtype="float16"), "is not one of"),
+    ]
+    for config, message in cases:
+        try:
+            pipeline.make_iterator(config)
+        except UserError as e:
+            assert message in str(e) and "\n" not in str(e)
+        else:
+            raise AssertionError(f"expected a UserError mentioning {message!r}")
