@@ -122,7 +122,7 @@ class RuntimeOptions:
     remat: "none"; "block" recomputes each block in the backward pass but keeps its matmul outputs;
         "full" keeps nothing inside a block (least memory).
     scan_layers: run each homogeneous block stack with ``nn.scan`` (parameters stacked on a leading "layers" axis)
-        so deep models such as ViT-H compile in seconds.
+        so deep models such as ViT-H compile faster (H100: 32 s instead of 83 s for a ViT-H-14 train step).
     """
 
     dtype: Literal["float32", "bfloat16"] = "float32"

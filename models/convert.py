@@ -292,7 +292,8 @@ def expected_state_dict_shapes(model_name_or_config: Any) -> dict[str, tuple]:
     return out
 
 
-def flax_to_torch(params: Mapping, model_name_or_config: Any = None, text_prefix: bool = False) -> dict[str, np.ndarray]:
+def flax_to_torch(params: Mapping, model_name_or_config: Any = None,
+                  text_prefix: bool = False) -> dict[str, np.ndarray]:
     """An open_clip state dict (key -> float32 numpy) that ``load_state_dict(strict=True)`` accepts.
 
     Scan-stacked parameters are unstacked first. ``text_prefix=True`` writes a CLIP text tower under ``text.``

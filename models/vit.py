@@ -80,7 +80,8 @@ class VisionTransformer(nn.Module):
         elif cfg.pool_type == "avg_all" and cfg.final_ln_after_pool:
             pooled = ln_post(jnp.mean(x, axis=1))
         else:
-            raise ValueError(f"unsupported pooling {cfg.pool_type!r} with final_ln_after_pool={cfg.final_ln_after_pool}")
+            raise ValueError(f"unsupported pooling {cfg.pool_type!r} "
+                             f"with final_ln_after_pool={cfg.final_ln_after_pool}")
         proj = self.param("proj", boxed(normal_init(scale), (EMBED, PROJ)), (w, self.embed_dim), jnp.float32)
         pooled = pooled @ proj.astype(self.dtype)
         return pooled, tokens
