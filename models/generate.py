@@ -129,6 +129,24 @@ def _step(model, params, cache, tokens):
     return logits[:, 0].astype(jnp.float32), variables["cache"]
 
 
+def _reorder_self_attention_cache(cache, flat_source):
+    """Moves each beam's self-attention keys/values to its new slot. The cross-attention keys/values are the
+    same for all beams of an image (beams never change image), so they stay where they are."""
+
+    moved = []
+
+    def reorder(path, c):
+        if getattr(path[-1], "key", None) in ("cached_key", "cached_value"):
+            moved.append(path)
+            return c[flat_source]
+        return c
+
+    cache = jax.tree_util.tree_map_with_path(reorder, cache)
+    if not moved:  # the layers' cache names changed: fail loudly rather than decode with stale keys
+        raise RuntimeError("no cached_key/cached_value in the decode cache; update _reorder_self_attention_cache")
+    return cache
+
+
 # --- greedy ----------------------------------------------------------------------------------------------------------
 
 
@@ -238,7 +256,7 @@ def _beam_fn(config: ModelConfig, runtime: RuntimeOptions, opts: GenerationOptio
             alive = extended[rows, pick]
             seen = seen[rows, source].at[rows, jnp.arange(K)[None, :], token[rows, pick]].set(True)
             flat_source = (jnp.arange(batch)[:, None] * K + source).reshape(-1)
-            cache = jax.tree.map(lambda c: c[flat_source] if c.ndim and c.shape[0] == batch * K else c, cache)
+            cache = _reorder_self_attention_cache(cache, flat_source)
             return t + 1, alive, live_scores, seen, cache, done_seqs, done_scores
 
         _, _, _, _, _, done_seqs, done_scores = lax.while_loop(cond, body, state)
