@@ -37,10 +37,6 @@ def build_model(name_or_config: str | ModelConfig, **runtime_options) -> nn.Modu
     raise ValueError(f"unknown model family {cfg.family!r}")
 
 
-def model_config(model: nn.Module) -> ModelConfig:
-    return model.config
-
-
 def dummy_inputs(cfg: ModelConfig, batch: int = 1) -> tuple[jax.Array, jax.Array]:
     """Zero images [B, S, S, 3] and tokens [B, ctx] with the shapes ``model.init`` needs."""
     images = jnp.zeros((batch, cfg.image_size, cfg.image_size, 3), jnp.float32)

@@ -102,6 +102,39 @@ def test_convert_embed_and_export(tiny_checkpoint, capsys):
         assert torch.equal(back[k], v), k
 
 
+def test_mammut_safetensors_convert_and_embed(tiny_checkpoint, tmp_path, capsys):
+    """A MaMMUT checkpoint (fork key layout, .safetensors: no torch needed) converts and embeds with MaMMUT's
+    pooling: the vlscale embeddings equal the model's own normalised encode_image / encode_text."""
+    import jax
+
+    from vlscale.models import convert, registry
+    from vlscale.models.tokenizer import Tokenizer
+
+    _, root = tiny_checkpoint
+    rng = np.random.default_rng(0)
+    state = {k: rng.normal(0, 0.1, s).astype(np.float32)
+             for k, s in convert.expected_state_dict_shapes("tiny-mammut").items()}
+    convert.save_state_dict_file(state, tmp_path / "mammut.safetensors")
+    assert main(["convert", "--from-open-clip", str(tmp_path / "mammut.safetensors"), "--model", "tiny-mammut",
+                 "--out", str(tmp_path / "ckpt")]) == 0
+    out = tmp_path / "m.npz"
+    images = [str(root / "red.png")]
+    assert main(["embed", "--checkpoint", str(tmp_path / "ckpt"), "--images", *images, "--texts", *TEXTS,
+                 "--out", str(out)]) == 0
+    z = np.load(out)
+    model = registry.build_model("tiny-mammut")
+    params = convert.torch_to_flax(state, "tiny-mammut")
+    from vlscale.models.transforms import eval_transform, load_image
+
+    pixels = eval_transform(load_image(images[0]), size=32)[None]
+    with jax.default_matmul_precision("highest"):
+        img = model.apply({"params": params}, pixels, method="encode_image")  # MaMMUT: normalised by default
+        txt = model.apply({"params": params}, Tokenizer()(TEXTS, context_length=16), method="encode_text")
+    np.testing.assert_allclose(z["image_embeddings"], img, atol=1e-6)
+    np.testing.assert_allclose(z["text_embeddings"], txt, atol=1e-6)
+    capsys.readouterr()
+
+
 def test_user_errors_are_one_line(tiny_checkpoint, capsys):
     _, root = tiny_checkpoint
     assert main(["convert", "--from-open-clip", str(root / "epoch_1.pt"), "--model", "ViT-B-32",
