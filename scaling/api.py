@@ -49,6 +49,8 @@ GRID_POINTS = 160
 GRID_HEADROOM = 2.0
 # Point sets are padded to a multiple of this length (zero-weight points) so jit programs are reused.
 PAD_MULTIPLE = 16
+# Evaluation points (predictions, held-out points, plot grid) are padded to a multiple of this length.
+EVAL_PAD = 64
 GROUP_BY = ("model_type", "pretrain_dataset", "model")
 # Refits (bootstrap, leave-one-out) start only from the full-data optimum, without variable-projection seeds:
 # on the paper's ImageNet frontiers this gave the same 95% intervals (to 1e-9) as uncertainty.BOOTSTRAP_SEEDS=4
@@ -89,8 +91,8 @@ class _CompileTimer:
 
 
 # ------------------------------------------------------------------------------------------------ batched fitting
-def _padded_length(n: int) -> int:
-    return int(math.ceil(n / PAD_MULTIPLE) * PAD_MULTIPLE)
+def _padded_length(n: int, multiple: int = PAD_MULTIPLE) -> int:
+    return int(math.ceil(n / multiple) * multiple)
 
 
 def _start_grid(form: str, starts: str):
@@ -520,9 +522,12 @@ def _finish_group(prep: _Prepared, name: str, curve, form: str, *, predict, thet
         kind = np.where(prep.frontier[name], "frontier", "best")
     held_idx = np.flatnonzero(held_mask)
     eval_x = np.concatenate([predict, x[held_idx], prep.grid])
-    point = np.asarray(curve.predict(eval_x))
+    # Pad to a fixed bucket so every group reuses one compiled predict program.
+    n_eval = len(eval_x)
+    padded = np.concatenate([eval_x, np.full(_padded_length(n_eval, EVAL_PAD) - n_eval, eval_x[-1])])
+    point = np.asarray(curve.predict(padded))[:n_eval]
     if thetas_boot is not None:
-        boot = _predict_theta(form, thetas_boot, eval_x)
+        boot = _predict_theta(form, thetas_boot, padded)[:, :n_eval]
         lo, hi = _interval(boot, level)
         method = f"bootstrap ({bootstrap} resamples, percentile)"
         grid_boot = boot[:, len(predict) + len(held_idx):]
@@ -554,7 +559,10 @@ def _finish_group(prep: _Prepared, name: str, curve, form: str, *, predict, thet
     loo = []
     if thetas_loo is not None:
         fi = np.flatnonzero(fitted)
-        preds = _predict_theta(form, thetas_loo, x[fi])
+        pad = _padded_length(len(fi)) - len(fi)  # fixed shapes: one compiled program for every group
+        xl = np.concatenate([x[fi], np.full(pad, x[fi][-1])])
+        tl = np.concatenate([thetas_loo, np.repeat(thetas_loo[-1:], pad, axis=0)])
+        preds = _predict_theta(form, tl, xl)
         for j, i in enumerate(fi):
             pred = float(preds[j, j])
             loo.append({"compute": float(x[i]), "observed": float(y[i]), "predicted": pred,

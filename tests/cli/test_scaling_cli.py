@@ -71,6 +71,15 @@ def test_fit_reproduces_the_papers_mammut_imagenet_fit(shared_data, tmp_path, ca
     out = capsys.readouterr().out
     assert "held-out validation" in out and "ViT-H-14" in out
     assert (tmp_path / "fit.png").stat().st_size > 1000
+    # Fitting all 25 frontier points (the 1.43e12 ViT-H-14 point too) moves the 2.59e12 prediction to ~0.185.
+    rc = main(["fit", str(shared_data), "--benchmark", "imagenet1k", "--pretrain-dataset", "datacomp_1b",
+               "--lr-scheduler", "cosine", "--model-types", "mammut", "--max-samples-seen", "1e10",
+               "--fit-max-compute", "none", "--predict", "2.59e12", "--bootstrap", "0", "--no-loo", "--quiet",
+               "--out", str(tmp_path / "all")])
+    assert rc == 0
+    g = json.loads((tmp_path / "all" / "fit.json").read_text())["groups"]["mammut"]
+    assert g["n_fitted"] == 25 and g["heldout"] == []
+    assert g["predictions"][0]["error"] == pytest.approx(0.1849, abs=0.002)
 
 
 def test_bad_table_gives_one_line_error(tmp_path, capsys):
