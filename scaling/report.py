@@ -35,7 +35,8 @@ def fmt_p(v: float) -> str:
     """A fitted parameter: 4 significant digits, scientific when large or small."""
     if v == 0 or 1e-3 <= abs(v) < 1e4:
         return f"{v:.4g}"
-    return f"{v:.3e}".replace("e+", "e")
+    m, _, e = f"{v:.3e}".partition("e")
+    return f"{m}e{int(e)}"
 
 
 def fmt_err(v: float, lo: float | None = None, hi: float | None = None) -> str:
