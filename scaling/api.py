@@ -473,7 +473,7 @@ def _prepare(df, sel: Selection, *, group_by: str, groups: Sequence[str] | None,
             raise ResultsError(
                 f"{name} has {int(fitted.sum())} frontier points to fit in {sel.label()} but form {form} has "
                 f"{n_params} parameters; widen the selection (--min-compute/--max-compute/--models){hint}, "
-                "or choose a form with fewer parameters"
+                "use another --frontier, or choose a form with fewer parameters"
             )
         out_points[name], out_frontier[name], out_fitted[name], out_max[name] = g, mask, fitted, xmax
     lo = float(pts["x"].min())
@@ -490,6 +490,8 @@ def _allocation(points: pd.DataFrame, mask: np.ndarray, predict: Sequence[float]
     c = points["x"].to_numpy()[mask]
     samples_col = "samples_seen_actual" if "samples_seen_actual" in points.columns else "samples_seen"
     out = {}
+    if len(np.unique(points["gflops_per_sample"].to_numpy()[mask])) < 2:
+        return out  # one model size (e.g. --group-by model): there is no trade-off to fit
     for key, col in (("D_opt", samples_col), ("N_opt", "gflops_per_sample")):
         v = points[col].to_numpy()[mask]
         if len(np.unique(c)) < 2:
