@@ -130,7 +130,7 @@ def test_select_errors_name_the_flag_and_the_choices(shared_data):
     assert set(coco["metric"]) == {"image_retrieval_recall@5"}  # the paper's default for the benchmark
     two = pd.concat([_table(), _table(metric="acc5")], ignore_index=True)
     two["downstream_dataset"] = "mybench"
-    with pytest.raises(R.ResultsError, match="several metric values \(acc1, acc5\); choose one with --metric"):
+    with pytest.raises(R.ResultsError, match=r"several metric values \(acc1, acc5\); choose one with --metric"):
         R.select(R.validate_results(two), R.Selection("mybench"))
     with pytest.raises(R.ResultsError, match="no rows left"):
         R.select(df, R.Selection("imagenet1k", "acc1", "datacomp_1b", "cosine", min_compute=1e15))
