@@ -105,8 +105,11 @@ class TextDecoder(nn.Module):
             return ResidualAttentionBlock if decode else _Block
         return nn.remat(_Block, policy=REMAT_POLICIES[self.remat])
 
-    def _check(self):
+    def _check(self, decode):
         cfg = self.config
+        if decode and self.scan_layers:
+            raise ValueError("cached decoding runs the per-block layout: build the model with scan_layers=False "
+                             "and convert the params with to_checkpoint_layout (vlscale.models.generate does both)")
         if cfg.cross_attn_ratio != 2 or cfg.layers % 2:
             # Every paper config has ratio 2 and an even depth; the group scan and the block schedule assume it.
             raise ValueError(f"MaMMUT decoder needs cross_attn_ratio 2 and even layers, got {cfg}")
@@ -115,7 +118,7 @@ class TextDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, image_embs=None, decode: bool = False, lm_head: bool = True):
-        self._check()
+        self._check(decode)
         cfg = self.config
         length = tokens.shape[1]
         if length > cfg.context_length:
@@ -131,7 +134,7 @@ class TextDecoder(nn.Module):
         captioning = decode or image_embs is not None
         if image_embs is not None:
             image_embs = constrain(image_embs.astype(self.dtype), (BATCH, LENGTH, EMBED))
-        if self.scan_layers and not decode:
+        if self.scan_layers:
             x = self._scanned_blocks(x, image_embs, causal_mask(length) if captioning else None)
         else:
             x = self._unrolled_blocks(x, image_embs, causal_mask(length) if captioning else None, decode)
