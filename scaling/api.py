@@ -536,12 +536,17 @@ def _finish_group(prep: _Prepared, name: str, curve, form: str, *, predict, thet
     else:
         from vlscale.scaling.uncertainty import delta_interval
 
+        xf, yf = x[fitted], y[fitted]
+        pad = _padded_length(len(xf)) - len(xf)  # zero-weight padding: one compiled program for every group
+        xw = np.concatenate([xf, np.full(pad, xf[0])])
+        yw = np.concatenate([yf, np.full(pad, yf[0])])
+        ww = np.concatenate([np.ones(len(xf)), np.zeros(pad)])
         try:
-            lo, hi = (np.asarray(a) for a in delta_interval(curve, x[fitted], y[fitted], eval_x, level=level))
+            lo, hi = (np.asarray(a)[:n_eval] for a in delta_interval(curve, xw, yw, padded, level=level, weights=ww))
             method = "delta method"
-        except Exception:  # a singular Jacobian (parameter at a bound): no interval rather than a wrong one
+        except Exception as e:  # e.g. as many points as parameters: no interval rather than a wrong one
             lo = hi = np.full(eval_x.shape, np.nan)
-            method = "none (delta method failed)"
+            method = f"none (delta method: {str(e).splitlines()[0] if str(e) else type(e).__name__})"
         grid_boot = None
     k = len(predict)
     predictions = [

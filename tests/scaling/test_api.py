@@ -17,6 +17,7 @@ TRUE_CROSSOVER = 1.001323e9  # brentq root of NEW(C) - BASE(C) on [1e8, 1e13]
 COMPUTES = np.geomspace(1e8, 1e12, 17)  # one frontier point every quarter decade
 GFLOPS_PER_SAMPLE = 10.0
 NOISE = 0.004  # multiplicative noise on the error
+N_EXPONENT = 0.3  # model size of the synthetic runs grows as C^0.3
 
 
 def law(p, c):
@@ -29,10 +30,15 @@ def _rows(model_type, params, benchmark, seed, extra=()):
     pts = list(zip(COMPUTES, err)) + list(extra)
     return [
         dict(pretrain_dataset="synth", lr_scheduler="cosine", downstream_dataset=benchmark, metric="acc1",
-             model_type=model_type, model=f"M{i}", samples_seen=c / GFLOPS_PER_SAMPLE,
-             gflops_per_sample=GFLOPS_PER_SAMPLE, compute_gflops=c, value=1.0 - e)
+             model_type=model_type, model=f"M{i}", samples_seen=c / model_size(c), gflops_per_sample=model_size(c),
+             compute_gflops=c, value=1.0 - e)
         for i, (c, e) in enumerate(pts)
     ]
+
+
+def model_size(c):
+    """GFLOPs per sample of the run at compute c: N grows as C^N_EXPONENT, so D = C / N as C^(1 - N_EXPONENT)."""
+    return GFLOPS_PER_SAMPLE * (c / COMPUTES[0]) ** N_EXPONENT
 
 
 def synthetic_table() -> pd.DataFrame:
@@ -146,12 +152,13 @@ def test_heldout_reports_every_frontier_and_best_point_above_the_limit(heldout_f
     assert p["lo"] < law(NEW, 1e12) < p["hi"]
 
 
-def test_allocation_slopes_sum_to_one(heldout_fit):
+def test_allocation_recovers_the_size_and_data_exponents(heldout_fit):
     # C = N * D exactly, so the log-linear slopes of D_opt(C) and N_opt(C) add up to 1.
     a = heldout_fit.groups["new"].allocation
-    assert a["D_opt"]["slope"] + a["N_opt"]["slope"] == pytest.approx(1.0)
-    assert a["N_opt"]["slope"] == pytest.approx(0.0, abs=1e-9)  # every synthetic run has the same N
-    assert a["D_opt"]["predictions"][0]["value"] == pytest.approx(1e12 / GFLOPS_PER_SAMPLE, rel=1e-6)
+    assert a["N_opt"]["slope"] == pytest.approx(N_EXPONENT, abs=1e-9)
+    assert a["D_opt"]["slope"] == pytest.approx(1 - N_EXPONENT, abs=1e-9)
+    assert a["N_opt"]["predictions"][0]["value"] == pytest.approx(model_size(1e12), rel=1e-6)
+    assert a["D_opt"]["predictions"][0]["value"] == pytest.approx(1e12 / model_size(1e12), rel=1e-6)
 
 
 def test_summary_prints_the_heldout_table(heldout_fit):
