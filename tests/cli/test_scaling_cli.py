@@ -119,3 +119,20 @@ def test_laion_results_offline_copy_and_no_network(tmp_path, capsys, monkeypatch
     assert main(["data", "laion-results", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert "could not download" in err and "--notebook" in err and "Traceback" not in err
+
+
+def test_example_reproduces_the_comparison_and_a_small_figure(shared_data, tmp_path, capsys):
+    import importlib.util
+
+    from vlscale.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("compare_clip_mammut", REPO_ROOT / "examples" / "compare_clip_mammut.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    fig = tmp_path / "clip_vs_mammut.png"
+    rc = example.main([str(shared_data / "laion_scaling_results.csv"), "--figure", str(fig), "--bootstrap", "100"])
+    assert rc == 0  # consistent verdict: MaMMUT below CLIP on all six comparisons
+    out = capsys.readouterr().out
+    assert "MaMMUT ImageNet-1k error at 2.59e+12 GFLOPs" in out and ": 0.179 [" in out
+    assert 20_000 < fig.stat().st_size < 300_000
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
