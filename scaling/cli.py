@@ -64,10 +64,12 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
                         "$VLSCALE_RESULTS or ../shared/data")
     sel = p.add_argument_group("selection")
     if compare:
-        sel.add_argument("--benchmark", default=PAPER_BENCHMARKS,
-                         help="benchmark(s), comma-separated, each DATASET or DATASET/METRIC (default: %(default)s)")
-        sel.add_argument("--pretrain-dataset", default=PAPER_PRETRAIN_DATASETS,
-                         help="pretrain dataset(s), comma-separated (default: %(default)s)")
+        sel.add_argument("--benchmark", default=None,
+                         help="benchmark(s), comma-separated, each DATASET or DATASET/METRIC (default: those of "
+                              f"{PAPER_BENCHMARKS} that the table has)")
+        sel.add_argument("--pretrain-dataset", default=None,
+                         help=f"pretrain dataset(s), comma-separated (default: those of {PAPER_PRETRAIN_DATASETS} "
+                              "that the table has)")
         sel.add_argument("--lr-scheduler", default="cosine", help="(default: %(default)s)")
         sel.add_argument("--model-types", default="clip,mammut",
                          help="the two model types to compare (or, with --group-by pretrain_dataset, the model type "
@@ -158,17 +160,37 @@ def run_fit(args) -> int:
     return 0
 
 
+def _present(df, defaults: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """The paper's default benchmarks/datasets that the table holds (a user's own table may have fewer)."""
+    from vlscale.errors import UserError
+
+    if what == "benchmark":
+        have = set(zip(df["downstream_dataset"], df["metric"]))
+        keep = tuple(d for d in defaults if tuple(d.split("/", 1)) in have)
+        flag, available = "--benchmark", sorted({f"{a}/{b}" for a, b in have})
+    else:
+        have = set(df["pretrain_dataset"])
+        keep = tuple(d for d in defaults if d in have)
+        flag, available = "--pretrain-dataset", sorted(have)
+    if not keep:
+        raise UserError(f"the table has none of the default {what}s ({', '.join(defaults)}); pass {flag} with some "
+                        f"of: {', '.join(available)}")
+    return keep
+
+
 def run_compare(args) -> int:
     from vlscale.scaling import api
 
     df, path = _load(args)
     say = _progress(args)
-    benchmarks = [api.parse_benchmark(b) for b in _csv(args.benchmark)]
+    benchmark_specs = _csv(args.benchmark) if args.benchmark else _present(df, _csv(PAPER_BENCHMARKS), "benchmark")
+    benchmarks = [api.parse_benchmark(b) for b in benchmark_specs]
     if args.metric:
         benchmarks = [(ds, args.metric) for ds, _ in benchmarks]
     types = _csv(args.model_types)
     by_dataset = args.group_by == "pretrain_dataset"
-    datasets = _csv(args.pretrain_dataset)
+    datasets = (_csv(args.pretrain_dataset) if args.pretrain_dataset
+                else _present(df, _csv(PAPER_PRETRAIN_DATASETS), "pretrain_dataset"))
     if say:
         say(f"read {len(df)} rows from {path}; comparing {' vs '.join(datasets if by_dataset else types)} on "
             f"{len(benchmarks)} benchmark(s)" + ("" if by_dataset else f" x {len(datasets)} pretrain dataset(s)"))

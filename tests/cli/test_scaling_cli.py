@@ -136,3 +136,22 @@ def test_example_reproduces_the_comparison_and_a_small_figure(shared_data, tmp_p
     assert "MaMMUT ImageNet-1k error at 2.59e+12 GFLOPs" in out and ": 0.179 [" in out
     assert 20_000 < fig.stat().st_size < 300_000
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_defaults_adapt_to_a_smaller_table(shared_data, tmp_path, capsys):
+    """A user's table with one dataset, one benchmark and no *_actual columns: defaults shrink to what it has."""
+    import pandas as pd
+
+    df = pd.read_csv(shared_data / "laion_scaling_results.csv")
+    own = df[(df.pretrain_dataset == "datacomp_1b") & (df.downstream_dataset == "imagenet1k")]
+    own.drop(columns=["samples_seen_actual", "compute_gflops_actual"]).to_csv(tmp_path / "own.csv", index=False)
+    assert main(["compare", str(tmp_path / "own.csv"), "--bootstrap", "0", "--no-loo", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert data["selection"]["x"] == "compute_gflops"
+    assert len(data["benchmarks"]) == 1 and data["winner"] == "mammut"
+    df[df.downstream_dataset == "datacomp_classification"].to_csv(tmp_path / "other.csv", index=False)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "other.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the default benchmarks" in err and "datacomp_classification/acc1" in err
