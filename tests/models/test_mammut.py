@@ -15,6 +15,7 @@ import pytest
 from tests.models import mammut_reference as ref
 from vlscale.models import convert, mammut, registry
 from vlscale.models.config import PAPER_MODELS, get_config
+from vlscale.train import losses
 
 MAMMUT_MODELS = [n for n in PAPER_MODELS if n.startswith("mammut_")]
 
@@ -241,6 +242,18 @@ def test_forward_matches_numpy_reference(name):
     assert _max_err(got_memory, memory) < TOLERANCE * np.abs(memory).max()
     _, h = ref.text_decoder(sd, tiny["tokens"], cfg.text.heads)
     assert _max_err(got_mean, h.mean(1)) < TOLERANCE
+    # The training objective on this forward: caption CE over non-pad targets and InfoNCE, against numpy.
+    total, parts = losses.mammut_loss(got)
+    log_probs = want["logits"] - np.log(np.exp(want["logits"]).sum(-1, keepdims=True))
+    labels = want["labels"]
+    keep = labels != 0
+    caption = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0][keep].mean()
+    sims = want["logit_scale"] * want["image_features"] @ want["text_features"].T
+    clip = 0.5 * (np.mean(np.log(np.exp(sims).sum(1)) - np.diag(sims))
+                  + np.mean(np.log(np.exp(sims).sum(0)) - np.diag(sims)))
+    assert float(parts["caption_loss"]) == pytest.approx(caption, rel=1e-5)
+    assert float(parts["clip_loss"]) == pytest.approx(clip, rel=1e-5)
+    assert float(total) == pytest.approx(clip + 2.0 * caption, rel=1e-5)
 
 
 def test_flax_to_torch_matches_core_converter(tiny):
