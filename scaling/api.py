@@ -844,6 +844,10 @@ def compare_benchmarks(
         other = comparisons[0].first if w == comparisons[0].second else comparisons[0].second
         text = (f"consistent: {w} below {other} at {_fmt_c(comparisons[0].judged_at)} GFLOPs in {n}/{n} "
                 f"comparison{'s' if n != 1 else ''}")
+        rows = [consistency_row(c) for c in comparisons]
+        if all(r["lo"] is not None and np.isfinite(r["lo"]) for r in rows):
+            clear = sum((r["hi"] < 0) or (r["lo"] > 0) for r in rows)
+            text += f" ({100 * level:.0f}% interval of the difference excludes 0 in {clear}/{n})"
     else:
         counts = {w: sum(c.winner == w for c in comparisons) for w in winners}
         text = "inconsistent: " + ", ".join(f"{w} wins {k}/{n}" for w, k in counts.items())
