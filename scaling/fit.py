@@ -15,10 +15,13 @@ How a fit works (``fit_curve``):
    (weights psi(r)/r), and a step is only accepted when it lowers the true objective.
 3. **Choice.** The start with the lowest objective wins, as in the paper.
 
-Why LM and not L-BFGS: on the paper's grid for the MaMMUT ImageNet frontier, vmapped L-BFGS reached the best
-optimum from ~1 % of starts in 500 iterations, LM from almost all of them (bench/fit_speed.py measures ours); LM
-is also the algorithm family of scipy's TRF, so the comparison with the paper is like for like. The
-variable-projection seeds make the result independent of how lucky the grid is.
+Why this optimiser (measured on the MaMMUT ImageNet frontier, bench/fit_speed.py): from the paper's grid, our LM
+with the log-space step cap reaches the best optimum from 100 % of the 3200 starts (without the cap: 2 %, the
+Marquardt steps run off along flat directions c -> 0, b -> inf, d -> 0); scipy's TRF, the paper's procedure, from
+8.5 % of 200 random grid starts. On every 50th grid start (64 starts), optimistix.LevenbergMarquardt reached it
+from 98 %, optax L-BFGS (500 steps) from 42 %. Our own loop is used because it is vmapped over starts and sets
+with no per-start solver state, handles the Huber loss by reweighting, and takes ~0.2 s for all 3200 starts.
+The variable-projection seeds make the result independent of how lucky the grid is.
 
 Why float64: the objective spans 1e-7 (MSE of errors ~1e-3) and parameters ~1e8; float32 cannot resolve the
 optimum to the 1e-9 relative agreement we check against scipy. x64 is switched on only around our own calls
@@ -144,8 +147,8 @@ def _check_loss(loss: str, huber_delta: float):
 def spd_solve(a, b):
     """Solves a @ x = b for a small symmetric positive-definite a (p <= ~6) by an unrolled Cholesky.
 
-    Written out element by element because batched ``jnp.linalg.solve`` on millions of 2x2..5x5 systems (one per
-    start and step, or per grid cell) runs one LAPACK call each on CPU and dominated the fit time ~20-fold.
+    Plain elementwise arithmetic, so XLA fuses it with the surrounding vmapped LM step instead of issuing one
+    batched LAPACK call per step for millions of 2x2..5x5 systems.
     """
     p = a.shape[-1]
     low = [[None] * p for _ in range(p)]

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from vlscale.errors import UserError
-from vlscale.scaling import fit as fit_lib
+import vlscale.scaling.fit as fit_lib  # not `from vlscale.scaling import fit`: the package re-exports api.fit
 from vlscale.scaling import forms as forms_lib
 
 DEFAULT_LEVEL = 0.95

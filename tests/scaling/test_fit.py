@@ -7,7 +7,8 @@ import pytest
 from scipy.optimize import curve_fit
 
 from vlscale.errors import UserError
-from vlscale.scaling import fit, forms
+import vlscale.scaling.fit as fit  # the package's lazy `fit` attribute is api.fit, not this module
+from vlscale.scaling import forms
 from vlscale.scaling.frontier import frontier_bins
 
 from .test_forms import EXAMPLE_PARAMS, _natural

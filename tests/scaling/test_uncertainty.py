@@ -6,7 +6,8 @@ import pytest
 from scipy import stats
 
 from vlscale.errors import UserError
-from vlscale.scaling import fit, forms, uncertainty
+import vlscale.scaling.fit as fit  # the package's lazy `fit` attribute is api.fit, not this module
+from vlscale.scaling import forms, uncertainty
 
 from .test_forms import EXAMPLE_PARAMS
 
@@ -114,5 +115,5 @@ def test_coverage_of_the_recommended_interval():
     result = uncertainty.coverage_simulation(60, n_boot=100, seed=0)
     assert result["n_rep"] == 60 and result["predict_at"] == pytest.approx(4e11)
     assert 0.90 <= result["delta_coverage"] <= 0.99
-    assert 0.85 <= result["bootstrap_coverage"] <= 0.99
+    assert 0.90 <= result["bootstrap_coverage"] <= 0.99
     assert 0 < result["delta_median_width"] < 0.2 * result["target"] * 4
