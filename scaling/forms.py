@@ -351,9 +351,19 @@ CHINCHILLA = Form(
 FORMS: dict[str, Form] = {f.name: f for f in (SATURATION_BOTH, SATURATION, POWER, POWER_FLOOR, LOGLINEAR, CHINCHILLA)}
 
 
+def register_form(form: Form) -> Form:
+    """Adds a form to the registry (the fitter's compiled functions look forms up by name)."""
+    if form.name in FORMS and FORMS[form.name] is not form:
+        raise UserError(f"a different form is already registered as {form.name!r}; pick another name")
+    FORMS[form.name] = form
+    return form
+
+
 def get_form(name) -> Form:
-    """The registered form called ``name`` (a Form passes through)."""
+    """The registered form called ``name`` (a registered Form passes through)."""
     if isinstance(name, Form):
+        if FORMS.get(name.name) is not name:
+            raise UserError(f"form {name.name!r} is not registered; call forms.register_form(form) first")
         return name
     try:
         return FORMS[name]

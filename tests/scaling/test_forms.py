@@ -1,5 +1,6 @@
 """The form registry: parameter maps, the paper's start grid, overflow safety, bound reporting, bad names."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -120,3 +121,25 @@ def test_unknown_form_is_a_one_line_user_error_listing_the_choices():
         forms.get_form("saturation-both")
     msg = str(err.value)
     assert "\n" not in msg and "saturation_both" in msg and "chinchilla" in msg
+
+
+def test_custom_forms_must_be_registered():
+    custom = forms.Form(
+        name="test_power_offset",
+        param_names=("a", "c"),
+        n_inputs=1,
+        formula="a·C^c",
+        _predict=forms.POWER._predict,
+        _to_natural=forms.POWER._to_natural,
+        _from_natural=forms.POWER._from_natural,
+        _grid=forms.POWER._grid,
+    )
+    with pytest.raises(UserError, match="not registered"):
+        forms.get_form(custom)
+    try:
+        assert forms.register_form(custom) is custom
+        assert forms.get_form("test_power_offset") is custom and forms.get_form(custom) is custom
+        with pytest.raises(UserError, match="already registered"):
+            forms.register_form(dataclasses.replace(custom, formula="other"))
+    finally:
+        forms.FORMS.pop("test_power_offset", None)

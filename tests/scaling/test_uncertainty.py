@@ -117,3 +117,15 @@ def test_coverage_of_the_recommended_interval():
     assert 0.90 <= result["delta_coverage"] <= 0.99
     assert 0.90 <= result["bootstrap_coverage"] <= 0.99
     assert 0 < result["delta_median_width"] < 0.2 * result["target"] * 4
+
+
+def test_bootstrap_bad_options_raise_user_errors(data):
+    x, y, full = data
+    with pytest.raises(UserError, match="n_boot"):
+        uncertainty.bootstrap_fit(x, y, n_boot=0, full_fit=full)
+    with pytest.raises(UserError, match="level"):
+        uncertainty.bootstrap_fit(x, y, n_boot=10, level=1.5, full_fit=full)
+    with pytest.raises(UserError, match="predict_at"):
+        uncertainty.bootstrap_fit(x, y, n_boot=10, predict_at=[-1.0], full_fit=full)
+    with pytest.raises(UserError, match="distinct points"):
+        uncertainty.resample_weights(3, 10, 4, np.random.default_rng(0))
