@@ -76,16 +76,16 @@ class CurveFit:
     """The winning start of a multi-start fit, with what is needed to judge it."""
 
     form: str
-    params: dict[str, float]
-    theta: np.ndarray
-    objective: float
-    mse: float
-    grad_norm: float
-    n_starts: int
-    converged_starts: int
-    at_bound: list[str]
-    n_points: int
-    loss: str
+    params: dict[str, float]  # natural parameters (a, b, c, d, ...)
+    theta: np.ndarray  # the unconstrained (log-space) vector that won
+    objective: float  # the chosen loss at theta (mean over points, weighted)
+    mse: float  # mean squared residual of linear y, whatever the loss
+    grad_norm: float  # |d objective / d theta| at theta: ~0 at an interior optimum
+    n_starts: int  # grid (or given) starts plus variable-projection seeds
+    converged_starts: int  # starts ending within CONVERGED_RTOL (relative) of the best objective
+    at_bound: list[str]  # parameters on a constraint (see Form.at_bound)
+    n_points: int  # points with nonzero weight
+    loss: str  # "mse" | "huber"
 
     def predict(self, x) -> np.ndarray:
         form = forms_lib.get_form(self.form)
@@ -425,6 +425,12 @@ def fit_curves_batched(
         form, xs, ys, ws, start_grid, loss=loss, huber_delta=huber_delta, max_steps=max_steps, n_seeds=n_seeds
     )
     n_starts = start_grid.shape[0] + best["n_seeds"]
+    failed = np.flatnonzero(~np.isfinite(best["objective"]))
+    if failed.size:
+        raise UserError(
+            f"no start reached a finite {loss} objective for {failed.size} point set(s) (first: #{failed[0]}); "
+            f"check that y is on the scale form {form.name!r} expects"
+        )
     return [
         _summarise(form, loss, best["theta"][i], best["objective"][i], best["grad_norm"][i], best["mse"][i],
                    best["converged"][i], n_starts, xs[i], ys[i], ws[i])
