@@ -29,7 +29,7 @@ COMMAND_MODULES = (
 
 # Commands that collect sub-commands from several packages (e.g. `vlscale data synth`).
 GROUPS = {
-    "data": "Datasets: synthetic data, shard conversion, the paper's published results.",
+    "data": "Datasets: the synthetic captioned-shapes shards, the paper's published results table.",
 }
 
 
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 
