@@ -141,6 +141,10 @@ def main() -> None:
     args = parser.parse_args()
     sizes = args.sizes.split(",")
     budgets = [int(b) for b in args.budgets.split(",")]
+    too_small = [b for b in budgets if b < CHUNK * args.batch]
+    if too_small:
+        parser.error(f"budgets {too_small} are below one chunk of {CHUNK} steps x batch {args.batch} = "
+                     f"{CHUNK * args.batch} samples; raise them or lower --batch")
 
     import jax
     import jax.numpy as jnp
