@@ -209,7 +209,7 @@ def validate_results(df: pd.DataFrame, *, source: str | None = None) -> pd.DataF
         keys = pd.util.hash_pandas_object(df[ident], index=False).to_numpy()
         first = int(np.flatnonzero(keys == keys[second])[0])
         raise ResultsError(
-            f"duplicate rows: {_row_label(df, first, source)} and {_row_label(df, second, None)} are the same "
+            f"duplicate rows: {_row_label(df, first, source)} and {_row_label(df, second, source)} are the same "
             f"checkpoint ({df['model_type'].iloc[first]} {df['model'].iloc[first]}, "
             f"{df['samples_seen'].iloc[first]:g} samples, {df['downstream_dataset'].iloc[first]} "
             f"{df['metric'].iloc[first]}); drop one, or add a 'run'/'step' column that tells them apart"
