@@ -16,7 +16,9 @@ from vlscale.models.layers import (
     BATCH,
     EMBED,
     LENGTH,
+    POSITION_EMBED_STD,
     PROJ,
+    TOKEN_EMBED_STD,
     VOCAB,
     Transformer,
     boxed,
@@ -30,9 +32,6 @@ from vlscale.models.layers import (
 )
 from vlscale.models.vit import VisionTransformer
 
-# CLIP TextTransformer.init_parameters (reference §4): token N(0, 0.02), positions N(0, 0.01).
-TOKEN_EMBED_STD = 0.02
-POSITION_EMBED_STD = 0.01
 
 
 class CLIP(nn.Module):

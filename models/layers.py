@@ -34,6 +34,10 @@ PROJ = "proj"  # output width of the contrastive projections (embed_dim)
 
 # torch.nn.LayerNorm default eps, used by open_clip (reference §1.1, §10.1).
 LN_EPS = 1e-5
+# Text-tower embedding init, the same in CLIP's TextTransformer and MaMMUT's MultimodalTransformer
+# (reference §4): tokens N(0, 0.02), positions N(0, 0.01).
+TOKEN_EMBED_STD = 0.02
+POSITION_EMBED_STD = 0.01
 
 InitScheme = Literal["torch_default", "clip_text"]
 

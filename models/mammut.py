@@ -35,8 +35,10 @@ from vlscale.models.layers import (
     EMBED,
     LAYERS,
     LENGTH,
+    POSITION_EMBED_STD,
     PROJ,
     REMAT_POLICIES,
+    TOKEN_EMBED_STD,
     VOCAB,
     ResidualAttentionBlock,
     boxed,
@@ -50,9 +52,7 @@ from vlscale.models.layers import (
 )
 from vlscale.models.vit import VisionTransformer
 
-# MultimodalTransformer.init_parameters (reference §4): tokens N(0, 0.02), positions N(0, 0.01), LM head zeros.
-TOKEN_EMBED_STD = 0.02
-POSITION_EMBED_STD = 0.01
+# MultimodalTransformer.init_parameters (reference §4): embeddings as CLIP's text tower (layers.py), LM head zeros.
 # mammut_model.py L84: map_viz2txt_kv = torch.randn(vision_width, text_width), i.e. N(0, 1) with no scaling.
 MAP_VIZ2TXT_STD = 1.0
 GROUP_NAMES = ("self_even", "cross", "self_odd")
