@@ -233,7 +233,31 @@ def _tiny_configs() -> dict[str, ModelConfig]:
             "small-mammut", 256, 256, 4, 8, 256, 4, 4, False, {}, image_size=64, context_length=32
         ),
     }
+    tiny.update(_shapes_configs())
     return tiny
+
+
+# CPU scaling studies on the synthetic shapes data: (suffix, width, CLIP layers, heads). Head width is 32 throughout.
+_SHAPES_SIZES = (("XS", 32, 1, 1), ("S", 64, 2, 2), ("M", 128, 3, 4), ("L", 256, 4, 8))
+
+
+def _shapes_configs() -> dict[str, ModelConfig]:
+    """``shapes-clip-*`` / ``shapes-mammut-*``: 32 px, patch 8, context 16; text and vision share width/heads.
+
+    MaMMUT gets twice the CLIP text layers so every size has cross-attention blocks (one per two text layers), and
+    its embed_dim is the text width as in every MaMMUT config.
+    """
+    out: dict[str, ModelConfig] = {}
+    for suffix, width, layers, heads in _SHAPES_SIZES:
+        name = f"shapes-clip-{suffix}"
+        out[name] = _clip(name, width, width, layers, 8, width, layers, heads, {"head_width": width // heads},
+                          image_size=32, context_length=16)
+    for suffix, width, layers, heads in _SHAPES_SIZES:
+        extra = {"head_width": width // heads}
+        name = f"shapes-mammut-{suffix}"
+        out[name] = _mammut(name, width, width, layers, 8, width, 2 * layers, heads, False, extra, image_size=32,
+                            context_length=16)
+    return out
 
 
 def _build_registry() -> dict[str, ModelConfig]:

@@ -76,3 +76,18 @@ def test_configdict_for_a_model_name():
                                                                                      "block")
     with pytest.raises(UserError, match="unknown keys"):
         model_configs.get_config("ViT-B-32,colour=red")
+
+
+def test_shapes_study_configs():
+    """The CPU-study ladder: 32 px, patch 8, context 16, head width 32, MaMMUT with 2x text layers."""
+    for suffix, width, layers, heads in (("XS", 32, 1, 1), ("S", 64, 2, 2), ("M", 128, 3, 4), ("L", 256, 4, 8)):
+        clip, mammut = get_config(f"shapes-clip-{suffix}"), get_config(f"shapes-mammut-{suffix}")
+        for cfg in (clip, mammut):
+            assert (cfg.image_size, cfg.vision.patch_size, cfg.context_length) == (32, 8, 16)
+            assert (cfg.vision.width, cfg.vision.layers, cfg.vision.heads) == (width, layers, heads)
+            assert (cfg.text.width, cfg.text.heads, cfg.embed_dim) == (width, heads, width)
+        assert clip.family == "clip" and clip.text.layers == layers
+        assert mammut.family == "mammut" and mammut.text.layers == 2 * layers and not mammut.text.has_mlp
+        assert mammut.text.num_cross_blocks == layers
+    names = list_models()
+    assert names.index("shapes-clip-XS") > 34 and "shapes-mammut-L" in names
