@@ -163,7 +163,7 @@ def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefet
             images = pipeline.normalize_images(images)
 
         def loss_fn(p):
-            return model_loss(model.apply({"params": p}, images, tokens))[0]
+            return model_loss(model.apply({"params": p}, images, tokens), cfg.family)[0]
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         return jax.tree.map(lambda w, g: w - 1e-3 * g, params, grads), loss

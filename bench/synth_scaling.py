@@ -98,7 +98,7 @@ def make_trainer(model):
             x, t = normalize(images[batch_idx]), tokens[batch_idx]
 
             def loss_fn(p):
-                return model_loss(model.apply({"params": p}, x, t))[0]
+                return model_loss(model.apply({"params": p}, x, t), model.config.family)[0]
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             opt_state.hyperparams["learning_rate"] = lr_at(step, total)

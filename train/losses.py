@@ -4,18 +4,28 @@ All losses are pure functions of model outputs, computed in float32 whatever the
 bf16 forward still gets an fp32 log-softmax. The contrastive loss works on the *global* batch: under
 ``jit`` with batch-sharded features, XLA inserts the all-gathers that open_clip's
 ``--local-loss --gather-with-grad`` performs by hand, and the gradient is the same (reference §1.4).
+
+``clip_loss`` lets XLA place the [B, B] logits; for very large global batches (the paper reaches 180k, where
+B² float32 logits are 130 GB) ``clip_loss_sharded`` computes the same loss with ``jax.shard_map`` so that each
+device only ever holds its [B/n, B] block.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Literal, Sequence
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 # open_clip CoCaLoss defaults, unchanged by the paper's training command (reference §2.5).
 CLIP_LOSS_WEIGHT = 1.0
 CAPTION_LOSS_WEIGHT = 2.0
 # Caption targets equal to the pad id (0) are ignored, as nn.CrossEntropyLoss(ignore_index=0) does.
 PAD_ID = 0
+# The mesh axes the batch is split over (train/sharding.py LOGICAL_RULES, "batch").
+BATCH_AXES = ("data", "fsdp")
 
 
 def clip_loss(image_features: jax.Array, text_features: jax.Array, logit_scale: jax.Array) -> jax.Array:
@@ -33,6 +43,52 @@ def clip_loss(image_features: jax.Array, text_features: jax.Array, logit_scale: 
     return 0.5 * (image_to_text.mean() + text_to_image.mean())
 
 
+def clip_loss_sharded(image_features: jax.Array, text_features: jax.Array, logit_scale: jax.Array, mesh: Mesh,
+                      batch_axes: Sequence[str] = BATCH_AXES) -> jax.Array:
+    """``clip_loss`` over the global batch without the [B, B] logits on any one device.
+
+    Use it instead of ``clip_loss`` when the global batch is so large that B² float32 logits (plus their exp and
+    gradient) do not fit on a device, e.g. B ≥ 32k; below that the plain loss is as fast and simpler. The result
+    (value and gradients w.r.t. both features and ``logit_scale``) equals ``clip_loss`` up to float32 rounding.
+
+    Inside ``jax.shard_map`` over ``batch_axes`` (those of them that ``mesh`` has) each of the n devices holds
+    b = B/n image and text rows. It all-gathers the text features ([B, E], small), computes its [b, B] block
+    ``scale · img_local @ all_txtᵀ``, and gets
+      * image→text from the row log-sum-exp of its own block;
+      * text→image from the column log-sum-exp across devices: per-device column maxima (pmax) and sums of
+        exponentials (psum) are [B] vectors, so the exchange is O(B), not O(B²).
+    Memory per device is O(b·B); communication is one all-gather of features plus two [B] all-reduces (and
+    their transposes in the backward pass). B must be divisible by n.
+    """
+    axes = tuple(a for a in batch_axes if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes:
+        return clip_loss(image_features, text_features, logit_scale)
+    n = math.prod(mesh.shape[a] for a in axes)
+    batch = image_features.shape[0]
+    if batch % n or text_features.shape[0] != batch:
+        raise ValueError(f"global batch {batch} (text {text_features.shape[0]}) must be equal and divisible by "
+                         f"the {n} devices of mesh axes {axes}")
+    rows = PartitionSpec(axes, None)
+
+    def local(img, txt, scale):
+        img, txt = img.astype(jnp.float32), txt.astype(jnp.float32)
+        b = img.shape[0]
+        all_txt = jax.lax.all_gather(txt, axes, axis=0, tiled=True)  # [B, E], ordered like the sharded batch
+        logits = jnp.asarray(scale, jnp.float32) * img @ all_txt.T  # [b, B]
+        offset = jax.lax.axis_index(axes) * b  # my rows' global index = the column of their positives
+        positives = jnp.diagonal(jax.lax.dynamic_slice_in_dim(logits, offset, b, axis=1))
+        row_lse = jax.nn.logsumexp(logits, axis=1)
+        # The max only keeps exp() in range; the log-sum-exp is independent of it, so it carries no gradient.
+        col_max = jax.lax.stop_gradient(jax.lax.pmax(jax.lax.stop_gradient(logits.max(axis=0)), axes))
+        col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(logits - col_max).sum(axis=0), axes))  # [B]
+        my_col_lse = jax.lax.dynamic_slice_in_dim(col_lse, offset, b)
+        total = (row_lse - positives).sum() + (my_col_lse - positives).sum()
+        return jax.lax.psum(total, axes) / (2 * batch)
+
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, PartitionSpec()), out_specs=PartitionSpec())
+    return fn(image_features, text_features, jnp.asarray(logit_scale, jnp.float32))
+
+
 def caption_loss(logits: jax.Array, labels: jax.Array, pad_id: int = PAD_ID) -> jax.Array:
     """Mean next-token cross-entropy over the targets that are not ``pad_id``.
 
@@ -45,28 +101,45 @@ def caption_loss(logits: jax.Array, labels: jax.Array, pad_id: int = PAD_ID) -> 
     return -(target_log_probs * keep).sum() / jnp.maximum(keep.sum(), 1.0)
 
 
+def _contrastive(out: dict, mesh: Mesh | None) -> jax.Array:
+    if mesh is None:
+        return clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+    return clip_loss_sharded(out["image_features"], out["text_features"], out["logit_scale"], mesh)
+
+
 def mammut_loss(
     out: dict,
     clip_weight: float = CLIP_LOSS_WEIGHT,
     caption_weight: float = CAPTION_LOSS_WEIGHT,
     pad_id: int = PAD_ID,
+    *,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The MaMMUT objective ``clip_weight·InfoNCE + caption_weight·CaptionCE`` on a forward's output dict.
 
     Returns ``(total, parts)`` where ``parts`` holds the unweighted ``clip_loss`` and ``caption_loss``
     for logging. With ``clip_weight == 0`` (the "cap" runs) the contrastive term is not computed.
+    ``mesh``: compute the contrastive term with ``clip_loss_sharded`` on that mesh.
     """
     parts = {"caption_loss": caption_loss(out["logits"], out["labels"], pad_id)}
     total = caption_weight * parts["caption_loss"]
     if clip_weight:
-        parts["clip_loss"] = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+        parts["clip_loss"] = _contrastive(out, mesh)
         total = total + clip_weight * parts["clip_loss"]
     return total, parts
 
 
-def model_loss(out: dict, **weights) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The training loss for either family: MaMMUT when the output carries caption logits, else CLIP."""
-    if "logits" in out:
-        return mammut_loss(out, **weights)
-    loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
+def model_loss(out: dict, family: Literal["clip", "mammut"], *, mesh: Mesh | None = None,
+               **weights) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss of a model family (``ModelConfig.family``) on its forward's output dict.
+
+    ``weights`` (``clip_weight``, ``caption_weight``, ``pad_id``) apply to MaMMUT only; CLIP's loss is the plain
+    InfoNCE as open_clip's ``ClipLoss`` (so a trainer can pass its configured weights for either family).
+    ``mesh``: use the sharded contrastive loss (``clip_loss_sharded``) for very large global batches.
+    """
+    if family == "mammut":
+        return mammut_loss(out, mesh=mesh, **weights)
+    if family != "clip":
+        raise ValueError(f"unknown model family {family!r}; expected 'clip' or 'mammut'")
+    loss = _contrastive(out, mesh)
     return loss, {"clip_loss": loss}

@@ -115,10 +115,15 @@ def test_mammut_loss_weights_one_and_two(rng):
     cap_total, cap_parts = losses.mammut_loss(out, clip_weight=0.0)
     assert set(cap_parts) == {"caption_loss"}
     assert float(cap_total) == pytest.approx(2.0 * cap, rel=1e-5)
-    # model_loss dispatches on the output's keys.
-    assert float(losses.model_loss(out)[0]) == pytest.approx(float(total), rel=1e-7)
+    # model_loss takes the family explicitly.
+    assert float(losses.model_loss(out, "mammut")[0]) == pytest.approx(float(total), rel=1e-7)
     clip_out = dict(image_features=img, text_features=txt, logit_scale=10.0)
-    assert float(losses.model_loss(clip_out)[0]) == pytest.approx(c, rel=1e-5)
+    clip_total, clip_parts = losses.model_loss(clip_out, "clip", clip_weight=1.0, caption_weight=2.0)
+    assert float(clip_total) == pytest.approx(c, rel=1e-5) and set(clip_parts) == {"clip_loss"}
+    # A MaMMUT output with family "clip" is its contrastive loss only: the keys do not decide.
+    assert float(losses.model_loss(out, "clip")[0]) == pytest.approx(c, rel=1e-5)
+    with pytest.raises(ValueError, match="family"):
+        losses.model_loss(out, "coca")
 
 
 def test_losses_are_differentiable_and_jittable(rng):
@@ -127,3 +132,52 @@ def test_losses_are_differentiable_and_jittable(rng):
     g = jax.jit(jax.grad(lambda s: losses.clip_loss(img, txt, s)))(jnp.float32(2.0))
     # d/ds of the loss at the diagonal-dominant optimum direction is finite and non-zero.
     assert np.isfinite(float(g)) and float(g) != 0.0
+
+
+# --- the sharded contrastive loss on 8 fake CPU devices -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mesh_shape", [dict(data=8), dict(data=2, fsdp=4), dict(data=2, fsdp=2, tensor=2)])
+def test_clip_loss_sharded_equals_plain_loss_and_gradients(rng, mesh_shape):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from vlscale.train.sharding import make_mesh
+
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    mesh = make_mesh(**mesh_shape, devices=jax.devices()[:8])
+    # Features that are not normalised and a large scale make the log-sum-exps far from uniform.
+    img = jnp.asarray(rng.normal(size=(32, 12)), jnp.float32)
+    txt = jnp.asarray(rng.normal(size=(32, 12)), jnp.float32)
+    scale = jnp.float32(7.5)
+
+    def grads(loss_fn):
+        return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2)))(img, txt, scale)
+
+    want, want_g = grads(losses.clip_loss)
+    got, got_g = grads(lambda i, t, s: losses.clip_loss_sharded(i, t, s, mesh))
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert float(want) == pytest.approx(_np_clip_loss(img, txt, 7.5), rel=1e-5)
+    for g, w in zip(got_g, want_g):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    # The compiled (per-device) step holds [b, B] blocks, never the [B, B] matrix.
+    hlo = jax.jit(jax.grad(lambda i, t, s: losses.clip_loss_sharded(i, t, s, mesh))).lower(img, txt, scale)
+    hlo = hlo.compile().as_text()
+    assert "f32[32,32]" not in hlo and f"f32[{32 // (8 // mesh_shape.get('tensor', 1))},32]" in hlo
+    # Batch-sharded inputs (as the trainer holds them) give the same value; the model_loss route uses it.
+    batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+    out = dict(image_features=jax.device_put(img, batch), text_features=jax.device_put(txt, batch),
+               logit_scale=scale)
+    got_sharded = jax.jit(lambda o: losses.model_loss(o, "clip", mesh=mesh)[0])(out)
+    assert float(got_sharded) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_clip_loss_sharded_rejects_an_indivisible_batch(rng):
+    from vlscale.train.sharding import make_mesh
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices")
+    mesh = make_mesh(data=8, devices=jax.devices()[:8])
+    x = jnp.ones((12, 4), jnp.float32)
+    with pytest.raises(ValueError, match="divisible"):
+        losses.clip_loss_sharded(x, x, 1.0, mesh)
