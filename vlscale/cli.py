@@ -9,7 +9,9 @@ happen inside the command handlers.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,6 +28,8 @@ COMMAND_MODULES = (
     "vlscale.train.cli",
     "vlscale.eval.cli",
 )
+
+DEBUG_ENV = "VLSCALE_DEBUG"
 
 # Commands that collect sub-commands from several packages (e.g. `vlscale data synth`).
 GROUPS = {
@@ -66,7 +70,7 @@ class CommandRegistry:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         configure(p)
-        p.set_defaults(_handler=handler)
+        p.set_defaults(_handler=handler, _prog=p.prog)
         return p
 
 
@@ -80,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `vlscale <command> --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"vlscale {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the full traceback of an unexpected error (also ${DEBUG_ENV}=1)")
     registry = CommandRegistry(parser)
     for mod_name in COMMAND_MODULES:
         try:
@@ -92,29 +98,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OS conditions of the user's files and machine: shown as one-line errors, not as crashes.
+USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+USER_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG)
+EXIT_USER_ERROR = 2  # bad input (argparse uses 2 for bad flags too)
+EXIT_INTERNAL_ERROR = 1  # a bug: one line plus the path of a log with the traceback
+
+
+def _os_error_text(e: OSError) -> str:
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs ``vlscale ARGV`` and returns its exit status.
+
+    Errors are one stderr line ``vlscale CMD: error: MESSAGE`` (argparse's format, so bad flags look the same),
+    exit 2. Ctrl-C / SIGTERM: ``vlscale CMD: interrupted by SIGINT``, exit 130 / 143. Anything unexpected: one
+    line with the path of a log holding the full traceback, exit 1 (``--debug`` prints the traceback instead).
+    Called as a program (``argv`` None), an interrupted run leaves through ``signals.hard_exit`` (see there).
+    """
+    from vlscale import signals
+
+    as_program = argv is None
+    with signals.stop_on_signals(force_after=signals.CLI_FORCE_AFTER_S):
+        try:
+            rc = _main(argv)
+        except signals.StopRequested as e:  # before the handler ran (parsing, imports)
+            print(f"vlscale: interrupted by {signals.signal_name(e.signum)}", file=sys.stderr)
+            rc = e.exit_code
+        except KeyboardInterrupt:
+            print("vlscale: interrupted", file=sys.stderr)
+            rc = signals.EXIT_SIGINT
+    if as_program and rc in (signals.EXIT_SIGINT, signals.EXIT_SIGTERM):
+        signals.hard_exit(rc)
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
+    from vlscale import signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "_handler", None)
     if handler is None:
         parser.print_help()
         return 2
+    prog = getattr(args, "_prog", None) or f"vlscale {args.command}"
     try:
         rc = handler(args)
     except UserError as e:
-        print(f"vlscale {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"vlscale {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(prog, str(e))
+    except signals.StopRequested as e:
+        print(f"{prog}: interrupted by {signals.signal_name(e.signum)}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return signals.EXIT_SIGINT
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         sys.stderr.close()
         return 0
+    except USER_OS_ERRORS as e:
+        return _fail(prog, _os_error_text(e))
+    except OSError as e:
+        if e.errno in USER_ERRNOS:
+            return _fail(prog, _os_error_text(e))
+        return _crash(prog, e, argv, args)
+    except MemoryError as e:
+        return _fail(prog, "out of memory" + (f" ({e})" if str(e) else "") + "; try a smaller input or setting")
+    except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a report
+        return _crash(prog, e, argv, args)
     return int(rc or 0)
+
+
+def _fail(prog: str, message: str) -> int:
+    # One line: a message with newlines would hide its start above the prompt.
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _crash(prog: str, exc: Exception, argv, args) -> int:
+    import traceback
+
+    from vlscale.crashlog import one_line, write_crash_log
+
+    if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV):
+        traceback.print_exc()
+        print(f"{prog}: internal error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    log = write_crash_log(exc, argv)
+    where = f"full traceback in {log}" if log else "no log folder was writable; rerun with --debug"
+    print(f"{prog}: internal error: {one_line(exc)} (a bug in vlscale, please report it; {where}; "
+          "`vlscale --debug ...` prints it)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -1,0 +1,253 @@
+"""Where commands write: checked before any work starts, written so that no half-written set is ever left.
+
+Check first (one-line ``UserError`` naming the flag and the path; creates nothing)::
+
+    out = check_output_dir(args.out)           # a folder that can be created or written
+    f = check_output_file(args.out, suffixes=(".npz",))
+
+A command that owns its ``--out`` folder (``vlscale fit``, ``compare``, ``convert``, ``data synth``) builds the
+whole set in a temporary folder beside it, then moves it into place in one step::
+
+    with atomic_output_dir(args.out, owned=("fit.*",)) as tmp:
+        rep.save(tmp)                          # write as if tmp were the target
+    # here OUT holds the complete new set; on an exception or Ctrl-C, OUT is untouched and tmp is gone
+
+If OUT does not exist yet, the temporary folder is renamed to it (atomic). If it exists, each new entry replaces
+its namesake, and the entries matching ``owned`` (glob patterns of what this command writes) that the new set
+lacks are removed, so a new fit never sits beside the previous run's ``fit.png``. Everything else in OUT stays.
+The move runs inside ``signals.deferred()``, so Ctrl-C cannot cut it in half.
+
+A command that adds to a folder others also write to (eval's OUT, a study's DIR, a training workdir) writes each
+file on its own, atomically, and never removes anything::
+
+    atomic_write_text(path, text)             # temp file in the same folder, then os.replace
+    atomic_write_bytes(path, data)
+    with atomic_path(path) as tmp:            # for writers that want a path: np.savez, torch.save, savefig
+        np.savez(tmp, ...)
+    append_rows(results_csv, rows)            # CSV rows added under a lock; the header grows if needed
+
+Readers therefore see either the old file or the new one, never a prefix of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fnmatch
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from vlscale import signals
+from vlscale.errors import UserError
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _nearest_existing(p: Path) -> Path:
+    for a in (p, *p.parents):
+        if os.path.lexists(a):
+            return a
+    return Path("/")
+
+
+def _probe_writable(folder: Path) -> str | None:
+    """None if a file can be created in ``folder``, else the reason (creates nothing lasting)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_output_dir(path: str | os.PathLike, *, flag: str = "--out") -> Path:
+    """``path`` as a Path if it is, or can be created as, a writable folder; else a one-line UserError.
+
+    Rejects an existing file, a path under a file, and a folder (or nearest existing parent) that cannot be
+    written. Creates nothing.
+    """
+    p = Path(path)
+    if str(path) == "":
+        raise UserError(f"{flag}: empty path")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {p}: is an existing file, not a folder")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise UserError(f"{flag} {p}: {base} is a file, so no folder can be made under it")
+    reason = _probe_writable(base)
+    if reason:
+        raise UserError(f"{flag} {p}: cannot write in {base} ({reason})")
+    return p
+
+
+def check_output_file(path: str | os.PathLike, *, flag: str = "--out", suffixes: Sequence[str] | None = None) -> Path:
+    """``path`` as a Path if a file can be written there (its folder may not exist yet); else a UserError.
+
+    ``suffixes``: the accepted file name endings (lower case, with the dot), e.g. (".pt", ".safetensors").
+    """
+    p = Path(path)
+    if str(path) == "":
+        raise UserError(f"{flag}: empty path")
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is an existing folder; give a file name")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {p}: use a file name ending in {' or '.join(suffixes)}")
+    check_output_dir(p.parent if str(p.parent) else ".", flag=f"{flag} {p}: folder")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, *, owned: Sequence[str] = (), flag: str = "--out"):
+    """Yields a temporary folder beside ``path``; on success moves its entries into ``path`` together.
+
+    ``owned``: glob patterns of the names this command writes; entries of an existing ``path`` that match them
+    but are not in the new set are removed (a stale file of the previous run). Other entries are never touched.
+    On any exception (Ctrl-C included) the temporary folder is deleted and ``path`` is left as it was.
+    """
+    target = check_output_dir(path, flag=flag)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any new folder
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        with signals.deferred():
+            _commit_dir(tmp, target, owned)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+def _commit_dir(tmp: Path, target: Path, owned: Sequence[str]) -> None:
+    if not target.exists():
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    new = {p.name for p in tmp.iterdir()}
+    for old in target.iterdir():
+        if old.name not in new and any(fnmatch.fnmatch(old.name, pat) for pat in owned):
+            _remove(old)
+    for name in sorted(new):
+        src, dst = tmp / name, target / name
+        if src.is_dir() or (dst.is_dir() and not dst.is_symlink()):
+            # Folders cannot be os.replace'd over non-empty ones: move the old aside, the new in, then delete.
+            trash = None
+            if os.path.lexists(dst):
+                trash = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=target))
+                os.rename(dst, trash / name)
+            os.rename(src, dst)
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(src, dst)
+    tmp.rmdir()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary file path in ``path``'s folder (created if needed); on success it replaces ``path``.
+
+    For writers that take a path (``np.savez``, ``torch.save``, ``savefig``). On an exception the temporary
+    file is removed and ``path`` keeps its old content (or stays absent).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (readers never see a prefix)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock for read-modify-write of ``path`` (a hidden ``.NAME.lock`` beside it, left in place:
+    removing a lock file others may hold is a race)."""
+    import fcntl
+
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, object]],
+                columns: Sequence[str] | None = None) -> int:
+    """Appends ``rows`` (dicts) to the CSV ``path`` atomically and under a lock; returns the rows it now has.
+
+    A new file gets ``columns`` (default: the keys in first-seen order) as its header. An existing file keeps
+    its rows and column order; columns only the new rows have are added at the end (old rows get empty cells).
+    Concurrent appenders (several eval processes on one results table) each land all their rows.
+    """
+    target = Path(path)
+    rows = [dict(r) for r in rows]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        header: list[str] = []
+        old: list[dict] = []
+        if target.exists() and target.stat().st_size > 0:
+            with open(target, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                header = list(reader.fieldnames or [])
+                old = list(reader)
+        for name in list(columns or []) + [k for r in rows for k in r]:
+            if name not in header:
+                header.append(name)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", restval="")
+        writer.writeheader()
+        writer.writerows(old)
+        writer.writerows(rows)
+        atomic_write_text(target, buf.getvalue())
+    return len(old) + len(rows)

@@ -1,0 +1,256 @@
+"""Ctrl-C and SIGTERM: stop cleanly, exit with the shell's codes (130 for SIGINT, 143 for SIGTERM).
+
+Every ``vlscale`` command already runs inside ``stop_on_signals()`` (the CLI entry point installs it), so a
+command needs nothing to be interruptible: the signal raises ``StopRequested`` in the main thread, ``finally``
+blocks and context managers run (``vlscale.outputs`` removes its temporary files), the CLI prints one line
+(``vlscale fit: interrupted by SIGINT``) and exits 130/143.
+
+A loop that must finish something before it stops (the trainer saving a checkpoint) polls instead::
+
+    from vlscale import signals
+
+    with signals.stop_on_signals(raise_on_signal=False) as stop:
+        for step in range(start, total):
+            state = train_step(state, next(batches))
+            if stop.requested:             # set by the first SIGINT/SIGTERM
+                save_checkpoint(state)
+                stop.raise_if_requested()  # raises StopRequested; the CLI exits 130 / 143
+
+While a stop is pending, a second signal raises ``StopRequested`` at once (the user insists), even inside the
+poll loop. The ``with`` block restores the handlers that were there before, so it nests inside the CLI's.
+
+``StopRequested`` subclasses ``KeyboardInterrupt``: ``except Exception`` does not swallow it, and code that already
+handles Ctrl-C handles SIGTERM the same way. ``exc.signum`` and ``exc.exit_code`` say which signal came.
+
+``deferred()`` holds signals back for a few statements that must not be cut in half (moving a finished set of
+output files into place); a signal that came meanwhile is delivered when the block ends.
+
+Why ``hard_exit``: when a signal lands while XLA still runs device work on its own threads, ordinary interpreter
+shutdown can crash (a segfault, exit -11). After the CLI has printed its last line it flushes stdout/stderr and
+leaves through ``os._exit`` with the exit code (only when run as a program; in-process calls just return it).
+Python's signal handlers run between bytecodes of the main thread, so a signal that arrives during one long
+compiled call is acted on when that call returns; ``force_after`` bounds that wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_SIGINT = 128 + signal.SIGINT  # 130
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+# The CLI's force_after: how long a command may stay busy in one compiled call after a signal before the process
+# is ended anyway (with the same exit code). A loop that polls installs its own stop_on_signals (no forcing).
+CLI_FORCE_AFTER_S = 10.0
+
+# How many deferred() blocks are open (the watchdog waits for them before forcing an exit).
+_critical = 0
+_critical_lock = threading.Lock()
+
+
+def exit_code(signum: int) -> int:
+    """The shell's exit status for a process ended by ``signum``: 128 + signum (130 SIGINT, 143 SIGTERM)."""
+    return 128 + int(signum)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopRequested(KeyboardInterrupt):
+    """A SIGINT or SIGTERM asked the process to stop. ``signum``, ``exit_code`` (130 / 143) say which."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = int(signum)
+        self.exit_code = exit_code(signum)
+        super().__init__(f"interrupted by {signal_name(signum)}")
+
+
+class StopFlag:
+    """What ``stop_on_signals`` yields: poll ``requested``; ``raise_if_requested()`` to leave like a signal."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.count = 0
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else exit_code(self.signum)
+
+    def raise_if_requested(self) -> None:
+        if self.signum is not None:
+            raise StopRequested(self.signum)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken (| head)
+            pass
+
+
+def hard_exit(code: int) -> None:
+    """Flushes stdout/stderr and ends the process at once with ``code`` (no interpreter shutdown; see above)."""
+    flush_std_streams()
+    os._exit(int(code))
+
+
+@contextlib.contextmanager
+def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = None):
+    """Turns SIGINT/SIGTERM into ``StopRequested`` (``raise_on_signal=True``) or into a flag to poll.
+
+    Yields a ``StopFlag``. ``force_after``: seconds after the first signal at which the process ends with
+    ``hard_exit(exit_code)`` if it is still running (covers a main thread stuck in one long compiled call; open
+    ``deferred()`` blocks are waited for). None: never forced; a second signal then still forces at once when
+    the main thread cannot act on it. Outside the main thread this does nothing but yield a flag that stays unset.
+    """
+    flag = StopFlag()
+    if not _in_main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.count += 1
+        first = flag.signum is None
+        if first:
+            flag.signum = signum
+        if raise_on_signal and first:
+            raise StopRequested(signum)
+        if not raise_on_signal and not first:
+            raise StopRequested(flag.signum)
+        # raise mode, later signals: the first one's StopRequested is already unwinding; let cleanup finish.
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    watchdog = _Watchdog(flag, force_after)
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    watchdog.start()
+    try:
+        yield flag
+    finally:
+        watchdog.stop()
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+class _Watchdog:
+    """Hears signals while the main thread is busy in C code (via signal.set_wakeup_fd) and, if it does not act
+    in time, ends the process with the signal's exit code."""
+
+    def __init__(self, flag: StopFlag, force_after: float | None):
+        self.flag, self.force_after = flag, force_after
+        self._r = self._w = None
+        self._old_fd = -1
+        self._thread = None
+
+    def start(self) -> None:
+        try:
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            self._old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (OSError, ValueError):  # no pipes, or not allowed here: run without a watchdog
+            return
+        self._r, self._w = r, w
+        self._thread = threading.Thread(target=self._run, name="vlscale-signal-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._w is None:
+            return
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._w)  # the reader sees end-of-file and leaves
+        self._thread.join(timeout=1.0)
+        os.close(self._r)
+        self._w = self._r = None
+
+    def _run(self) -> None:
+        seen, first_at, signum = 0, None, None
+        while True:
+            timeout = None
+            if first_at is not None and self.force_after is not None:
+                timeout = max(0.0, first_at + self.force_after - time.monotonic())
+            ready = _wait_readable(self._r, timeout)
+            if ready:
+                try:
+                    data = os.read(self._r, 64)
+                except OSError:
+                    return
+                if not data:
+                    return  # stop() closed the pipe
+                wanted = [b for b in data if b in SIGNALS]
+                if not wanted:
+                    continue
+                seen += len(wanted)
+                if signum is None:
+                    signum, first_at = wanted[0], time.monotonic()
+                if seen >= 2:
+                    # Give the main thread a moment: it may be acting on the second signal itself.
+                    if _wait_readable(self._r, 2.0):
+                        continue
+                    self._force(signum)
+            elif first_at is not None:
+                self._force(signum)
+
+    @staticmethod
+    def _force(signum: int) -> None:
+        while _critical:
+            time.sleep(0.01)
+        print(f"vlscale: still busy after {signal_name(signum)}; exiting now", file=sys.stderr)
+        hard_exit(exit_code(signum))
+
+
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    import select
+
+    try:
+        r, _, _ = select.select([fd], [], [], timeout)
+    except (OSError, ValueError):
+        return False
+    return bool(r)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Holds SIGINT/SIGTERM back until the block ends, then delivers the first one that came (a few statements
+    that must not be cut in half, e.g. moving a finished set of files into place). Main thread only; elsewhere
+    the block runs unprotected (signals are only ever handled in the main thread anyway)."""
+    global _critical
+    if not _in_main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    with _critical_lock:
+        _critical += 1
+    for s in SIGNALS:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        with _critical_lock:
+            _critical -= 1
+        if pending:
+            signal.raise_signal(pending[0])
