@@ -42,11 +42,17 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.context_length = 77  # models/tokenizer.py CONTEXT_LENGTH
     c.train = True  # RandomResizedCrop (train) or resize + centre crop (eval)
     c.train_scale = TRAIN_SCALE
-    c.image_dtype = "float32"  # or "uint8": normalise on the device (pipeline.normalize_images), 4x less transfer
+    # uint8 (default): resized/cropped pixels; the consumer normalises them on the device with
+    # vlscale.data.pipeline.normalize_images (the same float32 arithmetic), which keeps the loader faster
+    # than open_clip's per core. "float32": normalised on the host, the models' input as it is.
+    c.image_dtype = "uint8"
 
     # Small datasets (the CPU demo): decode, resize and tokenise once, then serve batches from RAM.
     c.in_memory = False
     c.in_memory_samples = 20_000  # synthetic stream only: how many samples to draw and hold
+    # Rendered in-memory synthetic sets are kept here, so a study draws each set once (data/array_cache.py).
+    # "" = $VLSCALE_DATA_CACHE or ~/.cache/vlscale/data; "none" = no files (this process still reuses them).
+    c.cache_dir = ""
 
     # Order and batching.
     c.batch_size = 256  # global; each host gets batch_size / process_count

@@ -20,20 +20,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
 import numpy as np
 
+from vlscale.data import array_cache, hosts
+from vlscale.data import identity as identity_lib
 from vlscale.data import samples as samples_lib
 from vlscale.errors import UserError
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added the data fingerprint, worker count and host batch size; 1 still restores
 DEVICE_KEYS = ("image", "text")  # what goes onto the mesh; bookkeeping stays on the host
 # float32: normalised on the host (the models' contract); uint8: resized/cropped pixels, normalised on
 # the device with ``normalize_images`` (4x less host work and transfer, identical float32 arithmetic).
@@ -231,25 +234,69 @@ def source_records(config, process_index: int, process_count: int) -> grain.Iter
 
 def build_dataset(config, process_index: int, process_count: int) -> grain.IterDataset:
     """The per-host dataset of batches ``{"image", "text", "skipped"}`` (numpy), workers included."""
+    image_dtype = str(config.get("image_dtype", "uint8"))
+    if image_dtype not in IMAGE_DTYPES:
+        raise UserError(f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES}")
     if bool(config.get("in_memory", False)):
         return in_memory_batches(config, process_index, process_count)
     records = source_records(config, process_index, process_count)
+    # Samples are decoded to uint8 and batched as uint8 (4x fewer bytes to stack); float32 is then one
+    # vectorised normalisation of the whole batch, the same float32 operations as the per-sample path.
     ds = DecodeIterDataset(
         records, image_size=int(config.image_size), context_length=int(config.context_length),
         train=bool(config.train), seed=int(config.seed), train_scale=tuple(config.train_scale),
         max_consecutive_bad=int(config.max_consecutive_bad), warn_interval_s=float(config.warn_interval_s),
-        image_dtype=str(config.get("image_dtype", "float32")),
+        image_dtype="uint8",
     )
     ds = ds.batch(per_host_batch_size(int(config.batch_size), process_count), drop_remainder=bool(config.drop_remainder))
+    if image_dtype == "float32":
+        ds = ds.map(_normalize_batch)
     if int(config.worker_count) > 0:
+        # grain starts its workers with the "spawn" method (a fresh interpreter, never os.fork), so a
+        # process that already holds a JAX runtime can use them (tests/data/test_workers.py checks it).
         _absl_flags_with_defaults()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.worker_count),
-                                                         per_worker_buffer_size=int(config.worker_buffer_size)))
+                                                         per_worker_buffer_size=int(config.worker_buffer_size)),
+                            worker_init_fn=_data_worker_init)
     if int(config.get("prefetch", 0)) > 0:
         # A thread in the main process keeps batches ready while the step runs (decode, resize and JAX
         # release the GIL). Its state is the state of the batch last handed out, so resume stays exact.
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=int(config.prefetch))
     return ds
+
+
+def normalize_host(images: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, 3] -> float32 normalised with the OpenAI statistics, on the host.
+
+    The float32 operations of ``models.transforms.to_normalized_array`` (divide by 255, subtract the
+    mean, divide by the std), done in place on one new array, so a batch matches the per-sample path
+    exactly.
+    """
+    from vlscale.models.transforms import OPENAI_MEAN, OPENAI_STD
+
+    out = images.astype(np.float32)
+    out /= np.float32(255)
+    out -= np.asarray(OPENAI_MEAN, np.float32)
+    out /= np.asarray(OPENAI_STD, np.float32)
+    return out
+
+
+def _normalize_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**batch, "image": normalize_host(batch["image"])}
+
+
+def _data_worker_init(worker_index: int, worker_count: int) -> None:
+    """First thing in every grain worker process: keep any JAX use in a data worker on the CPU.
+
+    The workers are spawned interpreters that import grain (and with it jax). Nothing in the pipeline
+    needs a device, but a worker that initialised the default backend would claim the host's GPU memory
+    or TPU chips the trainer owns.
+    """
+    del worker_index, worker_count
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
 
 
 class _ArrayBatches:
@@ -286,20 +333,51 @@ class _ArrayBatches:
         idx = np.sort(self._permutation(epoch)[b * self.batch_size : (b + 1) * self.batch_size])
         images = self.images[idx]
         if self.normalize:
-            from vlscale.models.transforms import OPENAI_MEAN, OPENAI_STD
-
-            images = images.astype(np.float32)
-            images /= np.float32(255)
-            images -= np.asarray(OPENAI_MEAN, np.float32)
-            images /= np.asarray(OPENAI_STD, np.float32)
+            images = normalize_host(images)
         return {"image": images, "text": self.tokens[idx], "skipped": self._skipped, "valid": self._valid}
 
+    def remap_index(self, index: int, saved_batch_size: int) -> int:
+        """The batch index that continues a run saved at batch ``index`` with another per-host batch size.
 
-def load_arrays(config, process_index: int, process_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        It stays in the same epoch (same permutation) and starts at the first batch boundary at or after
+        the samples already consumed in it, so no sample of the epoch is repeated; fewer than one batch
+        of them may be skipped.
+        """
+        n = len(self.images)
+        saved_per_epoch = n // saved_batch_size
+        epoch, b = divmod(int(index), saved_per_epoch)
+        nb = -(-(b * saved_batch_size) // self.batch_size)
+        if nb >= self.batches_per_epoch:
+            epoch, nb = epoch + 1, 0
+        return epoch * self.batches_per_epoch + nb
+
+
+def load_arrays(config, process_index: int, process_count: int, *, check: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass over this host's share of the source: eval geometry, uint8 pixels, token ids, skip counts.
 
-    The synthetic stream is cut to ``config.in_memory_samples`` records (finite sources are read whole).
+    The synthetic stream is cut to ``config.in_memory_samples`` records (finite sources are read whole)
+    and served from ``array_cache`` when it was drawn before with the same key. ``check``: apply the
+    bad-sample guard here (one host); ``DataIterator`` defers it to the all-host check under multi-host.
     """
+    key = array_cache.cache_key(config, process_index, process_count)
+    if key is not None:
+        folder = array_cache.cache_dir(config)
+        cached = array_cache.load(key, folder)
+        if cached is not None:
+            log.info("in-memory synthetic set %s from the cache", key)
+            return cached
+    arrays = _read_arrays(config, process_index, process_count)
+    if check:
+        counter = samples_lib.BadSampleCounter(float(config.max_bad_fraction), int(config.bad_fraction_min_samples))
+        counter.add(len(arrays[0]), arrays[2])
+        counter.check()
+    if key is not None:
+        array_cache.save(key, folder, arrays)
+    return arrays
+
+
+def _read_arrays(config, process_index: int, process_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     load = _with(config, in_memory=False, num_epochs=1, shuffle=False, train=False, image_dtype="uint8",
                  batch_size=process_count, drop_remainder=False, worker_count=0, prefetch=0,
                  process_index=process_index, process_count=process_count)
@@ -325,9 +403,6 @@ def load_arrays(config, process_index: int, process_count: int) -> tuple[np.ndar
             tokens.append(element["text"])
     if not images:
         raise UserError("the data source yielded no good samples to hold in memory")
-    counter = samples_lib.BadSampleCounter(float(config.max_bad_fraction), int(config.bad_fraction_min_samples))
-    counter.add(len(images), skipped)
-    counter.check()
     return np.stack(images), np.stack(tokens), skipped
 
 
@@ -338,14 +413,15 @@ def in_memory_batches(config, process_index: int, process_count: int) -> grain.I
     the data wait is negligible next to even a tiny model's step. Images get the eval geometry (no
     per-epoch RandomResizedCrop); order is a fresh permutation per epoch, resumable by index.
     """
-    images, tokens, skipped = load_arrays(config, process_index, process_count)
+    images, tokens, skipped = load_arrays(config, process_index, process_count, check=process_count == 1)
     log.info("holding %d samples in memory (%.1f MB); skipped at load: %s", len(images),
              (images.nbytes + tokens.nbytes) / 1e6, {r: int(n) for r, n in zip(samples_lib.BAD_REASONS, skipped) if n})
     source = _ArrayBatches(images, tokens, batch_size=per_host_batch_size(int(config.batch_size), process_count),
                            seed=int(config.seed), shuffle=bool(config.shuffle), num_epochs=config.get("num_epochs", None),
-                           normalize=str(config.get("image_dtype", "float32")) == "float32")
+                           normalize=str(config.get("image_dtype", "uint8")) == "float32")
     out = grain.MapDataset.source(source).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=1))
-    out.load_skipped = skipped  # reported by DataIterator's metrics
+    out.load_counts = (len(images), skipped)  # DataIterator's bad-sample accounting is the load pass
+    out.array_batches = source  # to remap the position when a run resumes with another batch size
     return out
 
 
@@ -360,10 +436,16 @@ def _absl_flags_with_defaults() -> None:
 class DataIterator:
     """Host batches with exact accounting, the bad-data guard, timing and checkpointable state.
 
-    ``next(it)`` returns ``{"image": float32 [b,H,W,3], "text": int32 [b,ctx]}`` for this host;
+    ``next(it)`` returns ``{"image": [b,H,W,3], "text": int32 [b,ctx]}`` for this host (``image`` uint8 by
+    default, normalised on the device with ``normalize_images``; float32 with ``image_dtype="float32"``);
     ``global_batch(sharding)`` returns the next batch as global ``jax.Array``s laid out by ``sharding``.
     ``get_state``/``set_state`` speak JSON bytes so ``grain.checkpoint.CheckpointSave(it)`` writes one
-    file per host into an Orbax checkpoint (``state_dict`` gives the same state as a dict).
+    file per host into an Orbax checkpoint (``state_dict`` gives the same state as a dict). The state
+    carries ``samples_seen`` and the data ``fingerprint()``: a restore continues the count and refuses
+    other data.
+
+    Multi-host: call ``check_bad_fraction()`` on every host at the same steps (the trainer: every log
+    step), and use ``padded_batches()`` for finite passes; see those methods.
     """
 
     def __init__(self, config, *, process_index: int | None = None, process_count: int | None = None):
@@ -372,42 +454,134 @@ class DataIterator:
         self.config = config
         self.process_index, self.process_count = process_index_and_count(config)
         self.global_batch_size = int(config.batch_size)
+        self.host_batch_size = per_host_batch_size(self.global_batch_size, self.process_count)
+        self.image_dtype = str(config.get("image_dtype", "uint8"))
+        self._in_memory = bool(config.get("in_memory", False))
+        self.worker_count = 0 if self._in_memory else int(config.worker_count)  # in memory: no workers
         self._ds = build_dataset(config, self.process_index, self.process_count)
         self._it = iter(self._ds)
+        self._identity = identity_lib.data_identity(config)
+        self._fingerprint = identity_lib.fingerprint(self._identity)
         self.counter = samples_lib.BadSampleCounter(float(config.max_bad_fraction), int(config.bad_fraction_min_samples))
-        # In-memory data was validated once at load; its skip counts stay in the metrics.
-        self.counter.add(0, getattr(self._ds, "load_skipped", np.zeros(len(samples_lib.BAD_REASONS), np.int64)))
+        # With several hosts a host must not stop on its own counts: the others would wait for it in the
+        # next collective. Then the guard runs in check_bad_fraction, on counts summed over hosts.
+        self._check_locally = self.process_count == 1
+        load_counts = getattr(self._ds, "load_counts", None)
+        if load_counts is not None:  # in memory: the load pass is what was read from the source
+            self.counter.add(load_counts[0], load_counts[1])
+            if self._check_locally:
+                self.counter.check()
         self.batches = 0
+        self._samples_seen = 0
+        self._exhausted = False
         self.wait_s = 0.0
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def _next_with_mask(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The next host batch as grain made it (a finite pass's last one may be short) and its valid rows."""
+        if self._exhausted:
+            raise StopIteration
         t0 = time.perf_counter()
-        batch = next(self._it)
-        self.wait_s += time.perf_counter() - t0
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._exhausted = True
+            raise
+        finally:
+            self.wait_s += time.perf_counter() - t0
         skipped = batch.pop("skipped")
         valid = batch.pop("valid", None)
-        if valid is not None and not valid.all():  # only the last batch of a finite stream
-            batch = {k: v[valid] for k, v in batch.items()}
-        self.counter.add(len(batch["image"]), skipped)
+        valid = np.ones(len(batch["text"]), bool) if valid is None else np.asarray(valid, bool)
+        if not self._in_memory:  # in memory, batches repeat samples the load pass already counted
+            self.counter.add(int(valid.sum()), skipped)
         self.batches += 1
-        self.counter.check()
+        # Counted here, not derived from batches: a run resumed with another global batch size keeps
+        # the samples it saw before and adds the new size from then on.
+        self._samples_seen += self.global_batch_size
+        if self._check_locally:
+            self.counter.check()
+        return batch, valid
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch, valid = self._next_with_mask()
+        if not valid.all():  # only the last batch of a finite stream
+            batch = {k: v[valid] for k, v in batch.items()}
         return batch
 
     @property
     def samples_seen(self) -> int:
-        """Samples consumed by the whole job (all hosts): batches x global batch.
+        """Samples consumed by the whole job (all hosts): the global batch size summed over batches.
 
-        Exact for training (full batches on every host, ``drop_remainder``); for a finite pass that
-        keeps a partial last batch, ``counter.good`` is this host's exact count.
+        Restored from the state on resume (not recomputed), so it stays exact when the batch size
+        changes. Exact for training (full batches on every host, ``drop_remainder``); for a finite pass
+        that keeps a partial last batch, ``counter.good`` is this host's exact count.
         """
-        return self.batches * self.global_batch_size
+        return self._samples_seen
+
+    def fingerprint(self) -> str:
+        """Short hex hash of the data identity (which samples in which order); also in the saved state."""
+        return self._fingerprint
+
+    def identity(self) -> dict[str, Any]:
+        """The fields the fingerprint covers (``identity.data_identity``), e.g. for the trainer's run.json."""
+        return json.loads(json.dumps(self._identity))
 
     def global_batch(self, sharding) -> dict[str, Any]:
         """The next batch as global arrays sharded along the batch axis (``make_array_from_process_local_data``)."""
         return to_global(next(self), sharding)
+
+    # -- decisions all hosts take together -------------------------------------------------------------
+
+    def default_reduce(self) -> hosts.ReduceFn:
+        """How counts are summed over hosts: ``hosts.allgather_sum`` with several, nothing with one."""
+        return hosts.local_only if self.process_count == 1 else hosts.allgather_sum
+
+    def bad_counts(self) -> np.ndarray:
+        """This host's ``[good, skipped per samples.BAD_REASONS...]`` (int64), for summing over hosts."""
+        return np.concatenate([[self.counter.good], self.counter.bad]).astype(np.int64)
+
+    def check_bad_fraction(self, reduce_fn: hosts.ReduceFn | None = None) -> None:
+        """The bad-sample guard on the counts of all hosts: every host raises the same error, or none does.
+
+        ``reduce_fn`` sums an int64 vector over hosts (default ``default_reduce()``: a
+        ``process_allgather`` under multi-host). It is a collective, so call it on every host at the same
+        steps, e.g. every log step; with one process ``next`` already checks after each batch and this
+        repeats that check. Raises ``samples.BadDataError`` (a one-line ``UserError``).
+        """
+        totals = np.asarray((reduce_fn or self.default_reduce())(self.bad_counts()), np.int64)
+        everyone = samples_lib.BadSampleCounter(self.counter.max_bad_fraction, self.counter.min_samples)
+        everyone.good, everyone.bad = int(totals[0]), totals[1:].copy()
+        everyone.check(where=f"over {self.process_count} hosts" if self.process_count > 1 else "")
+
+    def padded_batches(self, reduce_fn: hosts.ReduceFn | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """A finite pass in which every host yields the same number of batches (for evaluation).
+
+        Host shares differ (``shards[i::n]``, bad samples), but every host must enter the same number of
+        collectives. Each batch has the full per-host size and a ``valid`` bool ``[b]``: rows past this
+        host's data are zeros with ``valid`` False, and once a host has run out it yields all-invalid
+        batches until every host has. Each round sums one flag over hosts (``reduce_fn``, as in
+        ``check_bad_fraction``; a collective, so every host must iterate the pass). Place the mask with
+        ``to_global(batch, sharding, keys=("image", "text", "valid"))`` and weight metrics by it.
+        """
+        if self.config.get("num_epochs", None) is None:
+            raise UserError("padded_batches is for finite passes; set data.num_epochs (e.g. 1)")
+        reduce_fn = reduce_fn or self.default_reduce()
+        size, b = int(self.config.image_size), self.host_batch_size
+        while True:
+            try:
+                batch, valid = self._next_with_mask()
+            except StopIteration:
+                batch, valid = None, np.zeros(0, bool)
+            if int(np.asarray(reduce_fn(np.asarray([batch is not None], np.int64)))[0]) == 0:
+                return
+            out = {"image": np.zeros((b, size, size, 3), self.image_dtype),
+                   "text": np.zeros((b, int(self.config.context_length)), np.int32), "valid": np.zeros(b, bool)}
+            if batch is not None:
+                n = len(valid)
+                out["image"][:n], out["text"][:n], out["valid"][:n] = batch["image"], batch["text"], valid
+            yield out
 
     def metrics(self, prefix: str = "data/") -> dict[str, float]:
         out = self.counter.metrics(prefix)
@@ -416,27 +590,51 @@ class DataIterator:
         out[f"{prefix}wait_s"] = self.wait_s
         return out
 
+    # -- state -----------------------------------------------------------------------------------------
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "process_index": self.process_index,
             "process_count": self.process_count,
+            "worker_count": self.worker_count,
+            "host_batch_size": self.host_batch_size,
             "batches": self.batches,
-            "samples_seen": self.samples_seen,
+            "samples_seen": self._samples_seen,
+            "fingerprint": self._fingerprint,
+            "identity": self._identity,
             "counter": self.counter.get_state(),
             "grain": self._it.get_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if int(state.get("version", -1)) != STATE_VERSION:
+        version = int(state.get("version", -1))
+        if version not in (1, STATE_VERSION):
             raise UserError(f"data iterator state has version {state.get('version')}, expected {STATE_VERSION}")
         if int(state["process_count"]) != self.process_count:
             raise UserError(
                 f"data state was saved with {state['process_count']} hosts but this run has {self.process_count}; "
                 "restore on the same host count (shards are assigned per host)"
             )
-        self._it.set_state(state["grain"])
+        saved = state.get("fingerprint")
+        if saved is not None and saved != self._fingerprint:
+            what = identity_lib.describe_difference(state.get("identity") or {}, self._identity)
+            raise UserError(f"data state was saved for other data (fingerprint {saved}, now {self._fingerprint}: "
+                            f"{what}); resume with the data config the run was started with")
+        workers = state.get("worker_count")
+        if workers is not None and int(workers) != self.worker_count:
+            raise UserError(f"data state was saved with {workers} worker processes per host but data.worker_count "
+                            f"is {self.worker_count}; set data.worker_count={workers} to resume (each worker's "
+                            "position is saved separately)")
+        grain_state = state["grain"]
+        saved_batch = state.get("host_batch_size")
+        if self._in_memory and saved_batch is not None and int(saved_batch) != self.host_batch_size:
+            grain_state = {**grain_state, "next_index": self._ds.array_batches.remap_index(
+                int(grain_state["next_index"]), int(saved_batch))}
+        self._it.set_state(grain_state)
+        self._exhausted = False
         self.batches = int(state["batches"])
+        self._samples_seen = int(state.get("samples_seen", self.batches * self.global_batch_size))
         self.counter.set_state(state["counter"])
 
     def get_state(self) -> bytes:

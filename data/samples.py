@@ -171,12 +171,14 @@ class BadSampleCounter:
         total = self.good + self.bad_samples
         return self.bad_samples / total if total else 0.0
 
-    def check(self) -> None:
+    def check(self, where: str = "") -> None:
+        """Raises ``BadDataError`` above the limit; ``where`` says whose counts these are ("over 4 hosts")."""
         total = self.good + self.bad_samples
         if total >= self.min_samples and self.bad_fraction > self.max_bad_fraction:
             worst = ", ".join(f"{r}={int(n)}" for r, n in zip(BAD_REASONS, self.bad) if n)
+            where = f" {where}" if where else ""
             raise BadDataError(
-                f"{self.bad_fraction:.2%} of {total} samples are bad ({worst}), above the limit of "
+                f"{self.bad_fraction:.2%} of {total} samples{where} are bad ({worst}), above the limit of "
                 f"{self.max_bad_fraction:.2%}; fix or drop the bad shards, or raise data.max_bad_fraction"
             )
 
