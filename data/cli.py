@@ -7,21 +7,45 @@ from __future__ import annotations
 
 import argparse
 
+from vlscale import argtypes
+
+# What `data synth` writes into --out; a stale one from an earlier run (an extra shard) is removed.
+SYNTH_OUTPUTS = ("[0-9][0-9][0-9][0-9][0-9].tar", "synth.json", "zeroshot", "stats.json")
+
 
 def _configure_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for NNNNN.tar shards, synth.json and zeroshot/")
-    p.add_argument("--shards", type=int, default=8, help="number of shards (default 8)")
-    p.add_argument("--samples-per-shard", type=int, default=2000, help="samples per shard (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed; sample i is a pure function of (seed, i)")
-    p.add_argument("--image-size", type=int, default=64, help="rendered image side in pixels (default 64)")
+    p.add_argument("--shards", type=argtypes.positive_int, default=8, help="number of shards (default 8)")
+    p.add_argument("--samples-per-shard", type=argtypes.positive_int, default=2000,
+                   help="samples per shard (default 2000)")
+    p.add_argument("--seed", type=argtypes.nonnegative_int, default=0,
+                   help="dataset seed; sample i is a pure function of (seed, i)")
+    p.add_argument("--image-size", type=argtypes.positive_int, default=64,
+                   help="rendered image side in pixels (default 64)")
     p.add_argument("--format", default="jpg", choices=("jpg", "png", "webp"), help="image encoding (default jpg)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
-    p.add_argument("--eval-per-task", type=int, default=500,
-                   help="images per zero-shot task (colour, shape, count, colour_shape) written to OUT/zeroshot; 0 skips")
-    p.add_argument("--retrieval", type=int, default=500, help="retrieval images (5 captions each) in OUT/zeroshot")
+    p.add_argument("--quality", type=argtypes.positive_int, default=95, help="JPEG/WebP quality, 1-100 (default 95)")
+    p.add_argument("--eval-per-task", type=argtypes.count, default=500,
+                   help="images per zero-shot task (colour, shape, count, colour_shape) written to OUT/zeroshot "
+                        "with the retrieval split; 0 skips OUT/zeroshot altogether (default 500)")
+    p.add_argument("--retrieval", type=argtypes.count, default=None,
+                   help="retrieval images (5 captions each) in OUT/zeroshot (default 500; 0 only together with "
+                        "--eval-per-task 0: the evaluator reads both parts)")
     p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                    help="override a generator knob, e.g. --set distractor_prob=0.5 --set max_count=5 (docs/data.md)")
     p.add_argument("--stats", action="store_true", help="also print caption/label statistics (entropy, balance)")
+
+
+def _eval_sizes(args) -> tuple[int, int]:
+    """(images per task, retrieval images); both 0 = no OUT/zeroshot."""
+    from vlscale.errors import UserError
+
+    per_task = args.eval_per_task
+    retrieval = args.retrieval if args.retrieval is not None else (500 if per_task > 0 else 0)
+    if (per_task == 0) != (retrieval == 0):
+        raise UserError(f"--eval-per-task {per_task} with --retrieval {retrieval}: OUT/zeroshot holds both the "
+                        "zero-shot tasks and the retrieval split; give both at least 1, or --eval-per-task 0 "
+                        "to skip it")
+    return per_task, retrieval
 
 
 def _parse_knobs(items: list[str]) -> dict:
@@ -58,29 +82,39 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     from vlscale.data import synth, webdataset  # noqa: F401 - import before timing the writer
     from vlscale.errors import UserError
+    from vlscale.outputs import atomic_output_dir, check_output_dir
 
     if args.shards < 1 or args.samples_per_shard < 1:
         raise UserError("--shards and --samples-per-shard must be at least 1")
+    if not 1 <= args.quality <= 100:
+        raise UserError(f"--quality {args.quality}: must be in 1..100")
+    per_task, n_retrieval = _eval_sizes(args)
+    check_output_dir(args.out)
     try:
         cfg = synth.SynthConfig(image_size=args.image_size, **_parse_knobs(args.set))
     except ValueError as e:
         if isinstance(e, UserError):
             raise
         raise UserError(f"bad generator knob: {e}") from None
-    t0 = time.perf_counter()
-    paths = synth.write_synth_shards(args.out, args.shards, args.samples_per_shard, cfg=cfg, seed=args.seed,
-                                     image_format=args.format, quality=args.quality)
-    dt = time.perf_counter() - t0
     n = args.shards * args.samples_per_shard
-    print(f"wrote {len(paths)} shards, {n} samples ({n / dt:.0f} samples/s) to {args.out}")
-    if args.eval_per_task > 0 or args.retrieval > 0:
-        folder = synth.write_eval_sets(args.out, cfg, args.eval_per_task, args.retrieval, seed=args.seed)
-        print(f"wrote zero-shot tasks and retrieval split to {folder}")
-    if args.stats:
-        stats = synth.dataset_stats(cfg, num_samples=min(n, 5000), seed=args.seed)
-        print(json.dumps(stats, indent=1))
-        with open(os.path.join(args.out, "stats.json"), "w") as f:
-            json.dump(stats, f, indent=1)
+    # Everything is built in a temporary folder beside --out and moved in when complete, so an interrupted run
+    # never leaves shards that look like a finished dataset.
+    lines = []
+    with atomic_output_dir(args.out, owned=SYNTH_OUTPUTS) as tmp:
+        t0 = time.perf_counter()
+        paths = synth.write_synth_shards(tmp, args.shards, args.samples_per_shard, cfg=cfg, seed=args.seed,
+                                         image_format=args.format, quality=args.quality)
+        dt = time.perf_counter() - t0
+        lines.append(f"wrote {len(paths)} shards, {n} samples ({n / max(dt, 1e-9):.0f} samples/s) to {args.out}")
+        if per_task > 0:
+            synth.write_eval_sets(tmp, cfg, per_task, n_retrieval, seed=args.seed)
+            lines.append(f"wrote zero-shot tasks and retrieval split to {os.path.join(args.out, 'zeroshot')}")
+        if args.stats:
+            stats = synth.dataset_stats(cfg, num_samples=min(n, 5000), seed=args.seed)
+            lines.append(json.dumps(stats, indent=1))
+            with open(os.path.join(tmp, "stats.json"), "w") as f:
+                json.dump(stats, f, indent=1)
+    print("\n".join(lines))
     return 0
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from vlscale import argtypes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 EMBED_BATCH = 64
@@ -18,9 +21,12 @@ MODELS_EXAMPLES = """examples:
   vlscale models --csv --all    # as CSV, including the tiny test/CPU configurations
 """
 CONVERT_EXAMPLES = """examples:
-  vlscale convert --from-open-clip epoch_32.pt --model mammut_ViT-B-32 --out ckpt/mammut_b32
   vlscale convert --from-open-clip open_clip_model.safetensors --model ViT-B-32 --out ckpt/b32
-  vlscale convert --to-open-clip ckpt/b32 --out b32_open_clip.pt
+  vlscale convert --from-open-clip epoch_32.pt --model mammut_ViT-B-32 --out ckpt/mammut_b32
+  vlscale convert --to-open-clip ckpt/b32 --out b32_open_clip.safetensors
+
+.pt files are read with torch's weights-only unpickler, which never runs code from the file; a legacy file
+it refuses loads with --trust-pickle, only if you trust its source (docs/security.md). Prefer .safetensors.
 """
 EMBED_EXAMPLES = """examples:
   vlscale embed --checkpoint ckpt/b32 --images cat.jpg dog.jpg --texts "a cat" "a dog"
@@ -74,9 +80,13 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
     src.add_argument("--from-open-clip", metavar="FILE", help="open_clip / MaMMUT checkpoint (.pt, .safetensors)")
     src.add_argument("--to-open-clip", metavar="DIR", help="vlscale checkpoint directory to export")
     p.add_argument("--model", help="model name (see `vlscale models`); required with --from-open-clip")
-    p.add_argument("--out", required=True, help="output directory (--from-open-clip) or .pt/.safetensors file")
+    p.add_argument("--out", required=True,
+                   help="output directory (--from-open-clip) or .safetensors (preferred) / .pt file")
     p.add_argument("--text-prefix", action="store_true",
                    help="export a CLIP text tower under 'text.' (open_clip CustomTextCLIP layout)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a .pt with full pickle, which can run code stored in the file: only for files from "
+                        "a source you trust (default: weights-only loading, which refuses such files)")
 
 
 def _run_convert(args) -> int:
@@ -85,17 +95,21 @@ def _run_convert(args) -> int:
     from vlscale.models.config import get_config
     from vlscale.models.registry import count_params
 
+    from vlscale.outputs import check_output_dir, check_output_file
+
     if args.from_open_clip:
         if not args.model:
             raise UserError("--from-open-clip needs --model NAME (run `vlscale models` for the names)")
         cfg = get_config(args.model)
-        params = convert.from_open_clip(args.from_open_clip, cfg.name)
+        check_output_dir(args.out)
+        if args.trust_pickle:
+            print(f"warning: --trust-pickle: {args.from_open_clip} is unpickled in full and can run code it holds",
+                  file=sys.stderr)
+        params = convert.from_open_clip(args.from_open_clip, cfg.name, trust_pickle=args.trust_pickle)
         out = convert.save_params(args.out, params, cfg.name)
         print(f"converted {args.from_open_clip} -> {out} ({cfg.name}, {count_params(params):,} parameters)")
         return 0
-    out = Path(args.out)
-    if out.suffix.lower() not in (".pt", ".pth", ".bin", ".safetensors"):
-        raise UserError(f"--out {out}: use a .pt or .safetensors file name for --to-open-clip")
+    out = check_output_file(args.out, suffixes=(".safetensors", ".pt", ".pth", ".bin"))
     params, meta = convert.load_params(args.to_open_clip)
     if args.model and args.model != meta["model"]:
         raise UserError(f"--model {args.model} does not match the checkpoint's model {meta['model']}")
@@ -120,7 +134,8 @@ def _configure_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE.npz", help="write image_embeddings / text_embeddings here")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32: float32 with highest matmul precision (default); bf16: bfloat16 compute")
-    p.add_argument("--batch-size", type=int, default=EMBED_BATCH)
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=EMBED_BATCH,
+                   help="images or texts per compiled call (default: %(default)s)")
 
 
 def _image_paths(args) -> list[Path]:
@@ -132,7 +147,7 @@ def _image_paths(args) -> list[Path]:
         d = Path(args.image_dir)
         if not d.is_dir():
             raise UserError(f"--image-dir {d} is not a directory")
-        paths = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
             raise UserError(f"--image-dir {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return paths
@@ -148,7 +163,13 @@ def _texts(args) -> list[str]:
         f = Path(args.texts_file)
         if not f.is_file():
             raise UserError(f"--texts-file {f} does not exist")
-        return [line for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            lines = [line for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"--texts-file {f} is not UTF-8 text") from None
+        if not lines:
+            raise UserError(f"--texts-file {f} holds no texts (one per line)")
+        return lines
     return []
 
 
@@ -159,16 +180,40 @@ def _batched(fn, arrays, batch_size):
     return np.concatenate(outs).astype(np.float32)
 
 
-def embed(checkpoint: str | Path, image_paths=(), texts=(), model_name: str | None = None,
-          precision: str = "fp32", batch_size: int = EMBED_BATCH):
-    """(image_embeddings [N, E], text_embeddings [M, E]): L2-normalised float32, in input order."""
+def _read_pixels(path: Path, size: int):
+    """The eval-preprocessed image, or the reason it cannot be read (not an image, empty, truncated)."""
+    from PIL import Image
+
+    from vlscale.models import transforms
+
+    try:
+        return transforms.eval_transform(transforms.load_image(path), size=size), None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, msg
+
+
+@dataclass
+class Embeddings:
+    image_embeddings: "np.ndarray"  # [N, E] float32, L2-normalised, for image_paths in order
+    text_embeddings: "np.ndarray"  # [M, E]
+    image_paths: list  # the images embedded (unreadable ones left out when skipping)
+    skipped: list  # (path, reason) of images that could not be read (only when skipping)
+
+
+def embed_all(checkpoint: str | Path, image_paths=(), texts=(), model_name: str | None = None,
+              precision: str = "fp32", batch_size: int = EMBED_BATCH, skip_unreadable: bool = False) -> Embeddings:
+    """Embeds images and texts. An unreadable image (not an image, empty, truncated) is a ``UserError`` naming
+    it, or with ``skip_unreadable`` left out and listed in ``skipped`` (an error if none is readable)."""
     import jax
     import numpy as np
 
     from vlscale.errors import UserError
-    from vlscale.models import convert, registry, transforms
+    from vlscale.models import convert, registry
     from vlscale.models.tokenizer import get_tokenizer
 
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size} must be at least 1")
     params, meta = convert.load_params(checkpoint)
     name = model_name or meta["model"]
     if model_name and model_name != meta["model"]:
@@ -177,32 +222,46 @@ def embed(checkpoint: str | Path, image_paths=(), texts=(), model_name: str | No
     cfg = model.config
     matmul = "highest" if precision == "fp32" else "default"
 
+    image_paths = [Path(p) for p in image_paths]
+    missing = [str(p) for p in image_paths if not p.is_file()]
+    if missing:
+        raise UserError(f"image file(s) not found: {', '.join(missing[:3])}")
+    kept, pixels, skipped = [], [], []
+    for p in image_paths:
+        px, reason = _read_pixels(p, cfg.image_size)
+        if px is None:
+            if not skip_unreadable:
+                raise UserError(f"cannot read image {p}: {reason}")
+            skipped.append((p, reason))
+            continue
+        kept.append(p)
+        pixels.append(px)
+    if image_paths and not kept:
+        raise UserError(f"none of the {len(image_paths)} images could be read (first: {skipped[0][0]}: "
+                        f"{skipped[0][1]})")
+
     # Parameters are jit arguments (not closed-over constants) so large models compile quickly.
     encode_images_p = jax.jit(lambda p, x: model.apply({"params": p}, x, normalize=True, method="encode_image"))
     encode_texts_p = jax.jit(lambda p, t: model.apply({"params": p}, t, normalize=True, method="encode_text"))
     params = jax.device_put(params)
 
-    def encode_images(x):
-        return encode_images_p(params, x)
-
-    def encode_texts(t):
-        return encode_texts_p(params, t)
-
     width = cfg.embed_dim
     image_emb = np.zeros((0, width), np.float32)
     text_emb = np.zeros((0, width), np.float32)
     with jax.default_matmul_precision(matmul):
-        if image_paths:
-            missing = [str(p) for p in image_paths if not Path(p).is_file()]
-            if missing:
-                raise UserError(f"image file(s) not found: {', '.join(missing[:3])}")
-            pixels = np.stack([transforms.eval_transform(transforms.load_image(p), size=cfg.image_size)
-                               for p in image_paths])
-            image_emb = _batched(encode_images, pixels, batch_size)
+        if pixels:
+            image_emb = _batched(lambda x: encode_images_p(params, x), np.stack(pixels), batch_size)
         if texts:
             tokens = get_tokenizer(cfg.context_length)(list(texts))
-            text_emb = _batched(encode_texts, tokens, batch_size)
-    return image_emb, text_emb
+            text_emb = _batched(lambda t: encode_texts_p(params, t), tokens, batch_size)
+    return Embeddings(image_emb, text_emb, kept, skipped)
+
+
+def embed(checkpoint: str | Path, image_paths=(), texts=(), model_name: str | None = None,
+          precision: str = "fp32", batch_size: int = EMBED_BATCH):
+    """(image_embeddings [N, E], text_embeddings [M, E]): L2-normalised float32, in input order."""
+    e = embed_all(checkpoint, image_paths, texts, model_name=model_name, precision=precision, batch_size=batch_size)
+    return e.image_embeddings, e.text_embeddings
 
 
 def format_similarity(image_names, texts, sims) -> str:
@@ -220,20 +279,27 @@ def _run_embed(args) -> int:
     import numpy as np
 
     from vlscale.errors import UserError
+    from vlscale.outputs import atomic_path, check_output_file
 
+    out = check_output_file(args.out, suffixes=(".npz",)) if args.out else None
     paths, texts = _image_paths(args), _texts(args)
     if not paths and not texts:
         raise UserError("nothing to embed: give --images/--image-dir and/or --texts/--texts-file")
-    if args.out is None and not (paths and texts):
+    if out is None and not (paths and texts):
         raise UserError("without --out, embed prints the image-text similarity matrix: give images and texts")
-    image_emb, text_emb = embed(args.checkpoint, paths, texts, model_name=args.model, precision=args.precision,
-                                batch_size=args.batch_size)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, image_embeddings=image_emb, text_embeddings=text_emb,
-                 image_paths=np.array([str(p) for p in paths]), texts=np.array(texts))
-        print(f"wrote {out}: image_embeddings {image_emb.shape}, text_embeddings {text_emb.shape}")
+    # One bad file in a folder is skipped and counted (as the data layer does); a file named on its own is not.
+    e = embed_all(args.checkpoint, paths, texts, model_name=args.model, precision=args.precision,
+                  batch_size=args.batch_size, skip_unreadable=bool(args.image_dir))
+    if e.skipped:
+        first, why = e.skipped[0]
+        print(f"skipped {len(e.skipped)} unreadable image(s) of {len(paths)} in {args.image_dir} "
+              f"(first: {first.name}: {why})", file=sys.stderr)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            np.savez(tmp, image_embeddings=e.image_embeddings, text_embeddings=e.text_embeddings,
+                     image_paths=np.array([str(p) for p in e.image_paths]), texts=np.array(texts))
+        print(f"wrote {out}: image_embeddings {e.image_embeddings.shape}, text_embeddings {e.text_embeddings.shape}"
+              + (f" ({len(e.skipped)} unreadable image(s) skipped)" if e.skipped else ""))
     else:
-        print(format_similarity([p.name for p in paths], texts, image_emb @ text_emb.T))
+        print(format_similarity([p.name for p in e.image_paths], texts, e.image_embeddings @ e.text_embeddings.T))
     return 0

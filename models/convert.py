@@ -337,9 +337,47 @@ def flax_to_torch(params: Mapping, model_name_or_config: Any = None,
 # --- files ---------------------------------------------------------------------------------------------------------
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Reads an open_clip checkpoint: ``.pt``/``.pth``/``.bin`` (``{"state_dict": ...}`` or a bare dict; needs
-    torch), ``.safetensors``, or ``.npz``. Returns key -> numpy array."""
+def _reason(e: BaseException) -> str:
+    """The informative line of a loader's error (torch's messages run over many lines)."""
+    import re
+
+    text = str(e)
+    m = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", text)
+    if m:
+        return m.group(1)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else type(e).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _torch_load(path: Path, trust_pickle: bool):
+    import pickle
+
+    import torch
+
+    try:
+        # weights_only: the unpickler accepts tensors, containers and plain values only and never runs code
+        # from the file; open_clip / MaMMUT checkpoints (state dict, epoch, optimizer state) load this way.
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle and "weights only" in str(e).lower():
+            raise UserError(f"{path}: refused to unpickle ({_reason(e)}): a weights-only load allows tensors and "
+                            "plain values, never code; if you trust where this file came from, pass "
+                            "--trust-pickle (see docs/security.md)") from None
+        raise UserError(f"{path} is not a readable torch checkpoint ({_reason(e)})") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, ImportError, TypeError) as e:
+        # Text/CSV files, truncated zips, pickles of classes that do not exist here.
+        raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {_reason(e)})") from None
+
+
+def load_state_dict_file(path: str | Path, *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Reads an open_clip checkpoint: ``.safetensors``, ``.npz`` (no pickles), or a torch file (``.pt``/``.pth``
+    /``.bin``, ``{"state_dict": ...}`` or a bare dict; needs torch). Returns key -> numpy array.
+
+    Torch files are loaded with ``weights_only=True``: a pickle that would run code is refused with a
+    ``UserError``. ``trust_pickle=True`` lifts that (full pickle: only for files from a source you trust).
+    Unreadable or truncated files are ``UserError`` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -347,56 +385,74 @@ def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
     if suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:  # noqa: BLE001 - SafetensorError has no importable base; all mean "bad file"
+            raise UserError(f"{path} is not a readable .safetensors file ({_reason(e)})") from None
     if suffix == ".npz":
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+        import zipfile
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path} is not a readable .npz file ({_reason(e)})") from None
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError as e:
         raise UserError(f"cannot read {path}: {TORCH_HINT}") from e
-    # The paper's .pt files also pickle optimizer state and metadata, so weights_only loading is not enough.
-    obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    obj = _torch_load(path, trust_pickle)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict or {{'state_dict': ...}}")
-    return {k: _to_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}
+    tensors = {k: _to_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}
+    if not tensors:
+        raise UserError(f"{path} holds no tensors (keys: {', '.join(map(str, list(obj)[:5]))})")
+    return tensors
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """Writes ``.safetensors`` (no torch needed) or ``.pt`` (a bare torch state dict; needs torch)."""
+    """Writes ``.safetensors`` (preferred: no pickle, no torch needed) or ``.pt`` (a bare torch state dict;
+    needs torch), atomically (a temporary file, then a rename)."""
+    from vlscale.outputs import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file({k: _contiguous(v) for k, v in state_dict.items()}, str(path))
+        with atomic_path(path) as tmp:
+            save_file({k: _contiguous(v) for k, v in state_dict.items()}, str(tmp))
         return path
     try:
         import torch
     except ImportError as e:
         raise UserError(f"cannot write {path}: install torch (pip install 'vlscale[torch]') to write .pt files, "
                         "or write .safetensors") from e
-    torch.save({k: torch.from_numpy(_contiguous(v)) for k, v in state_dict.items()}, str(path))
+    with atomic_path(path) as tmp:
+        torch.save({k: torch.from_numpy(_contiguous(v)) for k, v in state_dict.items()}, str(tmp))
     return path
 
 
 def save_params(directory: str | Path, params: Any, model_name: str) -> Path:
     """Saves parameters as an Orbax checkpoint under ``DIR/params`` with ``DIR/vlscale_model.json`` beside it.
 
-    Parameters are stored unstacked so any runtime layout can restore them.
+    Parameters are stored unstacked so any runtime layout can restore them. The pair is written into a
+    temporary folder and moved into ``DIR`` together (``vlscale.outputs.atomic_output_dir``): an interrupted
+    save leaves ``DIR`` as it was.
     """
     import orbax.checkpoint as ocp
 
+    from vlscale.outputs import atomic_output_dir
+
     directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
     tree = unstack_layers(_to_plain_dict(params))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / PARAMS_SUBDIR, tree, force=True)
-        ckptr.wait_until_finished()
-    meta = {"format": FORMAT_VERSION, "model": model_name}
-    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    with atomic_output_dir(directory, owned=(PARAMS_SUBDIR, METADATA_FILE)) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / PARAMS_SUBDIR, tree, force=True)
+            ckptr.wait_until_finished()
+        meta = {"format": FORMAT_VERSION, "model": model_name}
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     return directory
 
 
@@ -409,9 +465,19 @@ def load_params(directory: str | Path, scan_layers: bool = False) -> tuple[dict,
     if not meta_path.is_file():
         raise UserError(f"{directory} is not a vlscale checkpoint (no {METADATA_FILE}); "
                         "create one with `vlscale convert --from-open-clip FILE --model NAME --out DIR`")
-    meta = json.loads(meta_path.read_text())
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(directory / PARAMS_SUBDIR)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+            raise ValueError("no model name")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_path} is not valid vlscale checkpoint metadata ({_reason(e)})") from None
+    if not (directory / PARAMS_SUBDIR).is_dir():
+        raise UserError(f"{directory} is not a complete vlscale checkpoint (no {PARAMS_SUBDIR}/ folder)")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(directory / PARAMS_SUBDIR)
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot restore the parameters in {directory / PARAMS_SUBDIR} ({_reason(e)})") from None
     import jax
 
     tree = jax.tree.map(np.asarray, _to_plain_dict(tree))
@@ -424,6 +490,7 @@ def _to_plain_dict(tree: Any) -> Any:
     return tree
 
 
-def from_open_clip(path: str | Path, model_name: str, scan_layers: bool = False) -> dict:
-    """Reads an open_clip / MaMMUT checkpoint file into Flax parameters for ``model_name``."""
-    return torch_to_flax(load_state_dict_file(path), model_name, scan_layers=scan_layers)
+def from_open_clip(path: str | Path, model_name: str, scan_layers: bool = False, *, trust_pickle: bool = False) -> dict:
+    """Reads an open_clip / MaMMUT checkpoint file into Flax parameters for ``model_name`` (see
+    ``load_state_dict_file`` for ``trust_pickle``)."""
+    return torch_to_flax(load_state_dict_file(path, trust_pickle=trust_pickle), model_name, scan_layers=scan_layers)

@@ -140,7 +140,10 @@ def _main(argv: list[str] | None) -> int:
     from vlscale import signals
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad flags (2) or --help/--version (0): return the code, as for every other outcome
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     handler = getattr(args, "_handler", None)
     if handler is None:
         parser.print_help()
