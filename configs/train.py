@@ -1,0 +1,106 @@
+"""The trainer's ConfigDict: ``configs/train.py:model=tiny-clip,data=synth`` plus ``--config.FIELD=VALUE`` overrides.
+
+Defaults are the paper's recipe (reference-models.md §8): AdamW β=(0.9, 0.95), eps 1e-6, weight decay 0.2 with
+open_clip's exclusions, global-norm clipping 1.0, linear warm-up then cosine to 0, logit scale clamped to ln 100,
+MaMMUT = 1·InfoNCE + 2·caption CE. The argument picks the model and the data source (``data=synth`` is the
+synthetic captioned shapes, generated from the seed, no files needed); everything else is a field.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vlscale.configs import data as data_config
+from vlscale.errors import UserError
+
+DEFAULT_MODEL = "tiny-clip"
+DEFAULT_DATA = "synth"
+SCHEDULES = ("cosine", "const", "const-cooldown")  # the paper's spellings, written unchanged as lr_scheduler
+ARG_KEYS = ("model", "data")
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"model=tiny-clip,data=synth"`` (or a bare model name) -> {"model": ..., "data": ...}."""
+    out: dict[str, str] = {}
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" in part:
+            key, value = (s.strip() for s in part.split("=", 1))
+        elif "model" not in out:
+            key, value = "model", part
+        else:
+            raise UserError(f"config argument {arg!r}: use key=value (keys: {', '.join(ARG_KEYS)})")
+        if key not in ARG_KEYS:
+            raise UserError(f"config argument {arg!r}: unknown key {key!r} (keys: {', '.join(ARG_KEYS)}); "
+                            f"set other fields with --config.{key}=VALUE")
+        out[key] = value
+    out.setdefault("model", DEFAULT_MODEL)
+    out.setdefault("data", DEFAULT_DATA)
+    return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parsed = parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.model = parsed["model"]
+    c.data = data_config.get_config(parsed["data"])
+    # Written to the results table; "" = derived from the data source ("synth" for data=synth).
+    c.pretrain_dataset = ""
+    c.run_name = ""  # "" = the paper-style name from the run's identity (train/run_info.py)
+
+    # Run length and batch.
+    c.global_batch_size = 256  # per optimizer update, summed over grad_accum micro-batches and all hosts
+    c.total_samples = 1_000_000  # samples seen at the end of the run (the scaling axis)
+    c.grad_accum = 1
+
+    # Optimizer (open_clip AdamW, paper run names: b1 0.9, b2 0.95; params.py: eps 1e-6, wd 0.2).
+    c.lr = 1e-3
+    c.warmup = 100  # steps (optimizer updates) of linear warm-up
+    c.schedule = "cosine"  # cosine | const | const-cooldown
+    c.cooldown_steps = 0  # const-cooldown: linear decay to 0 over the last N steps ...
+    c.cooldown_fraction = 0.0  # ... or over this fraction of the run (when cooldown_steps is 0)
+    c.beta1 = 0.9
+    c.beta2 = 0.95
+    c.eps = 1e-6
+    c.weight_decay = 0.2
+    c.clip_grad_norm = 1.0  # 0 = no clipping
+    c.init_from = ""  # a checkpoint (WORKDIR/checkpoints/N, or a workdir = its latest) to continue, e.g. a cooldown
+
+    # Losses (MaMMUT): open_clip CoCaLoss defaults. caption_loss_weight only: clip_loss_weight = 0.
+    c.clip_loss_weight = 1.0
+    c.caption_loss_weight = 2.0
+
+    # Runtime (not part of the parameters): compute dtype, rematerialisation, scan over layers.
+    c.dtype = "float32"  # float32 | bfloat16 (parameters and optimizer state stay float32)
+    c.remat = "none"  # none | block | full
+    c.scan_layers = False
+    c.seed = 0
+    c.skip_nonfinite = False  # True: skip updates whose loss or gradients are not finite (and count them)
+
+    # Mesh: -1 takes the devices the other axes leave.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+    # Logging and checkpoints.
+    c.log_every = 10  # steps
+    c.checkpoint_every = 500  # steps
+    c.keep_checkpoints = 2  # latest N kept, plus every milestone
+    c.checkpoint_at_samples = []  # samples-seen milestones kept forever (the paper evaluates them)
+    c.eval_every = 0  # steps; 0 = no in-training zero-shot check
+    c.eval_suite = "synth-quick"
+    c.allow_config_change = False  # resume a workdir even if identity fields changed
+    c.compilation_cache = ""  # "" = the user cache dir (XDG_CACHE_HOME/vlscale/jax); "none" disables
+
+    # The data pipeline follows the run: the trainer sets its batch to global_batch_size, its image size and
+    # context to the model's, and its seed to ``seed`` unless data.seed is set.
+    c.data.seed = ml_collections.FieldReference(None, field_type=int)
+    return c
+
+
+# Fields that do not change what a run computes: resuming with other values is normal.
+NON_IDENTITY_FIELDS = frozenset({
+    "mesh", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_suite", "allow_config_change",
+    "compilation_cache", "data.worker_count", "data.worker_buffer_size", "data.prefetch", "data.read_threads",
+    "data.warn_interval_s", "data.process_index", "data.process_count", "remat", "checkpoint_at_samples",
+})

@@ -1,0 +1,215 @@
+"""Orbax checkpoints of a training run, and the one loader every inference command uses.
+
+A step directory ``WORKDIR/checkpoints/N`` holds the state after N updates in three items: ``state`` (the
+``TrainState`` pytree: parameters, optimizer state, step, RNG), ``data`` (each host's data-iterator position,
+one JSON file per process, written by grain's handler) and ``meta`` (step, samples seen, the model, whether it
+is a milestone). Orbax writes into a temporary directory and renames it when complete, so a run killed during
+a save leaves no step directory that ``all_steps`` would list: a partial checkpoint is never picked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
+
+from vlscale.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+ITEMS = ("state", "data", "meta")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    samples_seen: int
+    path: str
+    milestone: bool
+
+
+def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_only: bool = False,
+            async_save: bool = True) -> ocp.CheckpointManager:
+    """The run's CheckpointManager: the latest ``keep`` checkpoints plus every milestone step, kept forever."""
+    import grain
+
+    policies = [checkpoint_managers.LatestN(max(int(keep), 1))]
+    milestone_steps = sorted(set(int(s) for s in milestone_steps))
+    if milestone_steps:
+        policies.append(checkpoint_managers.CustomSteps(milestone_steps))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
+        cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(
+        epath.Path(workdir) / CHECKPOINTS, options=options, item_names=ITEMS,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+
+def save(mngr: ocp.CheckpointManager, state, data_iterator, meta: dict, *, force: bool = True) -> bool:
+    import grain
+
+    return mngr.save(int(meta["step"]), force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)))
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
+    """(state on the current mesh, meta); the data iterator is set to its saved position when given."""
+    import grain
+
+    args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if data_iterator is not None:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    out = mngr.restore(int(step), args=ocp.args.Composite(**args))
+    return out["state"], out["meta"]
+
+
+def read_meta(step_dir) -> dict:
+    path = epath.Path(step_dir) / "meta" / "metadata"
+    if not path.exists():
+        raise UserError(f"{step_dir}: not a vlscale training checkpoint (no meta item)")
+    return json.loads(path.read_text())
+
+
+def list_checkpoints(workdir) -> list[CheckpointInfo]:
+    """The complete checkpoints of a run, oldest first."""
+    root = epath.Path(workdir) / CHECKPOINTS
+    if not root.exists():
+        return []
+    out = []
+    for step in ocp.utils.checkpoint_steps(root):
+        step_dir = root / str(step)
+        try:
+            meta = read_meta(step_dir)
+        except (UserError, json.JSONDecodeError):
+            continue
+        out.append(CheckpointInfo(step=int(step), samples_seen=int(meta["samples_seen"]), path=str(step_dir),
+                                  milestone=bool(meta.get("milestone", False))))
+    return sorted(out, key=lambda c: c.step)
+
+
+def resolve_step_dir(path) -> tuple[epath.Path, epath.Path]:
+    """A workdir (its latest checkpoint) or a step directory -> (workdir, step dir)."""
+    p = epath.Path(path)
+    if (p / CHECKPOINTS).exists():
+        ckpts = list_checkpoints(p)
+        if not ckpts:
+            raise UserError(f"{path}: the run has no complete checkpoint yet")
+        return p, epath.Path(ckpts[-1].path)
+    if (p / "meta").exists() and (p / "state").exists():
+        return p.parent.parent, p
+    raise UserError(f"{path}: not a training workdir or checkpoint step directory")
+
+
+# --- inference loading ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Loaded:
+    model_name: str
+    params: Any  # per-block (unscanned) layout, host numpy arrays
+    step: int | None
+    samples_seen: int | None
+    run: dict | None
+    path: str
+
+
+def load_for_inference(path) -> Loaded:
+    """Parameters from a training workdir, a step directory, or a ``vlscale convert`` output directory.
+
+    Returned in the per-block layout, ready for ``registry.build_model(model_name)`` with default runtime options.
+    """
+    p = epath.Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    if (p / CHECKPOINTS).exists() or ((p / "meta").exists() and (p / "state").exists()):
+        workdir, step_dir = resolve_step_dir(p)
+        meta = read_meta(step_dir)
+        run = None
+        if (workdir / "run.json").exists():
+            run = json.loads((workdir / "run.json").read_text())
+            if run.get("model") != meta["model"]:
+                raise UserError(f"{step_dir}: checkpoint of {meta['model']} but run.json says {run.get('model')}")
+        params = _restore_params(step_dir)
+        from vlscale.models import convert
+
+        params = convert.to_layout(params, meta["model"], scan_layers=False)
+        return Loaded(model_name=meta["model"], params=params, step=int(meta["step"]),
+                      samples_seen=int(meta["samples_seen"]), run=run, path=str(step_dir))
+    from vlscale.models import convert
+
+    try:
+        params, info = convert.load_params(str(p))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything Orbax or the layout code raises on a non-checkpoint
+        raise UserError(f"{path}: not a vlscale checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    return Loaded(model_name=info["model"], params=params, step=None, samples_seen=None, run=None, path=str(p))
+
+
+def _restore_params(step_dir) -> dict:
+    """Only the parameters of a training checkpoint, as host arrays (no optimizer state read)."""
+    ckptr = ocp.PyTreeCheckpointer()
+    state_dir = epath.Path(step_dir) / "state"
+    metadata = ckptr.metadata(state_dir)
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"],
+                          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    out = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
+    return out["params"]
+
+
+def latest_step(mngr: ocp.CheckpointManager) -> int | None:
+    return mngr.latest_step()
+
+
+def sha256_of_params(params) -> str:
+    """sha256 over the parameter leaves' bytes in tree order (``final.json``): compare runs without loading them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
+    return h.hexdigest()
+
+
+def path_exists(path) -> bool:
+    return epath.Path(path).exists()
+
+
+def as_path(path) -> epath.Path:
+    return epath.Path(path)
+
+
+def write_json(path, obj: Any) -> None:
+    """Atomic JSON write (temp file + rename) on local paths; a direct write elsewhere (object stores)."""
+    p = epath.Path(path)
+    text = json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n"
+    if isinstance(p, Path) or str(p).startswith("/"):
+        tmp = Path(str(p) + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(str(p))
+    else:
+        p.write_text(text)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

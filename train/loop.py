@@ -1,0 +1,376 @@
+"""``run(config, workdir)``: train or resume one run, the paper's recipe, on any mesh, surviving preemption.
+
+The loop is the edge around the pure step: it restores or initialises the state, feeds global batches, logs,
+checkpoints (async, Orbax), and stops cleanly. Re-running the same call continues from the latest complete
+checkpoint; a finished run returns its ``final.json`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from vlscale.errors import UserError
+
+FINAL_JSON = "final.json"
+METRICS_JSONL = "metrics.jsonl"
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT during training: a checkpoint was saved; the run is resumable, not finished."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
+                         "re-run the same command to continue")
+
+
+class NonFiniteError(UserError):
+    pass
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Records SIGTERM / SIGINT instead of dying mid-step; the loop saves a checkpoint and raises Interrupted."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def resolve_config(config):
+    """A copy with the data pipeline tied to the run: global batch, the model's image size and context, the seed."""
+    from vlscale.models.config import get_config
+
+    config = config.copy_and_resolve_references()
+    model = get_config(config.model)
+    with config.unlocked():
+        config.data.batch_size = int(config.global_batch_size)
+        config.data.image_size = int(model.image_size)
+        config.data.context_length = int(model.context_length)
+        config.data.train = True
+        if config.data.seed is None:
+            config.data.seed = int(config.seed)
+        if not config.pretrain_dataset:
+            config.pretrain_dataset = str(config.data.source)
+    return config
+
+
+def setup_compilation_cache(setting: str) -> str | None:
+    """JAX's persistent compilation cache: a user cache dir by default, ``none`` to disable; read-only is fine."""
+    import jax
+
+    if setting == "none":
+        return None
+    path = setting or os.environ.get("VLSCALE_COMPILATION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vlscale", "jax")
+    try:
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except OSError:
+        return None
+    return path
+
+
+def run(config, workdir, *, steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Trains (or resumes) the run in ``workdir``; returns final.json's content, or {"finished": False, ...}
+    when ``steps`` (a cap on the step reached in this call) stopped it first."""
+    import jax
+
+    from vlscale.train import checkpoint, run_info, validate
+
+    config = resolve_config(config)
+    workdir = Path(workdir)
+    validate.check_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps {steps}: must be at least 1")
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir}: exists and is not a directory")
+    saved = run_info.check_resume(workdir, config)
+    final_path = workdir / FINAL_JSON
+    if saved is not None and final_path.exists():
+        import json
+
+        return json.loads(final_path.read_text())
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--workdir {workdir}: cannot create it ({e.strerror})")
+    if not os.access(workdir, os.W_OK):
+        raise UserError(f"--workdir {workdir}: not writable")
+    setup_compilation_cache(str(config.compilation_cache))
+    return _Trainer(config, workdir, saved, steps, progress).run()
+
+
+class _Trainer:
+    def __init__(self, config, workdir: Path, saved: dict | None, steps: int | None, progress: bool | None):
+        import jax
+
+        from vlscale.data.pipeline import make_iterator
+        from vlscale.train import checkpoint, metrics, run_info, sharding, step as step_lib, validate
+
+        self.config, self.workdir, self.saved = config, workdir, saved
+        self.is_main = jax.process_index() == 0
+        m = config.mesh
+        try:
+            self.mesh = sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor))
+        except ValueError as e:
+            raise UserError(f"--config.mesh: {e}")
+        self.data = make_iterator(config.data)
+        sample_dtype = str(config.data.get("image_dtype", "float32"))
+        self.trainer = step_lib.get_train_step(config, self.mesh, image_dtype=sample_dtype)
+        self.gbs = int(config.global_batch_size)
+        self.total_steps = validate.total_steps(config)
+        self.milestone_steps = sorted({math.ceil(int(s) / self.gbs) for s in config.checkpoint_at_samples})
+        self.mngr = checkpoint.manager(workdir, keep=int(config.keep_checkpoints),
+                                       milestone_steps=self.milestone_steps)
+        self.metrics = metrics.MetricsLog(workdir / METRICS_JSONL, enabled=self.is_main)
+        self.tb = metrics.TensorBoard(workdir / "tb", enabled=self.is_main)
+        self.step_cap = steps
+        self.progress_enabled = self.is_main if progress is None else (progress and self.is_main)
+        self.peak = metrics.peak_flops(jax.devices()[0].device_kind)
+        from vlscale.models import flops
+
+        self.train_flops_per_sample = flops.training_flops(config.model)
+        self.fingerprint = None
+        fp = getattr(self.data, "fingerprint", None)
+        if callable(fp):
+            self.fingerprint = fp()
+
+    # --- state ------------------------------------------------------------------------------------------------
+
+    def _restore_or_init(self):
+        from vlscale.train import checkpoint
+
+        latest = self.mngr.latest_step()
+        abstract = self.trainer.abstract_state_with_shardings()
+        if latest is not None:
+            state, meta = checkpoint.restore(self.mngr, latest, abstract, self.data)
+            self.metrics.truncate_after(int(meta["step"]))
+            return state, meta, "resumed"
+        if self.config.init_from:
+            return self._init_from(abstract)
+        state = self.trainer.init(int(self.config.seed))
+        return state, {"step": 0, "samples_seen": 0}, "new"
+
+    def _init_from(self, abstract):
+        from vlscale.train import checkpoint
+
+        src = str(self.config.init_from)
+        try:
+            src_workdir, step_dir = checkpoint.resolve_step_dir(src)
+        except UserError as e:
+            raise UserError(f"--config.init_from: {e}")
+        meta = checkpoint.read_meta(step_dir)
+        if meta.get("model") != self.config.model:
+            raise UserError(f"--config.init_from={src}: a checkpoint of {meta.get('model')}, not {self.config.model}")
+        step = int(meta["step"])
+        cool_start = self.total_steps - _cooldown(self.config, self.total_steps)
+        if step > cool_start:
+            raise UserError(f"--config.init_from={src}: step {step} is past the start of this run's cooldown "
+                            f"(step {cool_start} of {self.total_steps}); raise total_samples or cooldown_steps")
+        src_mngr = checkpoint.manager(src_workdir, keep=1 << 30, read_only=True)
+        state, meta = checkpoint.restore(src_mngr, step, abstract, self.data)
+        src_mngr.close()
+        return state, meta, f"initialised from {step_dir}"
+
+    # --- loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        import jax
+
+        from vlscale.train import checkpoint, optim, run_info
+
+        state, meta, how = self._restore_or_init()
+        step = int(meta["step"])
+        samples = int(meta["samples_seen"])
+        # A resume with another global batch size (allow_config_change) keeps the samples already seen.
+        target = step + max(math.ceil((int(self.config.total_samples) - samples) / self.gbs), 0)
+        self.total_steps = target
+        sched = optim.schedule_params(self.config, target)
+        run_json = self._write_run_json(how)
+        stop_at = target if self.step_cap is None else min(target, self.step_cap)
+        if self.is_main:
+            print(f"vlscale train: {run_json['run']} — {how} at step {step}/{target} "
+                  f"({samples:,} of {int(self.config.total_samples):,} samples); workdir {self.workdir}", flush=True)
+        from vlscale.train import metrics as metrics_lib
+
+        progress = metrics_lib.Progress(target, step, enabled=self.progress_enabled)
+        t_start = time.perf_counter()
+        t_last, step_last, wait_last = time.perf_counter(), step, self.data.wait_s
+        log_every, ckpt_every = int(self.config.log_every), int(self.config.checkpoint_every)
+        pending = None
+        with _stop_signals() as received:
+            while step < stop_at:
+                host = next(self.data)
+                batch = {k: jax.make_array_from_process_local_data(self.trainer.batch_shardings[k], host[k])
+                         for k in ("image", "text")}
+                state, out = self.trainer.step(state, batch, sched)
+                step += 1
+                samples += self.gbs
+                log_now = step % log_every == 0 or step == target
+                save_now = step % ckpt_every == 0 or step in self.milestone_steps or step == target
+                if log_now or save_now:
+                    self._check_finite(state, step)
+                if log_now:
+                    now = time.perf_counter()
+                    dt = (now - t_last) / max(step - step_last, 1)
+                    wait = (self.data.wait_s - wait_last) / max(step - step_last, 1)
+                    record = self._record(step, samples, out, dt, wait)
+                    self.metrics.write(record)
+                    self.tb.write(step, record)
+                    progress.update(step, record)
+                    t_last, step_last, wait_last = now, step, self.data.wait_s
+                    self._check_data()
+                if save_now:
+                    self._save(state, step, samples)
+                if self._stop_requested(received):
+                    self._save(state, step, samples)
+                    self.mngr.wait_until_finished()
+                    self._update_run_json(run_json, time.perf_counter() - t_start)
+                    progress.close()
+                    raise Interrupted(received[0] if received else signal.SIGTERM, step)
+        self.mngr.wait_until_finished()
+        progress.close()
+        self._update_run_json(run_json, time.perf_counter() - t_start)
+        self.tb.close()
+        if step < target:
+            if self.mngr.latest_step() != step:
+                self._save(state, step, samples)
+                self.mngr.wait_until_finished()
+            return {"finished": False, "step": step, "samples_seen": samples, "workdir": str(self.workdir)}
+        final = {"step": step, "samples_seen": samples, "loss": self._last_loss(),
+                 "params_sha256": checkpoint.sha256_of_params(state.params)}
+        if self.is_main:
+            checkpoint.write_json(self.workdir / FINAL_JSON, final)
+            print(f"vlscale train: finished {run_json['run']}: loss {final['loss']:.4f} after {samples:,} samples; "
+                  f"metrics {self.workdir / METRICS_JSONL}, checkpoints {self.workdir / 'checkpoints'}", flush=True)
+        self.mngr.close()
+        self.data.close()
+        return final
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _record(self, step, samples, out, step_time, wait) -> dict[str, Any]:
+        import jax
+
+        values = jax.device_get(out)
+        record: dict[str, Any] = {"step": step, "samples_seen": samples}
+        for k in ("loss", "contrastive_loss", "caption_loss", "lr", "grad_norm", "logit_scale"):
+            if k in values:
+                record[k] = float(values[k])
+        record["step_time_s"] = step_time
+        record["data_wait_s"] = wait
+        record["samples_per_s"] = self.gbs / step_time if step_time > 0 else float("nan")
+        tflops = self.train_flops_per_sample * record["samples_per_s"] / jax.device_count() / 1e12
+        record["tflops_per_device"] = tflops
+        if self.peak:
+            record["mfu"] = tflops * 1e12 / self.peak
+        data_metrics = getattr(self.data, "metrics", None)
+        if callable(data_metrics):
+            dm = data_metrics()
+            for k in ("data/bad_samples", "data/bad_fraction"):
+                if k in dm:
+                    record[k.replace("/", "_")] = float(dm[k])
+        skipped = int(jax.device_get(self._last_state_skipped)) if hasattr(self, "_last_state_skipped") else 0
+        if self.config.skip_nonfinite:
+            record["nonfinite_skipped"] = skipped
+        self._last_loss_value = record["loss"]
+        return record
+
+    def _last_loss(self) -> float:
+        if hasattr(self, "_last_loss_value"):
+            return self._last_loss_value
+        recs = self.metrics.read()
+        return float(recs[-1]["loss"]) if recs else float("nan")
+
+    def _check_finite(self, state, step: int) -> None:
+        import jax
+
+        first, skipped = jax.device_get((state.first_nonfinite, state.skipped))
+        self._last_state_skipped = skipped
+        if int(first) >= 0 and not self.config.skip_nonfinite:
+            latest = self.mngr.latest_step()
+            where = f"the last good checkpoint is {self.workdir / 'checkpoints' / str(latest)}" if latest is not None \
+                else "no checkpoint was saved yet"
+            self.mngr.wait_until_finished()
+            raise NonFiniteError(f"non-finite loss or gradients at step {int(first)}; {where}; lower the lr, or "
+                                 "set --config.skip_nonfinite=true to skip such steps")
+
+    def _check_data(self) -> None:
+        check = getattr(self.data, "check_bad_fraction", None)
+        if callable(check):
+            check()
+
+    def _save(self, state, step: int, samples: int) -> None:
+        from vlscale.train import checkpoint
+
+        if self.mngr.latest_step() == step:
+            return
+        meta = {"step": step, "samples_seen": samples, "model": str(self.config.model),
+                "milestone": step in self.milestone_steps, "data_fingerprint": self.fingerprint}
+        checkpoint.save(self.mngr, state, self.data, meta)
+
+    def _stop_requested(self, received: list[int]) -> bool:
+        import jax
+
+        local = bool(received)
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        import numpy as np
+
+        flags = multihost_utils.process_allgather(np.int32(local))
+        return bool(np.any(flags))
+
+    def _write_run_json(self, how: str) -> dict:
+        from vlscale.train import checkpoint, run_info
+
+        run_json = run_info.build_run_json(self.config, total_steps=self.total_steps,
+                                           data_fingerprint=self.fingerprint)
+        if self.saved is not None:
+            run_json["wall_time_s"] = float(self.saved.get("wall_time_s", 0.0))
+            run_json["device_hours"] = float(self.saved.get("device_hours", 0.0))
+            run_json["provenance_history"] = list(self.saved.get("provenance_history", []))
+            run_json["provenance_history"].append(self.saved.get("provenance"))
+        if self.is_main:
+            checkpoint.write_json(self.workdir / run_info.RUN_JSON, run_json)
+        return run_json
+
+    def _update_run_json(self, run_json: dict, elapsed: float) -> None:
+        import jax
+
+        from vlscale.train import checkpoint, run_info
+
+        run_json["wall_time_s"] = float(run_json.get("wall_time_s", 0.0)) + elapsed
+        run_json["device_hours"] = float(run_json.get("device_hours", 0.0)) + elapsed * jax.device_count() / 3600
+        if self.is_main:
+            checkpoint.write_json(self.workdir / run_info.RUN_JSON, run_json)
+        # A later resume adds its own time to what this session measured.
+        self.saved = dict(run_json)
+        self.saved.pop("provenance_history", None)
+
+
+def _cooldown(config, total_steps: int) -> int:
+    from vlscale.train.optim import cooldown_steps
+
+    return cooldown_steps(config, total_steps)

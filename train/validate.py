@@ -1,0 +1,68 @@
+"""Config checks that run before anything compiles: each problem is one line naming the field."""
+
+from __future__ import annotations
+
+import math
+
+from vlscale.errors import UserError
+from vlscale.train.optim import SCHEDULE_CODES, cooldown_steps
+
+
+def total_steps(config) -> int:
+    return math.ceil(int(config.total_samples) / int(config.global_batch_size))
+
+
+def check_config(config, *, device_count: int, process_count: int) -> None:
+    from vlscale.models.config import RuntimeOptions, get_config
+
+    get_config(config.model)  # unknown model: one line with close names
+    RuntimeOptions(dtype=config.dtype, remat=config.remat, scan_layers=bool(config.scan_layers))
+    gbs = int(config.global_batch_size)
+    for field in ("global_batch_size", "total_samples", "grad_accum", "log_every", "checkpoint_every"):
+        if int(config[field]) < 1:
+            raise UserError(f"--config.{field}={config[field]}: must be at least 1")
+    if int(config.keep_checkpoints) < 1:
+        raise UserError(f"--config.keep_checkpoints={config.keep_checkpoints}: must be at least 1")
+    if float(config.lr) < 0 or not math.isfinite(float(config.lr)):
+        raise UserError(f"--config.lr={config.lr}: must be a finite number >= 0")
+    if int(config.warmup) < 0:
+        raise UserError(f"--config.warmup={config.warmup}: must be >= 0")
+    if config.schedule not in SCHEDULE_CODES:
+        raise UserError(f"--config.schedule={config.schedule!r}: use one of {', '.join(SCHEDULE_CODES)}")
+    steps = total_steps(config)
+    if int(config.warmup) >= steps:
+        raise UserError(f"--config.warmup={config.warmup}: warm-up must be shorter than the run's {steps} steps "
+                        f"(total_samples {config.total_samples} / global_batch_size {gbs})")
+    if config.schedule == "const-cooldown":
+        cool = cooldown_steps(config, steps)
+        if cool < 1:
+            raise UserError("--config.cooldown_steps: const-cooldown needs cooldown_steps >= 1 "
+                            "(or cooldown_fraction > 0)")
+        if cool > steps - int(config.warmup):
+            raise UserError(f"--config.cooldown_steps={cool}: longer than the run after warm-up "
+                            f"({steps - int(config.warmup)} steps)")
+    if gbs % process_count:
+        raise UserError(f"--config.global_batch_size={gbs}: not divisible by the {process_count} processes")
+    accum = int(config.grad_accum)
+    if gbs % accum:
+        raise UserError(f"--config.grad_accum={accum}: global_batch_size {gbs} is not divisible by it")
+    mesh = config.mesh
+    sizes = [int(mesh.data), int(mesh.fsdp), int(mesh.tensor)]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise UserError(f"--config.mesh: data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}: each axis is >= 1, "
+                        "at most one is -1 (the rest of the devices)")
+    known = math.prod(s for s in sizes if s != -1)
+    if known > device_count or device_count % known:
+        raise UserError(f"--config.mesh: data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} needs "
+                        f"{known} devices (or a divisor of the device count), have {device_count}")
+    if -1 not in sizes and known != device_count:
+        raise UserError(f"--config.mesh: data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} uses {known} of "
+                        f"{device_count} devices; set one axis to -1 to use the rest")
+    resolved = [device_count // known if s == -1 else s for s in sizes]
+    batch_axes = resolved[0] * resolved[1]
+    if (gbs // accum) % batch_axes:
+        raise UserError(f"--config.global_batch_size={gbs}: the micro-batch {gbs // accum} is not divisible by "
+                        f"the batch mesh axes data x fsdp = {batch_axes}")
+    for m in config.checkpoint_at_samples:
+        if int(m) <= 0 or int(m) > int(config.total_samples):
+            raise UserError(f"--config.checkpoint_at_samples: {m} is outside (0, total_samples]")
