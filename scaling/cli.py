@@ -10,6 +10,8 @@ import argparse
 import sys
 import time
 
+from vlscale import argtypes
+
 # Paper defaults (Nezhurina et al. 2025, scripts/fig1.sh); kept here as literals so --help needs no imports.
 PAPER_BENCHMARKS = "imagenet1k/acc1,mscoco_captions/image_retrieval_recall@5,mscoco_captions/text_retrieval_recall@5"
 PAPER_PRETRAIN_DATASETS = "datacomp_1b,relaion2b-en"
@@ -55,7 +57,45 @@ def _fit_max(text: str):
 
 
 def _csv(text: str | None):
-    return None if text is None else tuple(t for t in (s.strip() for s in text.split(",")) if t)
+    if text is None:
+        return None
+    items = tuple(s.strip() for s in text.split(","))
+    if any(not t for t in items):
+        from vlscale.errors import UserError
+
+        raise UserError(f"{text!r} has an empty item; separate values with single commas")
+    return items
+
+
+# What fit/compare write into --out (a stale one from an earlier run is removed when the new set lands).
+OWNED_OUTPUTS = ("fit.*",)
+# Peak memory of the bootstrap per resample and fitted frontier: about 8 KB measured (one frontier, 40000
+# resamples, peak RSS over --bootstrap 0), doubled for headroom.
+BOOTSTRAP_BYTES_PER_RESAMPLE = 16 * 1024
+
+
+def _check_before_work(args, n_frontiers: int) -> None:
+    """Output folder and bootstrap memory checked before any fitting (one-line errors, nothing written)."""
+    from vlscale.resources import check_memory
+
+    if args.out:
+        from vlscale.outputs import check_output_dir
+
+        check_output_dir(args.out)
+    check_memory(args.bootstrap * max(1, n_frontiers) * BOOTSTRAP_BYTES_PER_RESAMPLE,
+                 f"--bootstrap {args.bootstrap} over {n_frontiers} frontier(s)",
+                 "use fewer resamples (1000 gives stable 95 % intervals) or 0 for delta-method intervals")
+
+
+def _save_atomically(result, out) -> str:
+    """Writes the whole set into a temporary folder, then moves it into --out together."""
+    from pathlib import Path
+
+    from vlscale.outputs import atomic_output_dir
+
+    with atomic_output_dir(out, owned=OWNED_OUTPUTS) as tmp:
+        paths = result.save(tmp)
+    return _written({k: Path(out) / Path(p).name for k, p in paths.items()})
 
 
 def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
@@ -103,12 +143,13 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
     fit.add_argument("--fit-max-compute", type=_fit_max, default=_fit_max(PAPER_FIT_MAX_COMPUTE) if compare else None,
                      help="fit only frontier points with compute <= this (or GROUP:C,GROUP:C, or none) and validate "
                           "on the points above" + (f" (default: {PAPER_FIT_MAX_COMPUTE}, the paper's)" if compare else ""))
-    fit.add_argument("--predict", "--at", dest="predict", default=PAPER_PREDICT_AT if compare else None,
+    fit.add_argument("--predict", "--at", dest="predict", type=argtypes.float_list,
+                     default=PAPER_PREDICT_AT if compare else None,
                      help="compute values to predict at, comma-separated" + (" (default: %(default)s)" if compare else ""))
-    fit.add_argument("--bootstrap", type=int, default=1000,
+    fit.add_argument("--bootstrap", type=argtypes.count, default=1000,
                      help="bootstrap resamples for intervals; 0 = delta method (default: %(default)s)")
     fit.add_argument("--level", type=float, default=0.95, help="interval level (default: %(default)s)")
-    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    fit.add_argument("--seed", type=argtypes.nonnegative_int, default=0, help="bootstrap seed (default: %(default)s)")
     fit.add_argument("--no-loo", action="store_true", help="skip leave-one-out validation")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="write fit.json, fit.csv, fit.tex, fit.png, fit.pdf into this folder")
@@ -127,11 +168,12 @@ def _progress(args):
 
 
 def _load(args):
-    from vlscale.paths import find_results_table
+    from vlscale.paths import resolve_results_table
     from vlscale.scaling.results import load_results
 
-    path = find_results_table(args.results)
-    return load_results(path), path
+    source = resolve_results_table(args.results)
+    print(source.describe(), flush=True)  # first line: which table this verdict is about
+    return load_results(source.path), source.path
 
 
 def _written(paths: dict) -> str:
@@ -142,6 +184,8 @@ def run_fit(args) -> int:
     from vlscale.scaling import api
 
     df, path = _load(args)
+    types = _csv(args.model_types)
+    _check_before_work(args, len(types) if types else int(df[args.group_by].nunique()))
     say = _progress(args)
     if say:
         say(f"read {len(df)} rows from {path}")
@@ -156,7 +200,7 @@ def run_fit(args) -> int:
     print(rep.summary())
     print(f"\n   fit time {rep.fit_seconds:.1f} s (of which JAX compilation {rep.compile_seconds:.1f} s)")
     if args.out:
-        print(_written(rep.save(args.out)))
+        print(_save_atomically(rep, args.out))
     return 0
 
 
@@ -191,6 +235,7 @@ def run_compare(args) -> int:
     by_dataset = args.group_by == "pretrain_dataset"
     datasets = (_csv(args.pretrain_dataset) if args.pretrain_dataset
                 else _present(df, _csv(PAPER_PRETRAIN_DATASETS), "pretrain_dataset"))
+    _check_before_work(args, 2 * len(benchmarks) * (1 if by_dataset else len(datasets)))
     if say:
         say(f"read {len(df)} rows from {path}; comparing {' vs '.join(datasets if by_dataset else types)} on "
             f"{len(benchmarks)} benchmark(s)" + ("" if by_dataset else f" x {len(datasets)} pretrain dataset(s)"))
@@ -205,7 +250,7 @@ def run_compare(args) -> int:
     )
     print(cs.summary())
     if args.out:
-        print(_written(cs.save(args.out)))
+        print(_save_atomically(cs, args.out))
     return 0
 
 
@@ -225,6 +270,9 @@ def run_laion_results(args) -> int:
 
     if bool(args.notebook) != bool(args.model_profile):
         raise UserError("pass both --notebook and --model-profile (offline), or neither (download)")
+    from vlscale.outputs import check_output_dir
+
+    check_output_dir(args.out)
     if args.notebook:
         for f in (args.notebook, args.model_profile):
             if not Path(f).is_file():
