@@ -1,0 +1,142 @@
+"""What the evaluator reads: trainer workdirs (``run.json`` + ``checkpoints/N``), step directories, and
+``vlscale convert`` outputs.
+
+The trainer's loader (``vlscale.train.checkpoint``) does the reading; this module adds what evaluation needs on
+top: the run's identity, whether a checkpoint is the run's final one, and a step directory that holds a converted
+checkpoint (``checkpoints/N/vlscale_model.json``, e.g. a released model placed in a workdir by hand).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlscale.errors import UserError
+
+RUN_JSON = "run.json"
+FINAL_JSON = "final.json"
+CHECKPOINTS = "checkpoints"
+CONVERTED_META = "vlscale_model.json"
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint ready to evaluate. ``run`` is run.json (None for a converted checkpoint on its own)."""
+
+    model_name: str
+    params: Any
+    path: str
+    step: int | None = None
+    samples_seen: int | None = None
+    run: dict | None = None
+    workdir: str | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    step: int
+    samples_seen: int
+    path: str
+
+
+def _trainer():
+    try:
+        from vlscale.train import checkpoint
+    except ImportError:  # trainer not installed in this build: converted checkpoints still work
+        return None
+    return checkpoint
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON; was the run interrupted while writing it?") from None
+
+
+def is_workdir(path: Path) -> bool:
+    return (path / CHECKPOINTS).is_dir() or (path / RUN_JSON).is_file()
+
+
+def list_checkpoints(workdir: str | Path) -> list[Entry]:
+    """Complete checkpoints of a run, oldest first (trainer checkpoints and converted step directories)."""
+    workdir = Path(workdir)
+    run = read_json(workdir / RUN_JSON) or {}
+    found: dict[int, Entry] = {}
+    trainer = _trainer()
+    if trainer is not None:
+        for c in trainer.list_checkpoints(workdir):
+            found[c.step] = Entry(c.step, c.samples_seen, c.path)
+    root = workdir / CHECKPOINTS
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.isdigit() and (d / CONVERTED_META).is_file() and int(d.name) not in found:
+                step = int(d.name)
+                found[step] = Entry(step, step * int(run.get("global_batch_size") or 0), str(d))
+    return [found[s] for s in sorted(found)]
+
+
+def final_step(workdir: str | Path) -> int | None:
+    final = read_json(Path(workdir) / FINAL_JSON)
+    return int(final["step"]) if final and "step" in final else None
+
+
+def _check_model(run: dict | None, model_name: str, where: str) -> None:
+    if run and run.get("model") and run["model"] != model_name:
+        raise UserError(f"{where}: checkpoint of {model_name} but run.json says {run['model']}; "
+                        "the checkpoint belongs to another run")
+
+
+def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
+    """A workdir (its latest checkpoint), a step directory ``WORKDIR/checkpoints/N``, or a converted directory."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint {p} does not exist")
+    if is_workdir(p):
+        entries = list_checkpoints(p)
+        if not entries:
+            raise UserError(f"{p}: the run has no complete checkpoint yet")
+        entry = entries[-1]
+        return _load_step(p, entry)
+    if p.parent.name == CHECKPOINTS and p.name.isdigit() and is_workdir(p.parent.parent):
+        workdir = p.parent.parent
+        match = [e for e in list_checkpoints(workdir) if e.step == int(p.name)]
+        if not match:
+            raise UserError(f"{p}: not a complete checkpoint of {workdir}")
+        return _load_step(workdir, match[0])
+    if (p / CONVERTED_META).is_file():
+        from vlscale.models import convert
+
+        params, meta = convert.load_params(p)
+        return Checkpoint(meta["model"], params, str(p))
+    trainer = _trainer()
+    if trainer is not None:
+        loaded = trainer.load_for_inference(str(p))
+        return Checkpoint(loaded.model_name, loaded.params, loaded.path, loaded.step, loaded.samples_seen,
+                          loaded.run)
+    raise UserError(f"{p} is not a checkpoint: expected a training workdir, WORKDIR/checkpoints/N, or a "
+                    "`vlscale convert` output directory")
+
+
+def _load_step(workdir: Path, entry: Entry) -> Checkpoint:
+    run = read_json(workdir / RUN_JSON)
+    step_dir = Path(entry.path)
+    if (step_dir / CONVERTED_META).is_file():
+        from vlscale.models import convert
+
+        params, meta = convert.load_params(step_dir)
+        model_name = meta["model"]
+    else:
+        trainer = _trainer()
+        if trainer is None:
+            raise UserError(f"{step_dir}: reading training checkpoints needs vlscale.train")
+        loaded = trainer.load_for_inference(str(step_dir))
+        model_name, params = loaded.model_name, loaded.params
+    _check_model(run, model_name, str(step_dir))
+    return Checkpoint(model_name, params, str(step_dir), entry.step, entry.samples_seen, run, str(workdir),
+                      final=final_step(workdir) == entry.step)
