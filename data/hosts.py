@@ -29,11 +29,22 @@ def allgather_sum(counts: np.ndarray) -> np.ndarray:
         return counts.copy()
     from jax.experimental import multihost_utils
 
+    gathered = np.asarray(multihost_utils.process_allgather(to_words(counts)), np.int64)  # [processes, 2, k]
+    return from_words(gathered).sum(axis=0)
+
+
+def to_words(counts: np.ndarray) -> np.ndarray:
+    """Non-negative int64 [k] -> int32 [2, k] (high and low 31 bits), exact for counts below 2**62."""
+    counts = np.asarray(counts, np.int64)
     if (counts < 0).any():
-        raise ValueError("allgather_sum takes non-negative counts")
-    words = np.stack([counts >> _LOW_BITS, counts & ((1 << _LOW_BITS) - 1)]).astype(np.int32)
-    gathered = np.asarray(multihost_utils.process_allgather(words), np.int64)  # [processes, 2, k]
-    return ((gathered[:, 0] << _LOW_BITS) + gathered[:, 1]).sum(axis=0)
+        raise ValueError("host counts must be non-negative")
+    return np.stack([counts >> _LOW_BITS, counts & ((1 << _LOW_BITS) - 1)]).astype(np.int32)
+
+
+def from_words(words: np.ndarray) -> np.ndarray:
+    """int32 [..., 2, k] from ``to_words`` -> int64 [..., k]."""
+    words = np.asarray(words, np.int64)
+    return (words[..., 0, :] << _LOW_BITS) + words[..., 1, :]
 
 
 def local_only(counts: np.ndarray) -> np.ndarray:

@@ -567,6 +567,8 @@ class DataIterator:
         """
         if self.config.get("num_epochs", None) is None:
             raise UserError("padded_batches is for finite passes; set data.num_epochs (e.g. 1)")
+        if bool(self.config.drop_remainder) and not self._in_memory:
+            raise UserError("padded_batches pads the last batch instead of dropping it; set data.drop_remainder=False")
         reduce_fn = reduce_fn or self.default_reduce()
         size, b = int(self.config.image_size), self.host_batch_size
         while True:
