@@ -1,0 +1,265 @@
+"""A study config -> the list of runs it needs, each with its identity, compute, estimated time and disk.
+
+Pure: no I/O, no JAX. The order of ``Plan.runs`` is the order the local runner trains them in (stage 0 first; a
+stage-1 run starts from a stage-0 run's checkpoint), and the identity of a run is its name, so a re-run of the same
+study finds its finished runs by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+from vlscale.errors import UserError
+
+# Bytes a kept checkpoint holds per parameter: float32 params plus AdamW's two float32 moments (cooldowns resume
+# the optimizer, so milestones keep its state).
+CHECKPOINT_BYTES_PER_PARAM = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    model: str
+    model_type: str
+    dataset: str  # pretrain_dataset name written to the results table
+    schedule: str  # cosine | const | const-cooldown
+    samples: int  # total samples seen at the end of the run
+    lr: float
+    global_batch_size: int
+    warmup: int  # steps
+    seed: int
+    checkpoint_at_samples: tuple[int, ...]  # const: one kept milestone per budget
+    init_from: str | None  # const-cooldown: "<run name>@<step>"
+    cooldown_steps: int
+    stage: int  # 0: independent; 1: starts from a stage-0 checkpoint
+    budgets: tuple[int, ...]  # the samples-seen values this run contributes points at
+    gflops_per_sample: float  # the paper's convention (forward, image + text towers)
+    train_gflops_per_sample: float  # forward + backward, incl. attention products
+    params: int
+    est_train_s: float
+    est_eval_s: float
+    disk_bytes: int
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.samples / self.global_batch_size)
+
+    @property
+    def trained_samples(self) -> int:
+        """Samples this run itself trains on (a cooldown starts from its parent's checkpoint)."""
+        if self.init_from is None:
+            return self.samples
+        return self.cooldown_steps * self.global_batch_size
+
+    @property
+    def compute_gflops(self) -> float:
+        return self.gflops_per_sample * self.samples
+
+    @property
+    def depends_on(self) -> str | None:
+        return self.init_from.split("@")[0] if self.init_from else None
+
+    def row(self) -> dict:
+        return {"run": self.name, "model": self.model, "model_type": self.model_type, "dataset": self.dataset,
+                "schedule": self.schedule, "samples": self.samples, "lr": self.lr,
+                "global_batch_size": self.global_batch_size, "warmup": self.warmup, "seed": self.seed,
+                "stage": self.stage, "budgets": list(self.budgets), "init_from": self.init_from,
+                "gflops": self.compute_gflops, "est_s": self.est_train_s + self.est_eval_s,
+                "disk_bytes": self.disk_bytes}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    name: str
+    runs: tuple[Run, ...]
+    compile_s: float  # one compile per distinct (model, batch) in the estimate
+
+    def run(self, name: str) -> Run:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise UserError(f"no run named {name!r} in study {self.name} (see `vlscale study plan`)")
+
+    @property
+    def total_gflops(self) -> float:
+        return sum(r.trained_samples * r.gflops_per_sample for r in self.runs)
+
+    @property
+    def total_est_s(self) -> float:
+        shapes = {(r.model, r.global_batch_size) for r in self.runs}
+        return sum(r.est_train_s + r.est_eval_s for r in self.runs) + self.compile_s * len(shapes)
+
+    @property
+    def total_disk_bytes(self) -> int:
+        return sum(r.disk_bytes for r in self.runs)
+
+    def stage(self, k: int) -> list[Run]:
+        return [r for r in self.runs if r.stage == k]
+
+    def table(self) -> str:
+        """The plan as the text `vlscale study plan` prints."""
+        lines = [f"study {self.name}: {len(self.runs)} runs"]
+        head = f"{'run':<58} {'samples':>11} {'GFLOPs':>9} {'est.':>7} {'disk':>8}"
+        lines += [head, "-" * len(head)]
+        for r in self.runs:
+            lines.append(f"{r.name:<58} {r.samples:>11.4g} {r.compute_gflops:>9.3g} "
+                         f"{fmt_seconds(r.est_train_s + r.est_eval_s):>7} {fmt_bytes(r.disk_bytes):>8}")
+        n_shapes = len({(r.model, r.global_batch_size) for r in self.runs})
+        lines.append(f"total: {self.total_gflops:.3g} GFLOPs trained (paper convention), estimated "
+                     f"{fmt_seconds(self.total_est_s)} incl. {n_shapes} compilations, disk "
+                     f"{fmt_bytes(self.total_disk_bytes)}")
+        return "\n".join(lines)
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.1f}m"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def fmt_bytes(b: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if b < 1000 or unit == "TB":
+            return f"{b:.0f}{unit}" if unit == "B" else f"{b:.1f}{unit}"
+        b /= 1000.0
+    return f"{b:.1f}PB"
+
+
+def _num(x: float) -> str:
+    """1e-3 -> '0.001', 2048 -> '2048': short, stable run-name fields."""
+    return f"{x:g}"
+
+
+def run_name(model: str, dataset: str, samples: int, bs: int, lr: float, warmup: int, schedule: str, seed: int,
+             from_samples: int | None = None) -> str:
+    """The paper's run identity (model, samples seen, data, batch, lr, warm-up, schedule) as one string."""
+    name = f"{model}_s{samples}_{dataset}_bs{bs}_lr{_num(lr)}_w{warmup}_{schedule}"
+    if from_samples is not None:
+        name += f"_from{from_samples}"
+    return name + (f"_seed{seed}" if seed else "")
+
+
+def _get(d, key, default=None):
+    """ConfigDict/dict lookup that tolerates missing keys and non-string keys written as strings."""
+    if d is None:
+        return default
+    for k in (key, str(key)):
+        if k in d:
+            return d[k]
+    return default
+
+
+def sweep_points(cfg, model: str, samples: int | None) -> list[tuple[float, int, int]]:
+    """(lr, global batch, warm-up) combinations for a cell: per-model values over per-budget over the default."""
+    out = {}
+    for k in ("lr", "global_batch_size", "warmup"):
+        vals = cfg.sweep[k]
+        by_samples = _get(_get(cfg, "sweep_per_samples"), samples)
+        if by_samples is not None and k in by_samples:
+            vals = by_samples[k]
+        by_model = _get(_get(cfg, "sweep_per_model"), model)
+        if by_model is not None and k in by_model:
+            vals = by_model[k]
+        out[k] = list(vals)
+    return [(float(lr), int(bs), int(w)) for lr, bs, w in itertools.product(out["lr"], out["global_batch_size"],
+                                                                             out["warmup"])]
+
+
+def _replicate_seeds(cfg, model: str, budgets) -> list[int]:
+    rep = _get(cfg, "replicates")
+    base = int(_get(cfg, "seed", 0))
+    if rep is None or int(_get(rep, "count", 1)) <= 1:
+        return [base]
+    models = list(_get(rep, "models", []) or [])
+    samples = list(_get(rep, "samples_seen", []) or [])
+    if (models and model not in models) or (samples and not set(samples) & set(budgets)):
+        return [base]
+    return [base + i for i in range(int(rep.count))]
+
+
+def _model_info(model: str) -> tuple[str, float, float, int]:
+    from vlscale.models import flops
+    from vlscale.models.config import get_config
+
+    fam = get_config(model).family
+    fwd = flops.forward_flops(model)
+    train = flops.training_flops(model) / 1e9
+    return fam, fwd.paper / 1e9, train, flops.param_counts(model)["total"]
+
+
+def make_plan(cfg) -> Plan:
+    """Every run of the study (see module doc). Raises UserError for grids that cannot be trained."""
+    est = _get(cfg, "estimate", {}) or {}
+    rate = float(_get(est, "train_gflops_per_s", 10.0))
+    eval_s = float(_get(est, "eval_s", 5.0))
+    caps = _get(cfg, "max_samples_seen", {}) or {}
+    frac = float(_get(cfg, "cooldown_fraction", 0.0) or 0.0)
+    runs: list[Run] = []
+    for model_type, models in cfg.models.items():
+        for model in models:
+            family, gps, train_gps, params = _model_info(model)
+            if family != model_type and cfg.fit.get("group_by", "model_type") == "model_type":
+                raise UserError(f"study config: {model} is a {family} model, listed under {model_type}")
+            cap = _get(caps, model)
+            budgets = [b for b in cfg.samples_seen if cap is None or b <= int(cap)]
+            if not budgets:
+                raise UserError(f"study config: no samples_seen budget is within max_samples_seen of {model}")
+            ckpt_bytes = params * CHECKPOINT_BYTES_PER_PARAM
+            for dataset in cfg.datasets.keys():
+                if cfg.schedule == "cosine":
+                    cells = [(b, (b,)) for b in budgets]
+                else:
+                    cells = [(budgets[-1], tuple(budgets))]
+                for total, cell_budgets in cells:
+                    for lr, bs, warmup in sweep_points(cfg, model, total if cfg.schedule == "cosine" else None):
+                        steps = math.ceil(total / bs)
+                        first_steps = math.ceil(cell_budgets[0] / bs)
+                        if warmup >= steps:
+                            raise UserError(f"study config: {model} at {total} samples has {steps} steps of batch "
+                                            f"{bs}, not more than its warm-up of {warmup}; lower warmup or batch")
+                        if cfg.schedule == "const" and warmup >= first_steps:
+                            raise UserError(f"study config: the first budget {cell_budgets[0]} is {first_steps} "
+                                            f"steps of batch {bs}, still in the warm-up of {warmup} steps")
+                        for seed in _replicate_seeds(cfg, model, cell_budgets):
+                            name = run_name(model, dataset, total, bs, lr, warmup, cfg.schedule, seed)
+                            kept = len(cell_budgets) if cfg.schedule == "const" else 1  # const: evaluated milestones
+                            runs.append(Run(
+                                name=name, model=model, model_type=family, dataset=dataset, schedule=cfg.schedule,
+                                samples=total, lr=lr, global_batch_size=bs, warmup=warmup, seed=seed,
+                                checkpoint_at_samples=tuple(cell_budgets) if cfg.schedule == "const" else (),
+                                init_from=None, cooldown_steps=0, stage=0, budgets=tuple(cell_budgets),
+                                gflops_per_sample=gps, train_gflops_per_sample=train_gps, params=params,
+                                est_train_s=train_gps * total / rate,
+                                est_eval_s=eval_s * len(cell_budgets), disk_bytes=kept * ckpt_bytes))
+                            if cfg.schedule == "const" and frac > 0:
+                                runs.extend(_cooldowns(runs[-1], frac, rate, eval_s, ckpt_bytes))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"study config gives two runs the same identity ({dup[0]}); a model is listed twice?")
+    runs.sort(key=lambda r: r.stage)  # stable: stage 0 in config order, then the cooldowns
+    return Plan(str(cfg.name), tuple(runs), float(_get(est, "compile_s", 20.0)))
+
+
+def _cooldowns(parent: Run, frac: float, rate: float, eval_s: float, ckpt_bytes: int) -> list[Run]:
+    """Short linear cooldowns from each kept budget of a const run (the paper's const-cooldown protocol)."""
+    out = []
+    bs = parent.global_batch_size
+    for b in parent.budgets:
+        start_step = b // bs
+        cd_steps = max(1, math.ceil(frac * b / bs))
+        total = (start_step + cd_steps) * bs
+        name = run_name(parent.model, parent.dataset, total, bs, parent.lr, parent.warmup, "const-cooldown",
+                        parent.seed, from_samples=b)
+        out.append(dataclasses.replace(
+            parent, name=name, schedule="const-cooldown", samples=total, checkpoint_at_samples=(),
+            init_from=f"{parent.name}@{start_step}", cooldown_steps=cd_steps, stage=1, budgets=(total,),
+            est_train_s=parent.train_gflops_per_sample * cd_steps * bs / rate, est_eval_s=eval_s,
+            disk_bytes=ckpt_bytes))
+    return out
