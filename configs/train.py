@@ -79,8 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.skip_nonfinite = False  # True: skip updates whose loss or gradients are not finite (and count them)
 
-    # Mesh: -1 takes the devices the other axes leave.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # Mesh: -1 takes the devices the other axes leave; devices = 0 uses all of them (N: the first N, e.g. tests).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "devices": 0})
 
     # Logging and checkpoints.
     c.log_every = 10  # steps

@@ -7,52 +7,22 @@ checkpoint; a finished run returns its ``final.json`` and changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from vlscale import signals
 from vlscale.errors import UserError
 
 FINAL_JSON = "final.json"
 METRICS_JSONL = "metrics.jsonl"
 
 
-class Interrupted(Exception):
-    """SIGTERM/SIGINT during training: a checkpoint was saved; the run is resumable, not finished."""
-
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
-        self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
-                         "re-run the same command to continue")
-
-
 class NonFiniteError(UserError):
     pass
-
-
-@contextlib.contextmanager
-def _stop_signals():
-    """Records SIGTERM / SIGINT instead of dying mid-step; the loop saves a checkpoint and raises Interrupted."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def handler(signum, frame):
-        received.append(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def resolve_config(config):
@@ -71,6 +41,13 @@ def resolve_config(config):
         if not config.pretrain_dataset:
             config.pretrain_dataset = str(config.data.source)
     return config
+
+
+def mesh_devices(mesh_config) -> list:
+    import jax
+
+    n = int(mesh_config.get("devices", 0))
+    return jax.devices()[:n] if n else jax.devices()
 
 
 def setup_compilation_cache(setting: str) -> str | None:
@@ -109,7 +86,11 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
     if saved is not None and final_path.exists():
         import json
 
-        return json.loads(final_path.read_text())
+        final = json.loads(final_path.read_text())
+        if jax.process_index() == 0:
+            print(f"vlscale train: {saved.get('run')} already finished at step {final['step']} "
+                  f"({final['samples_seen']:,} samples); nothing to do ({workdir})", flush=True)
+        return final
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -131,7 +112,7 @@ class _Trainer:
         self.is_main = jax.process_index() == 0
         m = config.mesh
         try:
-            self.mesh = sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor))
+            self.mesh = sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor), devices=mesh_devices(m))
         except ValueError as e:
             raise UserError(f"--config.mesh: {e}")
         self.data = make_iterator(config.data)
@@ -218,7 +199,8 @@ class _Trainer:
         t_last, step_last, wait_last = time.perf_counter(), step, self.data.wait_s
         log_every, ckpt_every = int(self.config.log_every), int(self.config.checkpoint_every)
         pending = None
-        with _stop_signals() as received:
+        # SIGTERM (a preemption notice) or SIGINT: finish the step, save, then raise StopRequested (exit 143/130).
+        with signals.stop_on_signals(raise_on_signal=False) as stop:
             while step < stop_at:
                 host = next(self.data)
                 batch = {k: jax.make_array_from_process_local_data(self.trainer.batch_shardings[k], host[k])
@@ -239,15 +221,19 @@ class _Trainer:
                     self.tb.write(step, record)
                     progress.update(step, record)
                     t_last, step_last, wait_last = now, step, self.data.wait_s
-                    self._check_data()
+                    self._check_data(state, step, samples)
                 if save_now:
                     self._save(state, step, samples)
-                if self._stop_requested(received):
+                if self._stop_requested(stop.requested):
                     self._save(state, step, samples)
                     self.mngr.wait_until_finished()
                     self._update_run_json(run_json, time.perf_counter() - t_start)
                     progress.close()
-                    raise Interrupted(received[0] if received else signal.SIGTERM, step)
+                    if self.is_main:
+                        print(f"vlscale train: stopped at step {step}; checkpoint {self.workdir / 'checkpoints' / str(step)} "
+                              "saved, re-run the same command to continue", flush=True)
+                    stop.raise_if_requested()
+                    raise signals.StopRequested(signal.SIGTERM)  # another host was told to stop
         self.mngr.wait_until_finished()
         progress.close()
         self._update_run_json(run_json, time.perf_counter() - t_start)
@@ -315,10 +301,17 @@ class _Trainer:
             raise NonFiniteError(f"non-finite loss or gradients at step {int(first)}; {where}; lower the lr, or "
                                  "set --config.skip_nonfinite=true to skip such steps")
 
-    def _check_data(self) -> None:
+    def _check_data(self, state, step: int, samples: int) -> None:
+        """The bad-sample guard, agreed over hosts; on a stop the checkpoint is saved before the error."""
         check = getattr(self.data, "check_bad_fraction", None)
-        if callable(check):
+        if not callable(check):
+            return
+        try:
             check()
+        except UserError:
+            self._save(state, step, samples)
+            self.mngr.wait_until_finished()
+            raise
 
     def _save(self, state, step: int, samples: int) -> None:
         from vlscale.train import checkpoint
@@ -329,10 +322,9 @@ class _Trainer:
                 "milestone": step in self.milestone_steps, "data_fingerprint": self.fingerprint}
         checkpoint.save(self.mngr, state, self.data, meta)
 
-    def _stop_requested(self, received: list[int]) -> bool:
+    def _stop_requested(self, local: bool) -> bool:
         import jax
 
-        local = bool(received)
         if jax.process_count() == 1:
             return local
         from jax.experimental import multihost_utils

@@ -47,6 +47,10 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     if gbs % accum:
         raise UserError(f"--config.grad_accum={accum}: global_batch_size {gbs} is not divisible by it")
     mesh = config.mesh
+    if int(mesh.get("devices", 0)):
+        if not 0 < int(mesh.devices) <= device_count:
+            raise UserError(f"--config.mesh.devices={mesh.devices}: must be in [1, {device_count}] (0 = all)")
+        device_count = int(mesh.devices)
     sizes = [int(mesh.data), int(mesh.fsdp), int(mesh.tensor)]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise UserError(f"--config.mesh: data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}: each axis is >= 1, "

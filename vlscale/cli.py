@@ -140,10 +140,15 @@ def _main(argv: list[str] | None) -> int:
     from vlscale import signals
 
     parser = build_parser()
+    # ml_collections-style ``--config.FIELD=VALUE`` overrides (train, study) are collected before argparse sees them.
+    argv, overrides = _split_config_overrides(sys.argv[1:] if argv is None else list(argv))
     try:
         args = parser.parse_args(argv)
+        if overrides and not getattr(args, "_config_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(overrides)} (only train and study take --config.FIELD)")
     except SystemExit as e:  # bad flags (2) or --help/--version (0): return the code, as for every other outcome
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    args.config_overrides = overrides
     handler = getattr(args, "_handler", None)
     if handler is None:
         parser.print_help()
@@ -174,6 +179,26 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a report
         return _crash(prog, e, argv, args)
     return int(rc or 0)
+
+
+def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the ``--config.X=V`` / ``--config.X V`` items, in order)."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a.startswith("--config."):
+            overrides.append(a)
+            if "=" not in a and i + 1 < len(argv):
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
 
 
 def _fail(prog: str, message: str) -> int:

@@ -1,0 +1,87 @@
+"""``vlscale train --dry-run``: will this model, batch and mesh fit? Compile the real step, read XLA's numbers.
+
+The step is lowered with the run's shardings on abstract inputs (no data, no parameters allocated) and
+compiled; XLA's memory analysis gives the per-device argument, output and temporary bytes, and its cost analysis
+the step's FLOPs. Parameters and optimizer state per device come from their shardings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _sharded_bytes(abstract_tree, shardings) -> int:
+    import jax
+
+    total = 0
+    for a, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+        shard = s.shard_shape(a.shape)
+        total += int(np.prod(shard, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3f} GiB"
+
+
+def analyse(config) -> dict:
+    import jax
+
+    from vlscale.train import optim, sharding, step as step_lib, validate
+    from vlscale.train.loop import mesh_devices, resolve_config
+
+    config = resolve_config(config)
+    validate.check_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    m = config.mesh
+    mesh = sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor), devices=mesh_devices(m))
+    image_dtype = str(config.data.get("image_dtype", "float32"))
+    trainer = step_lib.get_train_step(config, mesh, image_dtype=image_dtype)
+    cfg = trainer.config
+    gbs = int(config.global_batch_size)
+    batch = {
+        "image": jax.ShapeDtypeStruct((gbs, cfg.image_size, cfg.image_size, 3), np.dtype(image_dtype),
+                                      sharding=trainer.batch_shardings["image"]),
+        "text": jax.ShapeDtypeStruct((gbs, cfg.context_length), np.int32, sharding=trainer.batch_shardings["text"]),
+    }
+    sched = optim.schedule_params(config, validate.total_steps(config))
+    compiled = trainer.lower(batch, sched).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    abstract = trainer.abstract_state
+    out = {
+        "model": str(config.model), "global_batch_size": gbs, "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind, "mesh": dict(mesh.shape),
+        "params_bytes_per_device": _sharded_bytes(abstract.params, trainer.state_shardings.params),
+        "opt_state_bytes_per_device": _sharded_bytes(abstract.opt_state, trainer.state_shardings.opt_state),
+        "argument_bytes": getattr(mem, "argument_size_in_bytes", None) if mem else None,
+        "output_bytes": getattr(mem, "output_size_in_bytes", None) if mem else None,
+        "temp_bytes": getattr(mem, "temp_size_in_bytes", None) if mem else None,
+        "generated_code_bytes": getattr(mem, "generated_code_size_in_bytes", None) if mem else None,
+        "step_flops_per_device": float(cost.get("flops", math.nan)) if cost else math.nan,
+    }
+    from vlscale.models import flops
+
+    out["paper_train_flops_per_step"] = flops.training_flops(config.model, batch_size=gbs)
+    return out
+
+
+def dry_run(config) -> str:
+    a = analyse(config)
+    temp = a["temp_bytes"]
+    total = sum(v for v in (a["argument_bytes"], a["output_bytes"], temp) if v)
+    lines = [
+        f"dry run: {a['model']}, global batch {a['global_batch_size']}, {a['devices']} x {a['device_kind']}, "
+        f"mesh {a['mesh']}",
+        f"  parameters        {_gib(a['params_bytes_per_device'])} per device",
+        f"  optimizer state   {_gib(a['opt_state_bytes_per_device'])} per device",
+        f"  activations/temp  {_gib(temp) if temp is not None else 'n/a'} per device (XLA memory analysis)",
+        f"  step total        {_gib(total)} per device (arguments + outputs + temporaries; donated buffers "
+        "counted once in arguments)",
+        f"  step FLOPs        {a['step_flops_per_device']:.3e} per device (XLA), "
+        f"{a['paper_train_flops_per_step']:.3e} in all (paper convention, forward x 3)",
+    ]
+    return "\n".join(lines)
