@@ -3,7 +3,13 @@
 What is timed: read 256-px JPEG webdataset shards -> decode -> RandomResizedCrop to 224 -> normalise ->
 tokenise -> batch, i.e. the per-sample work of open_clip's training loader (``get_wds_dataset``), at
 worker counts 0, 1, 2 (``--workers``). "per core" divides by the processes doing the work
-(max(1, workers)). Start-up (two batches from every worker) is not timed.
+(max(1, workers)). Start-up (two batches from every worker) is not timed. vlscale's default is uint8
+(normalised later on the device, ``pipeline.normalize_images``); the f32 row normalises on the host.
+
+Worker processes: grain spawns its workers, so the vlscale rows run in this process, which holds an
+initialised JAX runtime like the trainer does. open_clip's loader forks its workers (torch's default), and
+forking a process that holds a JAX runtime can deadlock, so each open_clip row runs in a fresh interpreter
+that never starts JAX (``--open-clip-row``).
 
 It also times reading alone, to decide whether shards should be converted to ArrayRecord: the same
 records read from the tar shards (vlscale's reader) and from an ArrayRecord file (grain's source).
@@ -16,8 +22,12 @@ vlscale's numbers only.
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -45,7 +55,7 @@ def write_shards(out_dir: str, samples: int, shards: int) -> list[str]:
     return synth.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
 
 
-def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_dtype: str = "float32") -> float:
+def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_dtype: str = "uint8") -> float:
     config = data_config.get_config("webdataset")
     config.shards = shard_dir
     config.update(image_size=MODEL_IMAGE_SIZE, batch_size=batch, train=True, worker_count=workers,
@@ -115,6 +125,14 @@ def time_open_clip(shard_paths: list[str], samples: int, batch: int, workers: in
     assert tuple(images.shape) == (batch, 3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE)
     del it, loader
     return n_batches * batch / dt
+
+
+def time_open_clip_isolated(shard_dir: str, samples: int, batch: int, workers: int) -> float:
+    """``time_open_clip`` in a fresh interpreter: its forked workers never copy a JAX runtime."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--open-clip-row", str(workers), "--out", shard_dir,
+           "--samples", str(samples), "--batch", str(batch)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
 
 
 def time_reading(shard_paths: list[str], tmp: str) -> tuple[float, float]:
@@ -233,7 +251,14 @@ def main() -> None:
     parser.add_argument("--wait-steps", type=int, default=30)
     parser.add_argument("--wait-batch", type=int, default=256)
     parser.add_argument("--only", choices=("throughput", "wait", "difficulty"), default=None, help="run one part only")
+    parser.add_argument("--open-clip-row", type=int, default=None, metavar="WORKERS",
+                        help=argparse.SUPPRESS)  # internal: one open_clip row on the shards in --out, as JSON
     args = parser.parse_args()
+    if args.open_clip_row is not None:
+        paths = sorted(glob.glob(os.path.join(args.out, "*.tar")))
+        rate = time_open_clip(paths, args.samples, args.batch, args.open_clip_row)
+        print(json.dumps({"images_per_s": rate}))
+        return
     if args.only == "difficulty":
         print("raw-pixel ridge probe on the synthetic zero-shot tasks (accuracy; chance in brackets):")
         for r in pixel_probe():
@@ -267,14 +292,15 @@ def main() -> None:
         print("torch/webdataset/open_clip not installed: printing vlscale only")
     rows = []
     for w in workers:
-        ours = time_vlscale(tmp, args.samples, args.batch, w)
-        ours_u8 = time_vlscale(tmp, args.samples, args.batch, w, image_dtype="uint8")
-        theirs = time_open_clip(paths, args.samples, args.batch, w) if with_oc else float("nan")
+        ours = time_vlscale(tmp, args.samples, args.batch, w, image_dtype="float32")
+        ours_u8 = time_vlscale(tmp, args.samples, args.batch, w)
+        theirs = time_open_clip_isolated(tmp, args.samples, args.batch, w) if with_oc else float("nan")
         rows.append((w, ours, ours_u8, theirs))
 
     print(f"\ndecode + RandomResizedCrop({MODEL_IMAGE_SIZE}) + normalise + tokenise, batch {args.batch}, "
           f"{args.samples} images per row; img/s (per core)")
-    print("vlscale f32: normalised on the host (same work as open_clip); u8: normalised on the device later")
+    print("vlscale f32: normalised on the host (same work as open_clip); u8 (the default): normalised on the "
+          "device later")
     header = (f"{'workers':>7} | {'vlscale f32':>17} | {'vlscale u8':>17} | {'open_clip':>17} | "
               f"{'f32/open_clip':>13} | {'u8/open_clip':>12}")
     print(header)

@@ -18,6 +18,7 @@ batches an uninterrupted run would have (see ``DataIterator.get_state`` and docs
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -265,19 +266,30 @@ def build_dataset(config, process_index: int, process_count: int) -> grain.IterD
     return ds
 
 
+@functools.cache
+def _normalize_table() -> np.ndarray:
+    """float32 [3, 256]: every uint8 value of each channel through ``to_normalized_array``'s arithmetic."""
+    from vlscale.models.transforms import OPENAI_MEAN, OPENAI_STD
+
+    values = np.arange(256, dtype=np.float32)[:, None]
+    table = (values / np.float32(255) - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
+    return np.ascontiguousarray(table.T)
+
+
 def normalize_host(images: np.ndarray) -> np.ndarray:
     """uint8 [..., H, W, 3] -> float32 normalised with the OpenAI statistics, on the host.
 
-    The float32 operations of ``models.transforms.to_normalized_array`` (divide by 255, subtract the
-    mean, divide by the std), done in place on one new array, so a batch matches the per-sample path
-    exactly.
+    A table lookup per channel: each entry is computed with the float32 operations of
+    ``models.transforms.to_normalized_array`` (divide by 255, subtract the mean, divide by the std),
+    so the result equals the per-sample path bit for bit, with one pass over the batch instead of four.
     """
-    from vlscale.models.transforms import OPENAI_MEAN, OPENAI_STD
-
-    out = images.astype(np.float32)
-    out /= np.float32(255)
-    out -= np.asarray(OPENAI_MEAN, np.float32)
-    out /= np.asarray(OPENAI_STD, np.float32)
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"normalize_host takes uint8 pixels, got {images.dtype}")
+    table = _normalize_table()
+    out = np.empty(images.shape, np.float32)
+    for c in range(3):
+        np.take(table[c], images[..., c], out=out[..., c])
     return out
 
 

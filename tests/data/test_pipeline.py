@@ -265,3 +265,19 @@ def test_config_mistakes_are_one_line_user_errors(tiny_shards):
             assert message in str(e) and "\n" not in str(e)
         else:
             raise AssertionError(f"expected a UserError mentioning {message!r}")
+
+
+def test_host_normalisation_is_bit_identical_to_the_per_sample_transform():
+    from PIL import Image
+
+    from vlscale.models.transforms import to_normalized_array
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    images[0, 0, :, 0] = images[0, 1, :, 1] = images[0, 2, :, 2] = np.arange(256)[:16]
+    images[1].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value in every channel
+    got = pipeline.normalize_host(images)
+    want = np.stack([to_normalized_array(Image.fromarray(x)) for x in images])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(np.asarray(pipeline.normalize_images(images)), want, atol=1e-6)
