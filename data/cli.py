@@ -95,7 +95,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     except ValueError as e:
         if isinstance(e, UserError):
             raise
-        raise UserError(f"bad generator knob: {e}") from None
+        raise UserError(f"bad generator knob ({' '.join('--set ' + k for k in args.set) or 'defaults'}): {e}") from None
     n = args.shards * args.samples_per_shard
     # Everything is built in a temporary folder beside --out and moved in when complete, so an interrupted run
     # never leaves shards that look like a finished dataset.

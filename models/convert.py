@@ -365,8 +365,8 @@ def _torch_load(path: Path, trust_pickle: bool):
                             "plain values, never code; if you trust where this file came from, pass "
                             "--trust-pickle (see docs/security.md)") from None
         raise UserError(f"{path} is not a readable torch checkpoint ({_reason(e)})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, ImportError, TypeError) as e:
-        # Text/CSV files, truncated zips, pickles of classes that do not exist here.
+    except Exception as e:  # noqa: BLE001 - unpickling arbitrary bytes raises nearly any type
+        # Text/CSV files (KeyError, IndexError), truncated zips (RuntimeError), classes that do not exist here.
         raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {_reason(e)})") from None
 
 
