@@ -372,9 +372,15 @@ KINDS = ("synth", "folder", "tfds", "wds", "karpathy")
 
 
 def _wds_base(body: str) -> str:
-    base = Path(body.split("::")[0]).name.split("{")[0].rstrip("-_.") or "wds"
-    base = base[:-4] if base.endswith(".tar") else base
-    return CANONICAL_NAMES.get(base, base)
+    """``/data/cifar10/{000..009}.tar`` -> cifar10; ``/data/coco-{0..9}.tar`` -> coco; a directory -> its name."""
+    p = Path(body.split("::")[0])
+    stem = re.split(r"[{*?\[]", p.name)[0]
+    stem = (stem[:-4] if stem.endswith(".tar") else stem).rstrip("-_.")
+    if p.suffix != ".tar" and "{" not in p.name and not set("*?[") & set(p.name):
+        stem = p.name  # a directory of shards
+    if not stem or stem.isdigit():
+        stem = p.parent.name or "wds"
+    return CANONICAL_NAMES.get(stem, stem)
 
 
 def dataset_name(spec: str, name: str | None = None) -> str:

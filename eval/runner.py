@@ -189,8 +189,12 @@ def protocol_checkpoints(workdir, run: dict, all_checkpoints: bool = False) -> l
 
 
 def evaluate_run(workdir, suite: str = "synth", *, results=None, all_checkpoints: bool = False,
-                 batch_size: int = DEFAULT_BATCH, dtype: str = "float32", mesh=None, log=None) -> list[dict]:
-    """Evaluates the checkpoints of a run the protocol needs and that have no rows yet (idempotent)."""
+                 batch_size: int = DEFAULT_BATCH, dtype: str = "float32", mesh=None, out_dir=None,
+                 log=None) -> list[dict]:
+    """Evaluates the checkpoints of a run the protocol needs and that have no rows yet (idempotent).
+
+    ``suite``: a suite name or a list of tasks. JSON files go to ``out_dir/step_N`` (default WORKDIR/eval/step_N).
+    """
     from vlscale.eval import checkpoints
     from vlscale.eval import results as results_lib
     from vlscale.eval.suites import suite_tasks
@@ -212,6 +216,7 @@ def evaluate_run(workdir, suite: str = "synth", *, results=None, all_checkpoints
         if ckpt.samples_seen is not None and ckpt.samples_seen <= 0:
             log(f"skipped step {entry.step}: it has seen no samples")
             continue
-        records += evaluate_checkpoint(ckpt, todo, results=results, batch_size=batch_size, dtype=dtype, mesh=mesh,
-                                       log=log)
+        out = Path(out_dir) / f"step_{entry.step}" if out_dir is not None else None
+        records += evaluate_checkpoint(ckpt, todo, out_dir=out, results=results, batch_size=batch_size, dtype=dtype,
+                                       mesh=mesh, log=log)
     return records

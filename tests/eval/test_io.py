@@ -1,0 +1,170 @@
+"""Results rows and the append, prompts files, dataset specs and padded batches (no model involved)."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlscale.errors import UserError
+from vlscale.eval import batches, datasets, prompts, results
+from vlscale.scaling.results import load_results
+
+RUN = {"run": "r1", "model": "tiny-clip", "model_type": "clip", "pretrain_dataset": "synth", "lr_scheduler": "cosine",
+       "samples_seen": 6400, "gflops_per_sample": 0.5, "global_batch_size": 32, "lr": 1e-3, "warmup": 10}
+
+
+def ckpt(step, samples, final, run=RUN):
+    return SimpleNamespace(model_name="tiny-clip", run=run, step=step, samples_seen=samples, final=final)
+
+
+def test_final_checkpoint_rows_use_the_runs_nominal_samples_intermediate_ones_their_own():
+    fin = results.checkpoint_identity(ckpt(200, 6432, True))
+    assert (fin["samples_seen"], fin["samples_seen_actual"]) == (6400, 6432)
+    assert (fin["compute_gflops"], fin["compute_gflops_actual"]) == (3200.0, 3216.0)
+    mid = results.checkpoint_identity(ckpt(100, 3200, False))
+    assert (mid["samples_seen"], mid["samples_seen_actual"], mid["compute_gflops"]) == (3200, 3200, 1600.0)
+    assert mid["step"] == 100 and mid["run"] == "r1" and mid["warmup"] == 10
+
+
+def test_converted_checkpoint_identity_needs_the_three_flags():
+    conv = SimpleNamespace(model_name="tiny-clip", run=None, step=None, samples_seen=None, final=False)
+    assert results.checkpoint_identity(conv) is None
+    assert results.checkpoint_identity(conv, {"pretrain_dataset": "x", "lr_scheduler": "cosine"}) is None
+    ident = results.checkpoint_identity(conv, {"pretrain_dataset": "x", "lr_scheduler": "cosine",
+                                               "samples_seen": "1.28e9"})
+    assert ident["samples_seen"] == 1_280_000_000 and ident["model_type"] == "clip"
+    assert ident["compute_gflops"] == pytest.approx(ident["gflops_per_sample"] * 1.28e9)
+
+
+def test_append_is_idempotent_valid_for_the_fitter_and_atomic(tmp_path, monkeypatch):
+    table = tmp_path / "results.csv"
+    ident = results.checkpoint_identity(ckpt(200, 6400, True))
+    rows = results.rows_for(ident, "synth_colour", {"acc1": 0.5, "acc5": 0.9, "mean_per_class_recall": 0.45})
+    assert results.append_rows(table, rows) == 3
+    assert results.append_rows(table, rows) == 0  # re-running adds nothing
+    other = results.rows_for(results.checkpoint_identity(ckpt(100, 3200, False)), "synth_colour", {"acc1": 0.3})
+    assert results.append_rows(table, other + rows) == 1
+    df = load_results(table)  # the fitter's validation accepts the table as written
+    assert len(df) == 4 and set(df["metric"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert results.has_rows(table, "r1", 100, "synth_colour") and not results.has_rows(table, "r1", 100, "synth_shape")
+    # A writer killed before the replace leaves the old table whole.
+    before = table.read_bytes()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        results.append_rows(table, results.rows_for(ident, "synth_shape", {"acc1": 0.2}))
+    assert table.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_append_refuses_a_file_that_is_not_a_results_table(tmp_path):
+    f = tmp_path / "other.csv"
+    f.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="not a results table"):
+        results.append_rows(f, [{"metric": "acc1"}])
+
+
+def test_prompt_files_and_their_errors(tmp_path):
+    (tmp_path / "names.txt").write_text("cat\n\ndog\n")
+    (tmp_path / "t.json").write_text(json.dumps(["a photo of a {c}.", "art of the {c}"]))
+    p = prompts.user_prompts(None, tmp_path / "names.txt", tmp_path / "t.json")
+    assert p.texts() == ["a photo of a cat.", "art of the cat", "a photo of a dog.", "art of the dog"]
+    assert prompts.fill("a {} shape.", "red") == "a red shape."
+    with pytest.raises(UserError, match="does not exist"):
+        prompts.user_prompts(None, tmp_path / "missing.txt")
+    (tmp_path / "bad.txt").write_text("a photo of a cat\n")
+    with pytest.raises(UserError, match="placeholder"):
+        prompts.read_templates(tmp_path / "bad.txt")
+    (tmp_path / "n.json").write_text(json.dumps({"task": "colour", "classnames": ["red", "blue"]}))
+    (tmp_path / "tt.json").write_text(json.dumps({"task": "shape", "templates": ["a {c}."]}))
+    with pytest.raises(UserError, match="same task"):
+        prompts.user_prompts(None, tmp_path / "n.json", tmp_path / "tt.json")
+    with pytest.raises(UserError, match="different tasks"):
+        prompts.check_matching(prompts.synth_prompts("shape"), 12)
+
+
+def test_shipped_imagenet_names_and_templates():
+    names = prompts.imagenet_classnames()
+    # OpenAI's list names two pairs of classes alike ("missile", "sunglasses"), as the original does.
+    assert len(names) == 1000 and len(set(names)) == 998
+    assert names[0] == "tench" and names[-1] == "toilet paper"
+    assert len(prompts.openai_templates()) == 80
+
+
+def _image(path, colour):
+    Image.fromarray(np.full((40, 48, 3), colour, np.uint8)).save(path)
+
+
+def test_folder_dataset_label_order_matching_and_corrupt_images(tmp_path):
+    for cls, colour in (("golden_retriever", 10), ("tabby cat", 200)):
+        (tmp_path / cls).mkdir()
+        _image(tmp_path / cls / "a.png", colour)
+    (tmp_path / "tabby cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    ds = datasets.open_dataset(f"folder:{tmp_path}", "zeroshot")
+    assert ds.prompts.classnames == ("golden retriever", "tabby cat") and ds.labels.tolist() == [0, 1, 1]
+    ds = datasets.folder_dataset(str(tmp_path), ["tabby cat", "dog", "golden retriever"])
+    assert ds.labels.tolist() == [2, 0, 0] and ds.name == tmp_path.name
+    load = ds.loader(32)
+    out = load(np.array([0, 1, 2, -1]))
+    assert out["valid"].tolist() == [True, True, False, False]  # the broken file (index 2) is skipped, padding too
+    assert out["image"].shape == (4, 32, 32, 3) and out["label"].tolist() == [2, 0, 0, -1]
+    with pytest.raises(UserError, match="matches no class name"):
+        datasets.folder_dataset(str(tmp_path), ["tabby cat"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class sub-folders|no images"):
+        datasets.open_dataset(f"folder:{tmp_path / 'empty'}", "zeroshot")
+
+
+def test_karpathy_layout_split_and_name(tmp_path):
+    (tmp_path / "val2014").mkdir()
+    entries = []
+    for i, split in enumerate(["test", "train", "test"]):
+        _image(tmp_path / "val2014" / f"{i}.jpg", 50 * i)
+        entries.append({"filepath": "val2014", "filename": f"{i}.jpg", "split": split,
+                        "sentences": [{"raw": f"caption {i} {k}"} for k in range(5)]})
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries}))
+    ds = datasets.open_dataset(f"karpathy:{tmp_path / 'dataset_coco.json'}:{tmp_path}", "retrieval")
+    assert ds.name == "mscoco_captions" and ds.num_images == 2 and ds.captions[1][0] == "caption 2 0"
+    assert datasets.karpathy_dataset(f"{tmp_path / 'dataset_coco.json'}:{tmp_path}", split="train").num_images == 1
+    with pytest.raises(UserError, match="no images in split"):
+        datasets.karpathy_dataset(f"{tmp_path / 'dataset_coco.json'}:{tmp_path}", split="val")
+
+
+def test_spec_errors_and_names():
+    with pytest.raises(UserError, match="dataset spec"):
+        datasets.open_dataset("imagenet", "zeroshot")
+    with pytest.raises(UserError, match="unknown synthetic"):
+        datasets.open_dataset("synth:texture", "zeroshot")
+    with pytest.raises(UserError, match="needs images with captions"):
+        datasets.open_dataset("synth:colour", "retrieval", num_examples=12)
+    assert datasets.dataset_name("tfds:imagenet2012:validation") == "imagenet1k"
+    assert datasets.dataset_name("synth:colour") == "synth_colour"
+    assert datasets.dataset_name("wds:/data/cifar10/{000..009}.tar") == "cifar10"
+
+
+def test_tfds_dataset_that_is_not_prepared_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="not prepared .*tfds build"):
+        datasets.open_dataset("tfds:mnist", "zeroshot", data_dir=str(tmp_path))
+
+
+def test_padded_batches_count_every_example_once():
+    from vlscale.train.sharding import make_mesh
+
+    mesh = make_mesh()
+    seen = []
+
+    def load(idx):
+        seen.append(idx.copy())
+        return {"x": np.where(idx >= 0, idx, 0).astype(np.float32), "valid": idx % 7 != 3}
+
+    out = batches.run_batched(lambda b: {"y": b["x"] * 2}, load, 37, 16, mesh)
+    assert out["index"].tolist() == list(range(37))
+    assert out["y"].tolist() == [2.0 * i for i in range(37)]
+    assert out["valid"].tolist() == [i % 7 != 3 for i in range(37)]
+    assert [len(s) for s in seen] == [16, 16, 16]
