@@ -21,6 +21,8 @@ STUDY_FILE = "study.json"
 STATE_FILE = "study_state.json"
 RESULTS_FILE = "results.csv"
 ERROR_FILE = "study_error.txt"
+# False on the non-zero processes of a multi-host job: one process writes the study's files.
+WRITER = True
 
 
 def run_dir(study_dir: Path, name: str) -> Path:
@@ -29,6 +31,8 @@ def run_dir(study_dir: Path, name: str) -> Path:
 
 def write_json(path: Path, obj) -> None:
     """Atomic: a study killed mid-write leaves the previous file, never half of one."""
+    if not WRITER:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -37,6 +41,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_text(path: Path, text: str | bytes) -> None:
+    if not WRITER:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

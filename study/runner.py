@@ -105,9 +105,9 @@ def build_train_config(cfg: ml_collections.ConfigDict, run: Run, study_dir: Path
     identity = {
         "global_batch_size": run.global_batch_size, "total_samples": run.samples, "lr": run.lr,
         "warmup": run.warmup, "schedule": run.schedule, "cooldown_steps": run.cooldown_steps,
-        "init_from": init_path(study_dir, run), "seed": run.seed,
+        "init_from": init_path(study_dir, run) or "", "seed": run.seed,
         "checkpoint_at_samples": list(run.checkpoint_at_samples), "pretrain_dataset": run.dataset,
-        "run_name": run.name, "eval_suite": cfg.eval.suite,
+        "run_name": run.name,
     }
     _apply(tc, identity, "")
     return tc

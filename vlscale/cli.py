@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "vlscale.data.cli",
     "vlscale.train.cli",
     "vlscale.eval.cli",
+    "vlscale.study.cli",
 )
 
 DEBUG_ENV = "VLSCALE_DEBUG"

@@ -42,8 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict({
         "dtype": "float32",
         "log_every": 16,
-        "data": {"image_size": 32, "context_length": 16, "in_memory": True, "in_memory_samples": 8192,
-                 "synth": {"knobs": {"image_size": 32}}},
+        # The trainer sets the data's image size and context from the model; render at that size too.
+        "data": {"in_memory": True, "in_memory_samples": 8192, "synth": {"knobs": {"image_size": 32}}},
     })
 
     # Evaluation suite (configs/eval/<suite>.py).
