@@ -91,7 +91,7 @@ def adamw_update(params: Any, adam_updates: Any, mask: Any, lr: jax.Array, weigh
 
 def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, jax.Array]:
     """torch ``clip_grad_norm_``: scale by min(1, max_norm / (norm + 1e-6)); returns (grads, norm before)."""
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     if not max_norm:
         return grads, norm
     scale = jnp.minimum(1.0, max_norm / (norm + CLIP_NORM_EPS))
