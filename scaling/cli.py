@@ -87,11 +87,14 @@ def _check_before_work(args, n_frontiers: int) -> None:
                  "use fewer resamples (1000 gives stable 95 % intervals) or 0 for delta-method intervals")
 
 
-def _save_atomically(result, out) -> str:
+def _save_atomically(result, out, say=None) -> str:
     """Writes the whole set into a temporary folder, then moves it into --out together."""
     from pathlib import Path
 
     from vlscale.outputs import atomic_output_dir
+
+    if say:
+        say(f"writing {out} ...")
 
     with atomic_output_dir(out, owned=OWNED_OUTPUTS) as tmp:
         paths = result.save(tmp)
@@ -200,7 +203,7 @@ def run_fit(args) -> int:
     print(rep.summary())
     print(f"\n   fit time {rep.fit_seconds:.1f} s (of which JAX compilation {rep.compile_seconds:.1f} s)")
     if args.out:
-        print(_save_atomically(rep, args.out))
+        print(_save_atomically(rep, args.out, say))
     return 0
 
 
@@ -250,7 +253,7 @@ def run_compare(args) -> int:
     )
     print(cs.summary())
     if args.out:
-        print(_save_atomically(cs, args.out))
+        print(_save_atomically(cs, args.out, say))
     return 0
 
 
