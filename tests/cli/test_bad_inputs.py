@@ -35,6 +35,7 @@ class Case:
     out: str | None = OUT  # what the command was told to write; must not be created or changed
     env: dict = field(default_factory=dict)
     absent: str | None = None  # a file that must not exist afterwards (e.g. what a malicious pickle would create)
+    xfail: str | None = None  # a known gap, reported to the command's owner; strict: remove it once fixed
 
 
 def C(id, *argv, names, **kw):  # noqa: N802 - reads like a table row
@@ -199,6 +200,19 @@ CASES = [
       names="--batch-size", out=None),
     C("caption-missing-image", "caption", "--checkpoint", "{ckpt}", "{tmp}/none.png", names="none.png", out=None),
     C("caption-clip-checkpoint", "caption", "--checkpoint", "{ckpt}", "{good_png}", names="tiny-clip", out=None),
+    # --- study (DIR is shared by its runs: a bad config must not create or change it)
+    C("study-plan-missing-config", "study", "plan", "--config", "{tmp}/nosuch.py", names="nosuch.py", out=None),
+    C("study-plan-unknown-config", "study", "plan", "--config", "nosuchstudy", names="nosuchstudy", out=None),
+    C("study-run-missing-config", "study", "run", "--config", "{tmp}/nosuch.py", "--dir", "{tmp}/s",
+      names="nosuch.py", out="{tmp}/s"),
+    C("study-run-dir-is-a-file", "study", "run", "--dir", "{afile}", names="afile", out="{afile}"),
+    C("study-run-dir-under-a-file", "study", "run", "--dir", "{afile}/s", names="afile", out="{afile}"),
+    C("study-status-not-a-study", "study", "status", "{tmp}/nodir", names="nodir", out="{tmp}/nodir"),
+    C("study-collect-not-a-study", "study", "collect", "{tmp}/nodir", names="nodir", out="{tmp}/nodir"),
+    C("study-launch-unknown-config", "study", "launch", "--config", "nosuchstudy", "--dir", "{tmp}/s",
+      names="nosuchstudy", out="{tmp}/s"),
+    C("study-launch-nodes-zero", "study", "launch", "--dir", "{tmp}/s", "--backend", "slurm", "--nodes", "0",
+      names="--nodes", out="{tmp}/s", xfail="accepts --nodes 0 and writes DIR/launch/ (exit 0)"),
 ]
 
 
@@ -287,7 +301,12 @@ def _leftovers(path: str) -> list[str]:
     return [n for n in os.listdir(parent) if n.startswith(f".{name}.") and n.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def _params(cases):
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
+            for c in cases]
+
+
+@pytest.mark.parametrize("case", _params(CASES))
 def test_bad_input_is_a_one_line_error(case, files, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("VLSCALE_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.delenv("VLSCALE_RESULTS", raising=False)
@@ -327,12 +346,14 @@ def registered_commands() -> set[str]:
     return subcommands(build_parser())
 
 
-def _command_of(case: Case) -> str:
-    return f"{case.argv[0]} {case.argv[1]}" if case.argv[0] == "data" else case.argv[0]
+def _command_of(case: Case, commands: set[str]) -> str:
+    two = " ".join(case.argv[:2])
+    return two if two in commands else case.argv[0]
 
 
 def test_every_command_has_rows():
-    covered = {_command_of(c) for c in CASES}
-    missing = registered_commands() - covered
+    commands = registered_commands()
+    covered = {_command_of(c, commands) for c in CASES}
+    missing = commands - covered
     assert not missing, f"add bad-input rows to tests/cli/test_bad_inputs.py for: {', '.join(sorted(missing))}"
     assert len({c.id for c in CASES}) == len(CASES)
