@@ -79,7 +79,7 @@ def fit_protocols(cfg, df, progress=None) -> dict:
     for sched in PROTOCOLS:
         if not (df["lr_scheduler"] == sched).any():
             continue
-        fit_max = None
+        fit_max = cfg.fit.get("fit_max_compute", None)
         if frac:
             fit_max = {g: float(frac) * m for g, m in _groups_max(cfg, df, sched).items()}
         if by == "model_type":
