@@ -75,6 +75,18 @@ def test_compare_interrupted_exits_cleanly(when, delay, sig, tmp_path, shared_da
 
 
 @pytest.mark.slow
+def test_fit_interrupted_in_the_bootstrap_exits_cleanly(tmp_path, shared_data):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vlscale", "fit", str(shared_data / "laion_scaling_results.csv"), "--benchmark",
+           "imagenet1k", "--pretrain-dataset", "datacomp_1b", "--lr-scheduler", "cosine",
+           "--bootstrap", "1000", "--out", str(out)]
+    rc, stdout, stderr, _ = _interrupt(cmd, "refitting 1000 bootstrap", signal.SIGINT, 0.3)
+    assert rc == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "vlscale fit: interrupted by SIGINT"
+    assert "Traceback" not in stderr and not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.slow
 def test_stuck_in_one_compiled_call_is_ended_after_force_after(tmp_path):
     """A main thread busy inside one long XLA call cannot run Python's handler; the watchdog ends the process."""
     script = textwrap.dedent("""
