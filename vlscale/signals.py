@@ -17,7 +17,7 @@ A loop that must finish something before it stops (the trainer saving a checkpoi
                 stop.raise_if_requested()  # raises StopRequested; the CLI exits 130 / 143
 
 While a stop is pending, a second signal raises ``StopRequested`` at once (the user insists), even inside the
-poll loop. The ``with`` block restores the handlers that were there before, so it nests inside the CLI's.
+poll loop; if the process is still running 2 s after it, it is ended with ``hard_exit``. The ``with`` block restores the handlers that were there before, so it nests inside the CLI's.
 
 ``StopRequested`` subclasses ``KeyboardInterrupt``: ``except Exception`` does not swallow it, and code that already
 handles Ctrl-C handles SIGTERM the same way. ``exc.signum`` and ``exc.exit_code`` say which signal came.
@@ -118,8 +118,9 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
 
     Yields a ``StopFlag``. ``force_after``: seconds after the first signal at which the process ends with
     ``hard_exit(exit_code)`` if it is still running (covers a main thread stuck in one long compiled call; open
-    ``deferred()`` blocks are waited for). None: never forced; a second signal then still forces at once when
-    the main thread cannot act on it. Outside the main thread this does nothing but yield a flag that stays unset.
+    ``deferred()`` blocks are waited for). None: never forced by time. Either way a second signal ends the
+    process (exit code of the first) if it is still running 2 s later: the user insists. Outside the main
+    thread this does nothing but yield a flag that stays unset.
     """
     flag = StopFlag()
     if not _in_main_thread():
@@ -253,4 +254,9 @@ def deferred():
         with _critical_lock:
             _critical -= 1
         if pending:
-            signal.raise_signal(pending[0])
+            # Call the restored handler directly: re-raising the signal would reach the watchdog twice.
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(pending[0])
