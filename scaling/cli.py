@@ -67,8 +67,9 @@ def _csv(text: str | None):
     return items
 
 
-# What fit/compare write into --out (a stale one from an earlier run is removed when the new set lands).
-OWNED_OUTPUTS = ("fit.*",)
+# What fit/compare write into --out (a stale one from an earlier run is removed when the new set lands). Exact
+# names, not fit.*: --out may be a folder that also holds the user's own fit.py.
+OWNED_OUTPUTS = ("fit.json", "fit.csv", "fit.tex", "fit.png", "fit.pdf")
 # Peak memory of the bootstrap per resample and fitted frontier: about 8 KB measured (one frontier, 40000
 # resamples, peak RSS over --bootstrap 0), doubled for headroom.
 BOOTSTRAP_BYTES_PER_RESAMPLE = 16 * 1024

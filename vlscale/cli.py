@@ -213,7 +213,7 @@ def _crash(prog: str, exc: Exception, argv, args) -> int:
 
     from vlscale.crashlog import one_line, write_crash_log
 
-    if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV):
+    if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exc()
         print(f"{prog}: internal error: {one_line(exc)}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
