@@ -8,13 +8,14 @@ Check first (one-line ``UserError`` naming the flag and the path; creates nothin
 A command that owns its ``--out`` folder (``vlscale fit``, ``compare``, ``convert``, ``data synth``) builds the
 whole set in a temporary folder beside it, then moves it into place in one step::
 
-    with atomic_output_dir(args.out, owned=("fit.*",)) as tmp:
+    with atomic_output_dir(args.out, owned=("fit.json", "fit.png")) as tmp:
         rep.save(tmp)                          # write as if tmp were the target
     # here OUT holds the complete new set; on an exception or Ctrl-C, OUT is untouched and tmp is gone
 
 If OUT does not exist yet, the temporary folder is renamed to it (atomic). If it exists, each new entry replaces
-its namesake, and the entries matching ``owned`` (glob patterns of what this command writes) that the new set
-lacks are removed, so a new fit never sits beside the previous run's ``fit.png``. Everything else in OUT stays.
+its namesake, and the entries matching ``owned`` (names or glob patterns of what this command writes; keep them
+narrow, OUT may be a folder full of the user's files) that the new set lacks are removed, so a new fit never
+sits beside the previous run's ``fit.png``. Everything else in OUT stays.
 The move runs inside ``signals.deferred()``, so Ctrl-C cannot cut it in half.
 
 A command that adds to a folder others also write to (eval's OUT, a study's DIR, a training workdir) writes each
