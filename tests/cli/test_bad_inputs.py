@@ -357,3 +357,19 @@ def test_every_command_has_rows():
     missing = commands - covered
     assert not missing, f"add bad-input rows to tests/cli/test_bad_inputs.py for: {', '.join(sorted(missing))}"
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("command", sorted(registered_commands()))
+def test_unknown_flag_fails_the_same_way_everywhere(command, capsys):
+    """Every registered command, including ones added later, rejects a misspelt flag in the common format."""
+    rc = main([*command.split(), "--no-such-flag"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # argparse names missing required arguments before unknown ones
+    assert rc == 2 and ERROR_LINE.match(err[-1]), err
+    assert "--no-such-flag" in err[-1] or "arguments are required" in err[-1], err
+
+
+def test_unknown_command(capsys):
+    assert main(["nosuchcommand"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ERROR_LINE.match(err[-1]) and "nosuchcommand" in err[-1]
