@@ -11,14 +11,16 @@ import sys
 import time
 
 from vlscale import argtypes
+from vlscale.scaling import options as _options
 
-# Paper defaults (Nezhurina et al. 2025, scripts/fig1.sh); kept here as literals so --help needs no imports.
-PAPER_BENCHMARKS = "imagenet1k/acc1,mscoco_captions/image_retrieval_recall@5,mscoco_captions/text_retrieval_recall@5"
-PAPER_PRETRAIN_DATASETS = "datacomp_1b,relaion2b-en"
-PAPER_PREDICT_AT = "2.14e12,2.59e12"
-PAPER_FIT_MAX_COMPUTE = "1e12"
-PAPER_MAX_SAMPLES_SEEN = 1e10
-PAPER_MIN_COMPUTE = 1e6
+# Paper defaults (Nezhurina et al. 2025, scripts/fig1.sh) come from scaling.options (standard library only, so
+# --help needs no numpy/JAX); here only their command-line spelling.
+PAPER_BENCHMARKS = ",".join(f"{d}/{m}" for d, m in _options.PAPER_BENCHMARKS)
+PAPER_PRETRAIN_DATASETS = ",".join(_options.PAPER_PRETRAIN_DATASETS)
+PAPER_PREDICT_AT = ",".join(f"{c:g}" for c in _options.PAPER_PREDICT_AT)
+PAPER_FIT_MAX_COMPUTE = f"{_options.PAPER_FIT_MAX_COMPUTE:g}"
+PAPER_MAX_SAMPLES_SEEN = _options.PAPER_MAX_SAMPLES_SEEN
+PAPER_MIN_COMPUTE = _options.PAPER_MIN_COMPUTE
 
 FIT_EXAMPLES = """examples:
   vlscale fit --benchmark imagenet1k --pretrain-dataset datacomp_1b --lr-scheduler cosine \\
@@ -137,9 +139,13 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
                      help="drop runs that saw more samples" + (" (default: 1e10)" if compare else ""))
     fit = p.add_argument_group("fit")
     fit.add_argument("--form", default="saturation_both",
-                     help="law: saturation_both a(C+b)^c+d, saturation, power, power_floor (default: %(default)s)")
-    fit.add_argument("--frontier", default="bins", choices=("bins", "naive", "hull"),
+                     help="law: saturation_both a(C+b)^c+d, saturation, power, power_floor, or auto (the form and "
+                          "objective with the lowest leave-future-out error on the frontier) (default: %(default)s)")
+    fit.add_argument("--frontier", default="bins", choices=_options.FRONTIER_METHODS,
                      help="Pareto frontier method (default: %(default)s, the paper's)")
+    fit.add_argument("--frontier-scope", default="fit", choices=_options.FRONTIER_SCOPES,
+                     help="which runs build the fitted frontier: fit = only runs <= --fit-max-compute (held-out runs "
+                          "cannot move it), all = every run (the paper's) (default: %(default)s)")
     fit.add_argument("--starts", default="seeds", choices=("seeds", "paper"),
                      help="main-fit starts: variable-projection seeds (fast, default) or also the paper's 3200-point "
                           "grid (same optima on the paper's data, ~100x slower)")
@@ -155,6 +161,15 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
     fit.add_argument("--level", type=float, default=0.95, help="interval level (default: %(default)s)")
     fit.add_argument("--seed", type=argtypes.nonnegative_int, default=0, help="bootstrap seed (default: %(default)s)")
     fit.add_argument("--no-loo", action="store_true", help="skip leave-one-out validation")
+    fit.add_argument("--tolerance", type=float, default=_options.DEFAULT_TOLERANCE,
+                     help="conditioning: solutions with objective within this relative distance of the best count as "
+                          "near-optimal; their spread is reported beside every prediction (default: %(default)s)")
+    fit.add_argument("--min-difference", type=float, default=_options.DEFAULT_MIN_DIFFERENCE,
+                     help="compare: smaller differences in error are 'no difference' (absolute for accuracy-like "
+                          "metrics, relative for losses) (default: %(default)s)")
+    fit.add_argument("--metric-kind", default=None,
+                     help="declare metrics the fitter does not know: NAME:accuracy (error = 1 - value) or NAME:loss, "
+                          "comma-separated")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="write fit.json, fit.csv, fit.tex, fit.png, fit.pdf into this folder")
     out.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -175,9 +190,30 @@ def _load(args):
     from vlscale.paths import resolve_results_table
     from vlscale.scaling.results import load_results
 
+    import warnings
+
+    from vlscale.scaling import metrics
+    from vlscale.scaling.results import ResultsWarning
+
     source = resolve_results_table(args.results)
     print(source.describe(), flush=True)  # first line: which table this verdict is about
-    return load_results(source.path), source.path
+    for name, kind in metrics.parse_metric_kinds(getattr(args, "metric_kind", None)).items():
+        metrics.register_metric(name, kind)  # before validation: declared metrics get their range checked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        df = load_results(source.path)
+    _show_table_warnings([w for w in caught if issubclass(w.category, ResultsWarning)])
+    return df, source.path
+
+
+def _new_options(args) -> dict:
+    """The fitter's trust options: frontier scope, conditioning tolerance, practical threshold."""
+    return dict(frontier_scope=args.frontier_scope, tolerance=args.tolerance, min_difference=args.min_difference)
+
+
+def _show_table_warnings(caught) -> None:
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
 
 
 def _written(paths: dict) -> str:
@@ -199,7 +235,7 @@ def run_fit(args) -> int:
         group_by=args.group_by, x=args.x, form=args.form, frontier=args.frontier, min_compute=args.min_compute,
         max_compute=args.max_compute, max_samples_seen=args.max_samples_seen, fit_max_compute=args.fit_max_compute,
         predict=args.predict or (), bootstrap=args.bootstrap, level=args.level, loss=args.loss, seed=args.seed,
-        leave_one_out=not args.no_loo, starts=args.starts, progress=say,
+        leave_one_out=not args.no_loo, starts=args.starts, progress=say, **_new_options(args),
     )
     print(rep.summary())
     print(f"\n   fit time {rep.fit_seconds:.1f} s (of which JAX compilation {rep.compile_seconds:.1f} s)")
@@ -250,7 +286,7 @@ def run_compare(args) -> int:
         frontier=args.frontier, min_compute=args.min_compute, max_compute=args.max_compute,
         max_samples_seen=args.max_samples_seen, fit_max_compute=args.fit_max_compute, bootstrap=args.bootstrap,
         level=args.level, loss=args.loss, seed=args.seed, leave_one_out=not args.no_loo, starts=args.starts,
-        progress=say,
+        progress=say, **_new_options(args),
     )
     print(cs.summary())
     if args.out:

@@ -15,14 +15,11 @@ How a fit works (``fit_curve``):
    (weights psi(r)/r), and a step is only accepted when it lowers the true objective.
 3. **Choice.** The start with the lowest objective wins, as in the paper.
 
-Why this optimiser (measured on the paper's MaMMUT / CLIP ImageNet frontiers, ``bench/fit_speed.py
---compare-optimizers``, 3200 paper-grid starts in log space, vmapped, seconds after compilation on a shared
-2-core CPU): share of starts reaching the best optimum -- this LM with the log-space step cap 100 % / 100 % in
-0.22 / 0.19 s; optimistix.LevenbergMarquardt 98.3 % / 99.8 % in 3.4 / 3.6 s; optax L-BFGS (500 steps) 23 % / 36 %
-in 18 s; the same LM without the step cap 2 % (its Marquardt steps run off along the flat directions c -> 0,
-b -> inf, d -> 0); scipy's TRF, the paper's procedure, 8.5 % of 200 random grid starts. Our own loop also handles
-the Huber loss by reweighting and vmaps over point sets as well as starts. The variable-projection seeds make the
-result independent of how lucky the grid is.
+Why this optimiser: from the paper's grid this LM with the log-space step cap reaches the best optimum from
+(almost) every start, where scipy's TRF (the paper's procedure), optimistix's LM and optax's L-BFGS reach it from a
+fraction (``bench/fit_speed.py --compare-optimizers`` measures all four; the README has the numbers). Our own
+loop also handles the Huber loss by reweighting and vmaps over point sets as well as starts. The
+variable-projection seeds (``projection.py``) make the result independent of how lucky the grid is.
 
 Why float64: the objective spans 1e-7 (MSE of errors ~1e-3) and parameters ~1e8; float32 cannot resolve the
 optimum to the 1e-9 relative agreement we check against scipy. x64 is switched on only around our own calls
@@ -38,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +42,13 @@ import numpy as np
 
 from vlscale.errors import UserError
 from vlscale.scaling import forms as forms_lib
+from vlscale.scaling import projection
+from vlscale.scaling.checks import LOSSES  # noqa: F401 (re-exported)
+from vlscale.scaling.checks import as_inputs as _as_inputs
+from vlscale.scaling.checks import check_data as _check_data
+from vlscale.scaling.checks import check_loss as _check_loss
+from vlscale.scaling.projection import RIDGE, spd_solve  # noqa: F401 (spd_solve is part of this module's API)
 
-LOSSES = ("mse", "huber")
 # Chinchilla approach 3 uses delta = 1e-3 on log residuals (Hoffmann et al. 2022, appendix D.2).
 DEFAULT_HUBER_DELTA = 1e-3
 DEFAULT_MAX_STEPS = 200
@@ -62,14 +63,19 @@ XTOL = 1e-10
 LAMBDA_INIT = 1e-3
 LAMBDA_MAX = 1e12
 LAMBDA_UP, LAMBDA_DOWN = 4.0, 0.3
-# Keeps the normal equations solvable when a column vanishes (a parameter pinned at a floor).
-RIDGE = 1e-14
+# Callers batching sets of different lengths pad them to a multiple of this (zero-weight points), so the
+# compiled programs of nearby selections are shared.
+PAD_MULTIPLE = 16
 # Point counts are padded up to a multiple of this (with weight-0 points) so nearby sizes share one compilation.
 PAD_POINTS = 4
 # Largest change of any log-space coordinate per step (a factor e in a natural parameter). Without it, Marquardt
 # steps from the paper's grid run off along flat directions (c -> 0, b -> inf, d -> 0) and only 2 % of its 3200
 # starts reach the optimum on the MaMMUT ImageNet frontier; with it, 100 % do (measured, see bench/fit_speed.py).
 MAX_STEP = 1.0
+
+
+def padded_length(n: int, multiple: int = PAD_MULTIPLE) -> int:
+    return -(-int(n) // multiple) * multiple
 
 
 @dataclasses.dataclass
@@ -93,80 +99,6 @@ class CurveFit:
         x = _as_inputs(x, form, "x")
         with jax.enable_x64(True):
             return np.asarray(_predict_jit(form.name, jnp.asarray(self.theta), jnp.asarray(x)))
-
-
-# ----------------------------------------------------------------------------------------------- input checks
-def _as_inputs(x, form, what: str) -> np.ndarray:
-    try:
-        x = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be numeric; got {type(x).__name__}") from None
-    if form.n_inputs == 1:
-        if x.ndim != 1 and not (x.ndim == 2 and x.shape[1] == 1):
-            raise UserError(f"{what} for form {form.name!r} must be a 1-D array of compute values; got shape {x.shape}")
-        x = x.reshape(-1)
-    elif x.ndim != 2 or x.shape[1] != form.n_inputs:
-        raise UserError(f"{what} for form {form.name!r} must have shape [n, {form.n_inputs}] (N, D); got {x.shape}")
-    if not np.all(np.isfinite(x)) or not np.all(x > 0):
-        raise UserError(f"{what} must be finite and > 0 (form {form.name!r} takes logs); fix or drop those rows")
-    return x
-
-
-def _check_data(x, y, form, weights=None):
-    x = _as_inputs(x, form, "x")
-    try:
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise UserError(f"y must be numeric; got {type(y).__name__}") from None
-    if y.shape[0] != x.shape[0]:
-        raise UserError(f"x and y differ in length ({x.shape[0]} vs {y.shape[0]}); pass one y per x")
-    if not np.all(np.isfinite(y)) or not np.all(y > 0):
-        raise UserError(f"y must be finite and > 0 for form {form.name!r} (errors in (0, 1]); fix or drop those rows")
-    if weights is None:
-        w = np.ones_like(y)
-    else:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape != y.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise UserError("weights must be finite, >= 0 and one per point")
-    n_used = int(np.count_nonzero(w))
-    if n_used < form.n_params:
-        raise UserError(
-            f"form {form.name!r} has {form.n_params} parameters but only {n_used} points were given; "
-            "add points or choose a form with fewer parameters"
-        )
-    return x, y, w
-
-
-def _check_loss(loss: str, huber_delta: float):
-    if loss not in LOSSES:
-        raise UserError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
-    if not (np.isfinite(huber_delta) and huber_delta > 0):
-        raise UserError(f"huber_delta must be > 0; got {huber_delta}")
-
-
-# ----------------------------------------------------------------------------------------------- small solves
-def spd_solve(a, b):
-    """Solves a @ x = b for a small symmetric positive-definite a (p <= ~6) by an unrolled Cholesky.
-
-    Plain elementwise arithmetic, so XLA fuses it with the surrounding vmapped LM step instead of issuing one
-    batched LAPACK call per step for millions of 2x2..5x5 systems.
-    """
-    p = a.shape[-1]
-    low = [[None] * p for _ in range(p)]
-    for i in range(p):
-        for j in range(i + 1):
-            acc = a[..., i, j] - sum(low[i][k] * low[j][k] for k in range(j))
-            if i == j:
-                low[i][i] = jnp.sqrt(jnp.maximum(acc, 1e-300))
-            else:
-                low[i][j] = acc / low[j][j]
-    z = []
-    for i in range(p):
-        z.append((b[..., i] - sum(low[i][k] * z[k] for k in range(i))) / low[i][i])
-    sol = [None] * p
-    for i in reversed(range(p)):
-        sol[i] = (z[i] - sum(low[k][i] * sol[k] for k in range(i + 1, p))) / low[i][i]
-    return jnp.stack(sol, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------- objective
@@ -233,50 +165,6 @@ def _lm_solve(form, loss, max_steps, theta0, x, y, w, delta):
     return theta, f, steps
 
 
-# ----------------------------------------------------------------------------------------------- variable projection
-def _subset_masks(k: int) -> np.ndarray:
-    return np.array(list(itertools.product((0.0, 1.0), repeat=k)), dtype=np.float64)
-
-
-def _nnls_normal(gram, rhs, yy):
-    """min_c c^T gram c - 2 c^T rhs + yy subject to c >= 0 (k <= 3), by trying every active set.
-
-    Works on the normal equations (weighted Gram matrix and right-hand side) so the per-point data never needs
-    to be touched per cell. Columns are rescaled to unit norm first; returns (coef, weighted SSE).
-    """
-    k = gram.shape[-1]
-    scale = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)) + 1e-300
-    g = gram / jnp.outer(scale, scale)
-    r = rhs / scale
-    masks = jnp.asarray(_subset_masks(k))
-
-    def solve(m):
-        a = g * jnp.outer(m, m) + jnp.diag(1.0 - m) + RIDGE * jnp.eye(k)
-        c = spd_solve(a, r * m) * m
-        sse = yy - 2.0 * c @ r + c @ g @ c
-        feasible = jnp.all(c >= 0.0) & jnp.isfinite(sse)
-        return c, jnp.where(feasible, jnp.maximum(sse, 0.0), jnp.inf)
-
-    coefs, sses = jax.vmap(solve)(masks)
-    best = jnp.argmin(sses)
-    return coefs[best] / scale, sses[best]
-
-
-def _profile_seeds(form, loss, n_seeds, nl_grid, x, y, w):
-    """The n_seeds best cells of the dense nonlinear grid, linear coefficients solved exactly (as theta)."""
-    prof = form.profile
-    # Log-space objectives are approximated by relative (1/y^2-weighted) linear least squares.
-    w_fit = w if (loss == "mse" and form.fit_space == "linear") else w / (y * y)
-    # Basis [cells, n, k] depends on x only: when x is shared by all sets (bootstrap) it is built once.
-    basis = jax.vmap(lambda nl: prof.basis(nl, x))(nl_grid)
-    gram = jnp.einsum("mnk,mnl,n->mkl", basis, basis, w_fit)
-    rhs = jnp.einsum("mnk,n->mk", basis, w_fit * y)
-    coefs, sses = jax.vmap(_nnls_normal, in_axes=(0, 0, None))(gram, rhs, jnp.sum(w_fit * y * y))
-    sses = jnp.where(jnp.isfinite(sses), sses, jnp.inf)
-    _, idx = jax.lax.top_k(-sses, n_seeds)
-    return jax.vmap(prof.assemble)(nl_grid[idx], coefs[idx])
-
-
 # ----------------------------------------------------------------------------------------------- compiled cores
 @functools.partial(jax.jit, static_argnames=("form_name",))
 def _predict_jit(form_name, theta, x):
@@ -288,16 +176,18 @@ def _fit_sets(x, y, w, starts, nl_grid, delta, *, form_name, loss, max_steps, n_
     form = forms_lib.get_form(form_name)
     solve = functools.partial(_lm_solve, form, loss, max_steps)
 
-    def one_set(x, y, w, set_starts):
+    def one_set(x, y, w, set_starts, nl_grid):
         if n_seeds:
-            seeds = _profile_seeds(form, loss, n_seeds, nl_grid, x, y, w)
+            seeds = projection.profile_seeds(form, loss, n_seeds, nl_grid, x, y, w)
             set_starts = jnp.concatenate([set_starts, seeds.astype(set_starts.dtype)], axis=0)
         thetas, objs, steps = jax.vmap(solve, in_axes=(0, None, None, None, None))(set_starts, x, y, w, delta)
         return thetas, jnp.where(jnp.isfinite(objs), objs, jnp.inf), steps
 
     # starts [S, p] are shared by every set, [B, S, p] gives each set its own (warm starts); likewise x [n] is
-    # shared (bootstrap: computed on once) and [B, n] per set.
-    return jax.vmap(one_set, in_axes=(_x_axis(form, x), 0, 0, 0 if starts.ndim == 3 else None))(x, y, w, starts)
+    # shared (bootstrap: computed on once) and [B, n] per set, and the seed grid [m, k] or [B, m, k] per set.
+    grid_axis = 0 if nl_grid.ndim == 3 else None
+    return jax.vmap(lambda x, y, w, s, g: one_set(x, y, w, s, g),
+                    in_axes=(_x_axis(form, x), 0, 0, 0 if starts.ndim == 3 else None, grid_axis))(x, y, w, starts, nl_grid)
 
 
 _fit_sets_jit = jax.jit(_fit_sets, static_argnames=("form_name", "loss", "max_steps", "n_seeds"))
@@ -325,12 +215,6 @@ def _fit_sets_best(x, y, w, starts, nl_grid, delta, *, form_name, loss, max_step
 def _x_axis(form, x):
     """0 when x carries a leading set axis ([B, n] or [B, n, 2]), None when one x is shared by all sets."""
     return 0 if x.ndim == (2 if form.n_inputs == 1 else 3) else None
-
-
-def _profile_grid(form, xs) -> np.ndarray:
-    if form.profile is None:
-        return np.zeros((1, 1))
-    return form.profile.grid(np.asarray(xs).reshape(-1, form.n_inputs) if form.n_inputs > 1 else np.asarray(xs).reshape(-1))
 
 
 def _summarise(form, loss, theta, objective, grad_norm, mse, converged, n_starts, x, y, w) -> CurveFit:
@@ -465,8 +349,9 @@ def fit_weighted_sets(form, xs, ys, ws, starts, *, loss="mse", huber_delta=DEFAU
     """
     form = forms_lib.get_form(form)
     n_seeds = int(n_seeds) if form.profile is not None else 0
-    nl_grid = _profile_grid(form, np.asarray(xs)[np.asarray(ws) > 0])
-    n_seeds = min(n_seeds, nl_grid.shape[0])
+    # Each set's seed grid comes from its own points, so a set fitted with others equals the set fitted alone.
+    nl_grid = projection.set_grids(form, xs, ws) if n_seeds else np.zeros((1, 1))
+    n_seeds = min(n_seeds, nl_grid.shape[-2])
     xs, ys, ws = _pad_points(form, np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64),
                              np.asarray(ws, dtype=np.float64))
     if _x_axis(form, xs) == 0 and np.all(xs == xs[:1]):
@@ -488,7 +373,7 @@ def fit_all_starts(x, y, form="saturation_both", *, loss="mse", huber_delta=DEFA
     _check_loss(loss, huber_delta)
     x, y, w = _check_data(x, y, form)
     start_grid = _resolve_starts(form, starts, x, y)
-    nl_grid = _profile_grid(form, x)
+    nl_grid = projection.grid(form, x)
     n_seeds = min(int(n_seeds), nl_grid.shape[0]) if form.profile is not None else 0
     with jax.enable_x64(True):
         out = _fit_sets_jit(
@@ -498,22 +383,3 @@ def fit_all_starts(x, y, form="saturation_both", *, loss="mse", huber_delta=DEFA
         )
         thetas, objs, steps = (np.asarray(a)[0] for a in out)
     return thetas, objs, steps
-
-
-@functools.partial(jax.jit, static_argnames=("form_name", "loss", "n_seeds"))
-def _seeds_jit(x, y, w, nl_grid, *, form_name, loss, n_seeds):
-    return _profile_seeds(forms_lib.get_form(form_name), loss, n_seeds, nl_grid, x, y, w)
-
-
-def profile_starts(x, y, form="saturation_both", *, loss="mse", n_seeds=DEFAULT_SEEDS, weights=None) -> np.ndarray:
-    """The ``n_seeds`` best variable-projection cells for (x, y) as theta starts [n_seeds, p] (empty if the form
-    has no profile)."""
-    form = forms_lib.get_form(form)
-    x, y, w = _check_data(x, y, form, weights)
-    if form.profile is None or n_seeds <= 0:
-        return np.zeros((0, form.n_params))
-    nl_grid = _profile_grid(form, x[w > 0])
-    with jax.enable_x64(True):
-        seeds = _seeds_jit(jnp.asarray(x), jnp.asarray(y), jnp.asarray(w), jnp.asarray(nl_grid), form_name=form.name,
-                           loss=loss, n_seeds=min(int(n_seeds), nl_grid.shape[0]))
-    return np.asarray(seeds)

@@ -8,7 +8,7 @@ Why log space: the paper's main law a·(C+b)^c + d has c < 0, b >= 0, d >= 0, a 
 ten orders of magnitude (b ~ 1e8 GFLOPs, c ~ -0.1, d ~ 0.1). With theta = (log a, log b, log(-c), log d) the bounds
 disappear, every coordinate is O(1..20), and E = exp(log a + c·log(C + exp(log b))) + exp(log d) never
 overflows for C up to 1e13 (or far beyond). log(C + exp(log b)) equals logaddexp(log C, log b) but costs one
-transcendental per point instead of three, which made the whole multi-start fit 2-3x faster (measured).
+transcendental per point instead of three (the fitter's hot loop is bound by transcendentals).
 
 Adding a form = one predict function, the parameter names, the natural<->theta maps, an init grid and (optionally)
 a "profile": the split into nonlinear parameters scanned on a dense grid and nonnegative linear coefficients

@@ -42,15 +42,17 @@ def _interactive() -> bool:
         return False
 
 
-def _ylabel(sel) -> str:
-    from vlscale.scaling.results import metric_kind
-
-    try:
-        kind = metric_kind(sel.metric)
-    except Exception:
-        kind = "loss"
+def _ylabel(rep) -> str:
+    sel = rep.selection
     what = f"{sel.downstream_dataset} {sel.metric}"
-    return f"{what} error (1 - value)" if kind == "accuracy" else what
+    return f"{what} error (1 - value)" if rep.metric_kind == "accuracy" else f"{what} (error)"
+
+
+def wrap_title(text: str, width: int) -> str:
+    """Long verdicts wrap onto several lines instead of running off the figure."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
 def draw_fit(ax, rep, *, legend: bool = True, title: str | None = None, compact: bool = False) -> None:
@@ -92,7 +94,7 @@ def draw_fit(ax, rep, *, legend: bool = True, title: str | None = None, compact:
     ax.set_ylim(ymin, min(ys.max() * 1.08, 1.05))
     ax.set_xlabel("Compute C [GFLOPs]" if compact else f"Compute C [GFLOPs] ({rep.selection.x})",
                   fontsize=9 if compact else 10)
-    ax.set_ylabel("error" if compact else _ylabel(rep.selection), fontsize=9 if compact else 10)
+    ax.set_ylabel("error" if compact else _ylabel(rep), fontsize=9 if compact else 10)
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)))
@@ -119,7 +121,8 @@ def plot_fit(rep, ax=None, path: str | Path | None = None, title_extra: str | No
     if ax is None:
         _, ax = plt.subplots(figsize=(7.0, 4.8), constrained_layout=True)
     title = rep.selection.label() + (f"\n{title_extra}" if title_extra else "")
-    draw_fit(ax, rep, title=title)
+    # ~7.5 characters per inch of axes width at the title's font size
+    draw_fit(ax, rep, title=wrap_title(title, max(40, int(7.5 * ax.get_position().width * ax.figure.get_figwidth()))))
     if path is not None:
         ax.figure.savefig(path, dpi=PNG_DPI)
     return ax
@@ -137,17 +140,23 @@ def plot_comparison_set(cs, path: str | Path | None = None):
         sel = c.fit.selection
         r, k = rows.index(sel.pretrain_dataset), cols.index((sel.downstream_dataset, sel.metric))
         used.add((r, k))
-        title = f"{sel.pretrain_dataset} · {sel.downstream_dataset}\n{sel.metric}\n{_short_verdict(c)}"
+        title = wrap_title(f"{sel.pretrain_dataset} · {sel.downstream_dataset}\n{sel.metric}\n{_short_verdict(c)}", 48)
         draw_fit(axes[r][k], c.fit, legend=(r, k) == (0, 0), title=title, compact=True)
     for r in range(len(rows)):
         for k in range(len(cols)):
             if (r, k) not in used:
                 axes[r][k].set_visible(False)
-    fig.suptitle(cs.consistency, fontsize=11)
+    fig.suptitle(wrap_title(cs.consistency, int(11 * 4.3 * len(cols))), fontsize=11)
     if path is not None:
         fig.savefig(path, dpi=PNG_DPI)
     return fig
 
 
 def _short_verdict(c) -> str:
-    return c.verdict.split(", ")[0] + (f" ({100 * c.agree:.0f}% agree)" if c.agree is not None else "")
+    """The claim without its evidence list, and whether it is resolved."""
+    if c.winner is None:
+        return c.verdict.split(":")[0]
+    other = c.first if c.winner == c.second else c.second
+    if not c.resolved:
+        return f"{c.winner} below {other} (not resolved)"
+    return f"{c.winner} below {other}" + (f" ({100 * c.agree:.0f}% agree)" if c.agree is not None else "")

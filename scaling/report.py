@@ -23,11 +23,11 @@ import pandas as pd
 # ------------------------------------------------------------------------------------------------ number formats
 
 
-def fmt_c(c: float | None) -> str:
-    """Compute in GFLOPs, compact: 2.59e12."""
+def fmt_c(c: float | None, sig: int = 3) -> str:
+    """Compute in GFLOPs, compact: 2.59e12 (``sig`` significant digits, no exponent padding)."""
     if c is None or (isinstance(c, float) and not math.isfinite(c)):
         return "-"
-    m, _, e = f"{c:.3g}".partition("e")
+    m, _, e = f"{c:.{sig}g}".partition("e")
     return f"{m}e{int(e)}" if e else m
 
 
@@ -55,6 +55,29 @@ def fmt_pp(v: float, lo: float | None = None, hi: float | None = None) -> str:
     return s
 
 
+def is_accuracy(kind: str) -> bool:
+    return kind == "accuracy"
+
+
+def fmt_diff(v: float, kind: str) -> str:
+    """A difference of errors: percentage points for accuracy-like metrics, raw units for losses and scores."""
+    return f"{100 * v:.2f} pp" if is_accuracy(kind) else f"{v:.4g}"
+
+
+def fmt_delta(v: float, lo: float | None, hi: float | None, kind: str) -> str:
+    """A signed difference with its interval, in the metric's unit (pp only for accuracy-like metrics)."""
+    if is_accuracy(kind):
+        return fmt_pp(v, lo, hi)
+    s = f"{v:+.4g}"
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        s += f" [{lo:+.4g}, {hi:+.4g}]"
+    return s
+
+
+def unit(kind: str) -> str:
+    return "pp" if is_accuracy(kind) else "(metric units)"
+
+
 def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> str:
     """Plain aligned text table (first column left-aligned, the rest right-aligned)."""
     cols = list(zip(*([header] + rows))) if rows else [[h] for h in header]
@@ -73,12 +96,9 @@ def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> str:
 
 
 def _formula(form: str) -> str:
-    from vlscale.scaling.forms import get_form
+    from vlscale.scaling.forms import FORMS
 
-    try:
-        return get_form(form).formula
-    except Exception:
-        return form
+    return FORMS[form].formula if form in FORMS else form
 
 
 def fit_summary(rep, *, title: bool = True) -> str:
@@ -87,8 +107,10 @@ def fit_summary(rep, *, title: bool = True) -> str:
     lines = []
     if title:
         lines.append(f"== {sel.label()} ==")
-        lines.append(f"   error = {'1 - ' if _is_acc(sel.metric) else ''}{sel.metric} vs C = {sel.x} [GFLOPs]; "
-                     f"law {rep.form}: E(C) = {_formula(rep.form)}; frontier: {rep.frontier_method}")
+        lines.append(f"   error = {_error_label(rep)} vs C = {sel.x} [GFLOPs]; law {rep.form}: E(C) = "
+                     f"{_formula(rep.form)}; frontier: {rep.frontier_method} (scope: {rep.frontier_scope})")
+        if rep.form_choice:
+            lines.append(form_choice_summary(rep.form_choice))
     groups = list(rep.groups.values())
     pnames = list(groups[0].curve.params)
     rows = []
@@ -100,21 +122,31 @@ def fit_summary(rep, *, title: bool = True) -> str:
     lines.append(table(rows, ["group", "points", "frontier", "fitted", *pnames, "converged", "at bound"]))
     if groups[0].predictions:
         lines.append("")
-        lines.append(f"   predicted error ({100 * rep.level:.0f}% interval: {groups[0].interval_method})")
+        lines.append(f"   predicted error: curve [{100 * rep.level:.0f}% band: {groups[0].interval_method}], "
+                     f"new observation [{100 * rep.level:.0f}% prediction interval], near-optimal fits "
+                     f"[spread within {100 * groups[0].conditioning.get('tolerance', 0):.0f}% of the best objective]")
         rows = []
-        for i, p in enumerate(groups[0].predictions):
-            rows.append([fmt_c(p["compute"])] + [fmt_err(g.predictions[i]["error"], g.predictions[i]["lo"],
-                                                         g.predictions[i]["hi"]) for g in groups])
-        lines.append(table(rows, ["C [GFLOPs]"] + [g.name for g in groups]))
+        for g in groups:
+            for p in g.predictions:
+                rows.append([g.name, fmt_c(p["compute"]), fmt_err(p["error"], p["lo"], p["hi"]),
+                             _fmt_range(p["pred_lo"], p["pred_hi"]), _fmt_range(p["spread_lo"], p["spread_hi"])])
+        lines.append(table(rows, ["group", "C [GFLOPs]", "curve [band]", "prediction interval", "near-optimal spread"]))
+    for g in groups:
+        if g.failed_refits:
+            lines.append(f"   note: {g.failed_refits} of {g.n_refits} bootstrap refits of {g.name} ended with a "
+                         "non-finite objective and were left out of the intervals")
+    lines += conditioning_lines(rep)
     held = heldout_summary(rep)
     if held:
         lines.append("")
         lines.append(held)
     loo = [(g.name, g.loo_summary()) for g in groups if g.loo_summary()]
     if loo:
+        kind = rep.metric_kind
         lines.append("")
         lines.append("   leave-one-out over the fitted frontier: " + "; ".join(
-            f"{n} {s['mean_abs_err_pp']:.2f} pp mean, {s['max_abs_err_pp']:.2f} max ({s['n']} points)" for n, s in loo))
+            f"{n} {fmt_diff(s['mean_abs_err'], kind)} mean, {fmt_diff(s['max_abs_err'], kind)} max ({s['n']} points)"
+            for n, s in loo))
     alloc = [(g.name, g.allocation) for g in groups if g.allocation]
     if alloc:
         parts = []
@@ -132,50 +164,86 @@ def fit_summary(rep, *, title: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _is_acc(metric: str | None) -> bool:
-    from vlscale.scaling.results import metric_kind
+def _error_label(rep) -> str:
+    from vlscale.scaling import metrics
 
-    try:
-        return metric is not None and metric_kind(metric) == "accuracy"
-    except Exception:
-        return False
+    m = metrics.lookup(rep.selection.metric or "")
+    kind = rep.metric_kind
+    if kind == "accuracy":
+        return f"1 - {rep.selection.metric}"
+    if kind == "score" and m is not None:
+        return f"error({rep.selection.metric})"
+    return str(rep.selection.metric)
+
+
+def _fmt_range(lo: float, hi: float) -> str:
+    return f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "-"
+
+
+def conditioning_lines(rep) -> list[str]:
+    """A plain warning per ill-conditioned group: near-optimal fits disagree by more than the band is wide."""
+    out = []
+    for g in rep.groups.values():
+        c = g.conditioning
+        if c.get("ill_conditioned"):
+            out.append(f"   warning: {g.name} is ill-conditioned: near-optimal fits (objective within "
+                       f"{100 * c['tolerance']:.0f}% of the best, {c['n_solutions']} solutions) disagree by "
+                       f"{fmt_diff(c['max_spread'], rep.metric_kind)} at {fmt_c(c['at'], 2)}, more than the "
+                       f"{100 * rep.level:.0f}% band is wide; a lower objective is not a better law here")
+    return out
+
+
+def form_choice_summary(choice: dict) -> str:
+    rows = [[c["form"], c["loss"], "-" if c["error"] is None else f"{100 * c['error']:.1f}%", c.get("note", "")]
+            for c in choice["candidates"]]
+    return (f"   form chosen by leave-future-out error (fit <= the {choice['k']}-th largest frontier point, predict the "
+            f"{choice['n_future']} beyond; mean relative error): {choice['form']} / {choice['loss']}\n"
+            + table(rows, ["form", "objective", "future error", "note"], indent="     "))
 
 
 def heldout_summary(rep) -> str:
     """The held-out validation table (empty string when nothing is held out)."""
     rows = []
     limits = set()
+    kind = rep.metric_kind
     for g in rep.groups.values():
         if g.fit_max_compute is not None:
             limits.add(g.fit_max_compute)
         for h in g.heldout:
             rows.append([g.name, h["model"], fmt_c(h["samples_seen"]), fmt_c(h["compute"]), h["kind"],
-                         f"{h['observed']:.4f}", fmt_err(h["predicted"], h["lo"], h["hi"]),
-                         f"{h['abs_err_pp']:.2f}", f"{100 * h['rel_err']:.1f}%",
+                         f"{h['observed']:.4f}", f"{h['predicted']:.4f}", _fmt_range(h["pred_lo"], h["pred_hi"]),
+                         fmt_diff(h["abs_err"], kind), f"{100 * h['rel_err']:.1f}%",
                          "yes" if h["inside_interval"] else "no"])
     if not rows:
         return ""
     lim = ", ".join(fmt_c(v) for v in sorted(limits))
-    head = f"   held-out validation: fitted on frontier points with C <= {lim}; every frontier (and best-per-compute) "\
-           "point above it:"
+    scope = ("frontier of runs <= the limit" if rep.frontier_scope == "fit"
+             else "frontier of all runs (the paper's)")
+    head = (f"   held-out validation: fitted on frontier points with C <= {lim} ({scope}); every frontier (and "
+            f"best-per-compute) point above it, against the {100 * rep.level:.0f}% prediction interval:")
     return head + "\n" + table(rows, ["group", "model", "samples", "C [GFLOPs]", "kind", "observed", "predicted",
-                                      "|err| pp", "rel err", "in interval"])
+                                      "prediction interval", "|err|", "rel err", "in interval"])
 
 
 def comparison_summary(cmp, *, with_fit: bool = True) -> str:
     lines = [fit_summary(cmp.fit)] if with_fit else []
     rows = []
+    kind = cmp.fit.metric_kind
     for r in cmp.comparison:
         rows.append([fmt_c(r["compute"]), f"{r[cmp.first]:.4f}", f"{r[cmp.second]:.4f}",
-                     fmt_pp(r["diff"], r["lo"], r["hi"])])
+                     fmt_delta(r["diff"], r["lo"], r["hi"], kind), fmt_delta(r["diff"], r["spread_lo"],
+                                                                            r["spread_hi"], kind).split(" ", 1)[-1]])
     lines.append("")
     lines.append(f"   {cmp.second} - {cmp.first} (negative: {cmp.second} has lower error)")
-    lines.append(table(rows, ["C [GFLOPs]", cmp.first, cmp.second, "difference pp [interval]"]))
+    lines.append(table(rows, ["C [GFLOPs]", cmp.first, cmp.second, f"difference {unit(kind)} [interval]",
+                              "near-optimal range"]))
     cr = cmp.crossover
     if cr.get("compute") is not None:
         ci = f" [{fmt_c(cr['lo'])}, {fmt_c(cr['hi'])}]" if "lo" in cr else ""
         frac = f", curves cross in {100 * cr['fraction_crossing']:.0f}% of bootstraps" if "fraction_crossing" in cr else ""
-        lines.append(f"   crossover at C = {fmt_c(cr['compute'])} GFLOPs{ci}{frac}")
+        spread = (f"; near-optimal fits put it at {fmt_c(cr['spread'][0])}-{fmt_c(cr['spread'][1])}"
+                  if cr.get("spread") else "")
+        lines.append(f"   crossover at C = {fmt_c(cr['compute'])} GFLOPs{ci}{frac}{spread}")
     else:
         lines.append(f"   no crossover between {fmt_c(cr['range'][0])} and {fmt_c(cr['range'][1])} GFLOPs")
     lines.append(f"   verdict: {cmp.verdict}")
@@ -183,21 +251,23 @@ def comparison_summary(cmp, *, with_fit: bool = True) -> str:
 
 
 def comparison_set_summary(cs) -> str:
+    from vlscale.scaling.comparison import consistency_row
+
     blocks = [comparison_summary(c) for c in cs.comparisons]
     rows = []
     for c in cs.comparisons:
-        from vlscale.scaling.api import consistency_row
-
         r = consistency_row(c)
+        kind = c.fit.metric_kind
         rows.append([r["pretrain_dataset"] or "-", f"{r['benchmark']} {r['metric']}", r["winner"] or "-",
-                     fmt_pp(r["diff"], r["lo"], r["hi"]) if r["diff"] is not None else "-",
-                     fmt_c(r["crossover"]), "-" if r["agree"] is None else f"{100 * r['agree']:.0f}%"])
+                     fmt_delta(r["diff"], r["lo"], r["hi"], kind) if r["diff"] is not None else "-",
+                     fmt_c(r["crossover"]), "-" if r["agree"] is None else f"{100 * r['agree']:.0f}%",
+                     "yes" if r["resolved"] else "no"])
     first = cs.comparisons[0]
     n = len(cs.comparisons)
     cons = [f"== consistency across {n} comparison{'s' if n != 1 else ''} "
             f"({first.second} - {first.first} at C = {fmt_c(first.judged_at)} GFLOPs) ==",
-            table(rows, ["pretrain", "benchmark", "lower error", "difference pp [interval]", "crossover",
-                         "bootstraps agree"]),
+            table(rows, ["pretrain", "benchmark", "lower error", "difference [interval]", "crossover",
+                         "bootstraps agree", "resolved"]),
             f"   {cs.consistency}",
             f"   fit time {cs.fit_seconds:.1f} s (of which JAX compilation {cs.compile_seconds:.1f} s)"]
     return "\n\n".join(blocks + ["\n".join(cons)])
@@ -262,7 +332,7 @@ def latex_table(reps, caption: str | None = None) -> str:
     pred_c = [p["compute"] for p in next(iter(reps[0].groups.values())).predictions]
     multi = len(reps) > 1
     head = (["Benchmark", "Dataset"] if multi else []) + ["Model"] + [f"${k}$" for k in pnames] \
-        + [f"$\\hat E({_latex_num(c)})$" for c in pred_c]
+        + [f"$\\hat E({_latex_num(c, math=False)})$" for c in pred_c]
     lines = ["\\begin{table}[t]", "\\centering", "\\small",
              "\\begin{tabular}{" + "l" * (3 if multi else 1) + "r" * (len(head) - (3 if multi else 1)) + "}",
              "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
@@ -293,11 +363,14 @@ def _formula_latex(form: str) -> str:
             "power_floor": "a\\,C^{c} + d"}.get(form, _latex_escape(_formula(form)))
 
 
-def _latex_num(v: float, sig: int = 3) -> str:
+def _latex_num(v: float, sig: int = 3, math: bool = True) -> str:
+    """A number for LaTeX; ``math=False`` when the caller is already inside $...$ (no nested math mode)."""
     if v == 0 or 1e-3 <= abs(v) < 1e4:
         return f"{v:.{sig}g}"
     m, e = f"{v:.{sig - 1}e}".split("e")
-    return f"${m}\\times10^{{{int(e)}}}$"
+    m = m.rstrip("0").rstrip(".")
+    body = f"10^{{{int(e)}}}" if m == "1" else f"{m}\\times10^{{{int(e)}}}"
+    return f"${body}$" if math else body
 
 
 def _latex_escape(s: str) -> str:

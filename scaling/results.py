@@ -28,8 +28,9 @@ Errors found here are ``ResultsError`` (a ``UserError``): one line naming the co
 
 from __future__ import annotations
 
+import difflib
 import math
-import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 from vlscale.errors import UserError
+from vlscale.scaling import metrics as metrics_lib
+from vlscale.scaling.options import PAPER_MAX_SAMPLES_SEEN, PAPER_MIN_COMPUTE  # noqa: F401 (re-exported)
 
 REQUIRED_COLUMNS = (
     "pretrain_dataset",
@@ -69,11 +72,6 @@ IDENTITY_COLUMNS = TEXT_COLUMNS + ("samples_seen", "lr", "global_batch_size", "w
 # Compute axes a fit may use (x).
 COMPUTE_COLUMNS = ("compute_gflops_actual", "compute_gflops", "samples_seen_actual", "samples_seen")
 
-# Metrics whose value is a score in [0, 1] (higher is better): the error is 1 - value.
-ACCURACY_METRIC_PATTERN = re.compile(r"(acc|recall|iou|precision|map|f1|auc)", re.IGNORECASE)
-# Metrics that are already errors/losses (lower is better): the error is the value itself.
-LOSS_METRIC_PATTERN = re.compile(r"(loss|perplexity|error|nll)", re.IGNORECASE)
-
 # The paper's main metric per benchmark (scaling_laws/constants.py `metric_map` of the paper's code).
 DEFAULT_METRIC = {
     "imagenet1k": "acc1",
@@ -83,31 +81,45 @@ DEFAULT_METRIC = {
     "ade20k": "miou",
 }
 
-# Paper settings (Nezhurina et al. 2025, scripts/fig1.sh): samples seen up to 1e10, compute from 1e6 GFLOPs.
-PAPER_MAX_SAMPLES_SEEN = 1e10
-PAPER_MIN_COMPUTE = 1e6
-
-
 class ResultsError(UserError):
     """A results table that cannot be used as given (bad file, column, row or selection)."""
 
 
+class ResultsWarning(UserWarning):
+    """Something in a table that is probably a mistake but does not stop a fit (e.g. a misspelled column)."""
+
+
+# A column this close (difflib ratio) to a known one is probably a misspelling of it.
+COLUMN_SIMILARITY = 0.85
+
+
 def metric_kind(metric: str) -> str:
-    """``"accuracy"`` (error = 1 - value) or ``"loss"`` (error = value); losses win on names like ``acc_loss``."""
-    if LOSS_METRIC_PATTERN.search(metric):
-        return "loss"
-    if ACCURACY_METRIC_PATTERN.search(metric):
-        return "accuracy"
-    raise ResultsError(
-        f"metric {metric!r} is neither an accuracy-like score (acc/recall/iou/...) nor a loss; "
-        "rename it (e.g. add '_loss' or '_acc') so the error rate is well defined"
-    )
+    """``"accuracy"`` (error = 1 - value), ``"loss"`` (error = value) or ``"score"`` (see ``scaling.metrics``)."""
+    try:
+        return metrics_lib.metric_kind(metric)
+    except UserError as e:
+        raise ResultsError(str(e)) from None
 
 
 def error_rate(values: np.ndarray | pd.Series, metric: str) -> np.ndarray:
-    """The quantity scaling laws fit: 1 - value for scores, the value itself for losses."""
-    v = np.asarray(values, dtype=np.float64)
-    return 1.0 - v if metric_kind(metric) == "accuracy" else v
+    """The quantity scaling laws fit: 1 - value for scores, the value itself for losses (see ``scaling.metrics``)."""
+    try:
+        m = metrics_lib.get_metric(metric)
+    except UserError as e:
+        raise ResultsError(str(e)) from None
+    return np.asarray(m.error(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+
+
+def _separator(p: Path) -> str:
+    """',' unless the header line is clearly split by ';' or tabs (a spreadsheet export in some locales)."""
+    try:
+        with open(p, "r", errors="replace") as fh:
+            head = fh.readline()
+    except OSError:
+        return ","
+    counts = {sep: head.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -119,8 +131,12 @@ def load_results(path: str | Path) -> pd.DataFrame:
     try:
         if suffixes.endswith((".parquet", ".pq")):
             df = pd.read_parquet(p)
-        elif suffixes.endswith((".csv", ".csv.gz", ".tsv")):
-            df = pd.read_csv(p, sep="\t" if ".tsv" in suffixes else ",")
+        elif suffixes.endswith(".tsv"):
+            df = pd.read_csv(p, sep="\t")
+        elif suffixes.endswith(".csv"):
+            df = pd.read_csv(p, sep=_separator(p))
+        elif suffixes.endswith(".csv.gz"):
+            df = pd.read_csv(p)
         else:
             raise ResultsError(f"results table {p} is neither .csv nor .parquet; convert it or rename it")
     except ResultsError:
@@ -155,6 +171,7 @@ def validate_results(df: pd.DataFrame, *, source: str | None = None) -> pd.DataF
         )
     if len(df) == 0:
         raise ResultsError(f"results table{where} has no rows")
+    _warn_close_columns(df.columns, where)
     df = df.reset_index(drop=True).copy()
     for col in TEXT_COLUMNS:
         bad = df[col].isna()
@@ -191,16 +208,18 @@ def validate_results(df: pd.DataFrame, *, source: str | None = None) -> pd.DataF
         if not np.isfinite(num.dropna().to_numpy()).all():
             i = int(np.flatnonzero(~np.isfinite(num.fillna(0).to_numpy()))[0])
             raise ResultsError(f"column {col} is infinite at {_row_label(df, i, source)}; fix or drop the row")
-    kinds = {m: metric_kind(m) for m in df["metric"].unique()}
-    is_acc = df["metric"].map(kinds).eq("accuracy").to_numpy()
+    # Unknown metrics are checked only when a fit selects them (select -> error_rate names how to declare one).
+    known = {m: metrics_lib.lookup(m) for m in df["metric"].unique()}
+    lo = df["metric"].map({m: (k.value_range[0] if k else -np.inf) for m, k in known.items()}).to_numpy(np.float64)
+    hi = df["metric"].map({m: (k.value_range[1] if k else np.inf) for m, k in known.items()}).to_numpy(np.float64)
     v = df["value"].to_numpy()
-    out = is_acc & ((v < 0) | (v > 1))
+    out = (v < lo) | (v > hi)
     if out.any():
         i = int(np.flatnonzero(out)[0])
         hint = " (looks like a percentage: divide by 100)" if 1 < v[i] <= 100 else ""
         raise ResultsError(
-            f"value {v[i]:g} of accuracy metric {df['metric'].iloc[i]} is outside [0, 1] at "
-            f"{_row_label(df, i, source)}{hint}"
+            f"value {v[i]:g} of {known[df['metric'].iloc[i]].kind} metric {df['metric'].iloc[i]} is outside "
+            f"[{lo[i]:g}, {hi[i]:g}] at {_row_label(df, i, source)}{hint}"
         )
     ident = [c for c in IDENTITY_COLUMNS if c in df.columns]
     later = np.flatnonzero(df.duplicated(subset=ident, keep="first").to_numpy())
@@ -215,6 +234,17 @@ def validate_results(df: pd.DataFrame, *, source: str | None = None) -> pd.DataF
             f"{df['metric'].iloc[first]}); drop one, or add a 'run'/'step' column that tells them apart"
         )
     return df
+
+
+def _warn_close_columns(columns, where: str) -> None:
+    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    for col in columns:
+        if col in known or not isinstance(col, str):
+            continue
+        close = difflib.get_close_matches(col, known, n=1, cutoff=COLUMN_SIMILARITY)
+        if close:
+            warnings.warn(f"column {col!r}{where} is not a known column; did you mean {close[0]!r}? "
+                          f"(it is ignored as spelled)", ResultsWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)

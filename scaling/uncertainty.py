@@ -1,21 +1,27 @@
-"""How sure is a fitted law? Bootstrap and delta-method intervals, and a simulation that checks their coverage.
+"""How sure is a fitted law? Bootstrap and delta-method intervals, prediction intervals, and a simulation that
+checks their coverage.
 
-* ``bootstrap_fit`` resamples the frontier points with replacement. A resample is the full point set with
-  multiplicity weights, so all resamples share one shape and run as one ``jit(vmap(...))``; each starts from the
-  full-data optimum (optionally plus its own variable-projection seeds, ``n_seeds``; see BOOTSTRAP_SEEDS).
-  Intervals are percentiles of the resampled predictions.
-* ``delta_interval`` linearises the prediction around the fit: Var(pred) = g^T (J^T J)^+ g · s^2 with J the
-  autodiff Jacobian of the residuals, s^2 = RSS / (n - p), and a Student-t quantile with n - p degrees of freedom.
-  (The paper's figure scripts multiply by log(t) instead of t, which for n - p ~ 20 gives a band of about 54 %
-  coverage labelled 95 %; ours is the interval its name says.)
-* ``coverage_simulation`` draws frontiers from a known law with multiplicative noise, fits, and counts how often
-  each nominal interval covers the true value when extrapolating beyond the fitted range.
+* ``refit_many`` is the one bootstrap (and leave-one-out) implementation: it resamples the fitted points of many
+  point sets with replacement (a resample is the full set with multiplicity weights), each set from its own
+  random stream (``stream``: seed + a stable name, so a set's resamples never depend on which other sets are
+  fitted with it), and refits every resample of every set in ONE ``jit(vmap(...))`` call, each from its set's
+  full-data optimum. Refits ending with a non-finite objective are counted and dropped (NaN), never silently
+  averaged. ``bootstrap_fit`` is the one-set front end.
+* ``delta_se`` / ``delta_interval`` linearise the prediction around the fit: Var(pred) = g^T (J^T J)^+ g · s^2
+  with J the autodiff Jacobian of the residuals, s^2 = RSS / (n - p), and a Student-t quantile with n - p degrees
+  of freedom. (The paper's figure scripts multiply by log(t) instead of t, which for n - p ~ 20 gives a band of
+  about 54 % coverage labelled 95 %; ours is the interval its name says.)
+* ``prediction_interval`` (where a new observation will fall, not where the mean curve is): the curve's band
+  plus the fitted points' scatter, taken as multiplicative (error rates scatter in proportion to their size),
+  added in quadrature; it holds a single noisy held-out point to the right standard.
+* ``coverage.coverage_simulation`` checks by simulation that each interval covers what it claims to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -28,21 +34,13 @@ from vlscale.scaling import forms as forms_lib
 
 DEFAULT_LEVEL = 0.95
 DEFAULT_N_BOOT = 1000
-# Each resample starts from the full-data optimum plus this many variable-projection seeds of its own. Measured on
-# the MaMMUT and CLIP ImageNet frontiers (1000 resamples each): the warm start alone reached the same optimum as
-# 16 seeds per resample in every resample (max relative difference 2e-13) at 1/10 of the time, so seeds are opt-in.
+# Each resample starts from the full-data optimum plus this many variable-projection seeds of its own. On the
+# MaMMUT and CLIP ImageNet frontiers the warm start alone reached the same optimum as 16 seeds per resample in
+# every resample (max relative difference 2e-13), so seeds are opt-in.
 BOOTSTRAP_SEEDS = 0
 # Relative cut-off for singular values of J^T J in the delta method (a parameter pinned at a bound has a zero
 # column; it is treated as fixed instead of blowing up the variance).
 DELTA_RCOND = 1e-10
-
-# The simulated law: the MaMMUT ImageNet fit on the paper's data (this module's fit of a·(C+b)^c + d, rounded).
-SIM_TRUTH = {"a": 126.0, "b": 2.3e8, "c": -0.256, "d": 0.104}
-SIM_X_RANGE = (1e7, 1e11)  # GFLOPs spanned by the simulated frontier
-SIM_N_POINTS = 10
-SIM_NOISE = 0.015  # multiplicative (log-normal) noise on the error rate
-SIM_EXTRAPOLATION = 4.0  # predict at this multiple of the largest fitted compute
-
 
 @dataclasses.dataclass
 class Bootstrap:
@@ -56,16 +54,15 @@ class Bootstrap:
     fit: fit_lib.CurveFit
     level: float = DEFAULT_LEVEL
     thetas: np.ndarray | None = None  # [n_boot, n_params] unconstrained vectors (exact, no floor clipping)
+    failed: int = 0  # refits that ended with a non-finite objective (NaN rows)
 
     def interval(self, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the predictions at ``predict_at``."""
-        q = _tails(self.level if level is None else level)
-        lo, hi = np.percentile(self.predictions, q, axis=0)
-        return lo, hi
+        return percentile_interval(self.predictions, self.level if level is None else level)
 
     def param_interval(self, level: float | None = None) -> dict[str, tuple[float, float]]:
         q = _tails(self.level if level is None else level)
-        lo, hi = np.percentile(self.params, q, axis=0)
+        lo, hi = np.nanpercentile(self.params, q, axis=0)
         return {name: (float(a), float(b)) for name, a, b in zip(self.param_names, lo, hi)}
 
 
@@ -100,13 +97,90 @@ def resample_weights(n_points: int, n_boot: int, min_distinct: int, rng: np.rand
     raise UserError(f"cannot draw resamples with {min_distinct} distinct points from {n_points}; add points")
 
 
+def stream(seed, *names) -> np.random.SeedSequence:
+    """An independent random stream for one point set: the user's seed plus a stable hash of its name(s)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    key = "|".join(str(n) for n in names)
+    return np.random.SeedSequence(int(seed), spawn_key=(zlib.crc32(key.encode()),))
+
+
+def generator(ss, k: int = 0) -> np.random.Generator:
+    """The k-th derived generator of a stream (0: resample weights, 1: residual draws); ``ss`` may be an int seed."""
+    ss = stream(ss)
+    return np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + (k,)))
+
+
+@dataclasses.dataclass
+class Refits:
+    """One set's refits: thetas [n, p] with NaN rows where the refit ended non-finite, and how many did."""
+
+    boot: np.ndarray | None
+    loo: np.ndarray | None
+    boot_failed: int = 0
+    loo_failed: int = 0
+
+
+def refit_many(items, form, *, n_boot: int, loss: str = "mse", leave_one_out: bool = False,
+               huber_delta: float = fit_lib.DEFAULT_HUBER_DELTA, n_seeds: int = BOOTSTRAP_SEEDS) -> list[Refits]:
+    """Bootstrap (and leave-one-out) refits of many point sets in ONE batched call.
+
+    ``items``: (x, y, full-data theta, stream) per set. Each set's resamples come from its own ``stream`` and
+    start from its own full-data optimum. Sets are padded with zero-weight points to one length.
+    """
+    form = forms_lib.get_form(form)
+    length = fit_lib.padded_length(max(len(x) for x, _, _, _ in items))
+    xs, ys, ws, starts, spans = [], [], [], [], []
+    for x, y, theta, ss in items:
+        n = len(x)
+        blocks = []
+        if n_boot > 0:
+            blocks.append(resample_weights(n, n_boot, form.n_params, generator(ss, 0)))
+        do_loo = leave_one_out and n > form.n_params
+        if do_loo:
+            blocks.append(1.0 - np.eye(n))
+        w = np.concatenate(blocks) if blocks else np.zeros((0, n))
+        spans.append((len(w), n_boot if n_boot > 0 else 0, n if do_loo else 0))
+        if not len(w):
+            continue
+        wp = np.zeros((len(w), length))
+        wp[:, :n] = w
+        xp = np.concatenate([x, np.full(length - n, x[0])])
+        yp = np.concatenate([y, np.full(length - n, y[0])])
+        xs.append(np.broadcast_to(xp, wp.shape))
+        ys.append(np.broadcast_to(yp, wp.shape))
+        ws.append(wp)
+        starts.append(np.broadcast_to(np.asarray(theta)[None, None], (len(w), 1, form.n_params)))
+    if not ws:
+        return [Refits(None, None) for _ in items]
+    best = fit_lib.fit_weighted_sets(form, np.concatenate(xs), np.concatenate(ys), np.concatenate(ws),
+                                     np.concatenate(starts), loss=loss, huber_delta=huber_delta, n_seeds=n_seeds)
+    ok = np.isfinite(best["objective"]) & np.all(np.isfinite(best["theta"]), axis=1)
+    thetas = np.where(ok[:, None], best["theta"], np.nan)
+    out, at = [], 0
+    for total, nb, nl in spans:
+        t, good = thetas[at:at + total], ok[at:at + total]
+        out.append(Refits(t[:nb] if nb else None, t[nb:nb + nl] if nl else None,
+                          int(np.sum(~good[:nb])), int(np.sum(~good[nb:nb + nl]))))
+        at += total
+    return out
+
+
+def check_failed(failed: int, total: int, what: str, max_share: float, error=UserError) -> None:
+    """Raises when more than ``max_share`` of ``total`` refits failed (a narrower band would be a lie)."""
+    if total and failed > max_share * total:
+        raise error(f"{failed} of {total} bootstrap refits of {what} ended with a non-finite objective "
+                        f"(more than {100 * max_share:.0f}%); the law does not fit these points: check the "
+                        "selection or choose another --form")
+
+
 def bootstrap_fit(
     x,
     y,
     form="saturation_both",
     *,
     n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
+    seed=0,
     predict_at=(),
     loss: str = "mse",
     level: float = DEFAULT_LEVEL,
@@ -114,7 +188,8 @@ def bootstrap_fit(
     full_fit: fit_lib.CurveFit | None = None,
     n_seeds: int = BOOTSTRAP_SEEDS,
 ) -> Bootstrap:
-    """Refits ``form`` on ``n_boot`` with-replacement resamples of (x, y), all at once; deterministic per seed."""
+    """Refits ``form`` on ``n_boot`` with-replacement resamples of (x, y), all at once; deterministic per seed
+    (an int, or a stream from ``stream``). Failed refits are NaN rows (see ``Bootstrap.failed``)."""
     form = forms_lib.get_form(form)
     _tails(level)
     if int(n_boot) < 1:
@@ -123,22 +198,11 @@ def bootstrap_fit(
     predict_at = fit_lib._as_inputs(predict_at, form, "predict_at") if np.size(predict_at) else np.zeros((0,) + x.shape[1:])
     if full_fit is None:
         full_fit = fit_lib.fit_curve(x, y, form, loss=loss, huber_delta=huber_delta)
-    rng = np.random.default_rng(seed)
-    weights = resample_weights(x.shape[0], int(n_boot), form.n_params, rng)
-    best = fit_lib.fit_weighted_sets(
-        form,
-        np.broadcast_to(x, (int(n_boot),) + x.shape),
-        np.broadcast_to(y, (int(n_boot),) + y.shape),
-        weights,
-        full_fit.theta[None],
-        loss=loss,
-        huber_delta=huber_delta,
-        n_seeds=n_seeds,
-    )
-    thetas = best["theta"]
+    (refits,) = refit_many([(x, y, full_fit.theta, stream(seed))], form, n_boot=int(n_boot), loss=loss,
+                           huber_delta=huber_delta, n_seeds=n_seeds)
+    thetas = refits.boot
     if predict_at.shape[0]:
-        with jax.enable_x64(True):
-            predictions = np.asarray(_predict_many(form.name, jnp.asarray(thetas), jnp.asarray(predict_at)))
+        predictions = predict_many(form.name, thetas, predict_at)
     else:
         predictions = np.zeros((int(n_boot), 0))
     return Bootstrap(
@@ -150,18 +214,59 @@ def bootstrap_fit(
         fit=full_fit,
         level=level,
         thetas=thetas,
+        failed=refits.boot_failed,
     )
 
 
-def delta_interval(fit: fit_lib.CurveFit, x, y, predict_at, level: float = DEFAULT_LEVEL, weights=None):
-    """Delta-method (lo, hi) for the prediction at ``predict_at``, with a Student-t quantile.
+def predict_many(form_name: str, thetas: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """[n_theta, len(x)] predictions (NaN rows stay NaN)."""
+    with jax.enable_x64(True):
+        return np.asarray(_predict_many(form_name, jnp.asarray(thetas, dtype=jnp.float64),
+                                        jnp.asarray(x, dtype=jnp.float64)))
 
-    Residuals and the interval live in the space the objective used: linear y for ``mse`` on linear forms, log y
-    otherwise (the interval is then exponentiated, so it is asymmetric in y). For the Huber loss this is the
-    least-squares approximation around the Huber optimum.
-    """
-    form = forms_lib.get_form(fit.form)
+
+def percentile_interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0, ignoring NaN rows (failed refits)."""
     lo_q, hi_q = _tails(level)
+    return np.nanpercentile(samples, lo_q, axis=0), np.nanpercentile(samples, hi_q, axis=0)
+
+
+def residual_scale(fit: fit_lib.CurveFit, x, y, weights=None) -> tuple[float, int]:
+    """The fitted points' multiplicative scatter: sd of log(y / prediction) with n - p degrees of freedom."""
+    w = np.ones(len(y)) if weights is None else np.asarray(weights)
+    used = w > 0
+    r = np.log(np.asarray(y)[used] / np.asarray(fit.predict(np.asarray(x)[used])))
+    dof = max(int(used.sum()) - forms_lib.get_form(fit.form).n_params, 1)
+    return float(np.sqrt(np.sum(r * r) / dof)), dof
+
+
+def prediction_interval(point, lo, hi, s_rel: float, dof: int, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where a new observation falls: the curve's band (lo, hi around point) and the scatter of a new point,
+    point·exp(±t·s_rel), added in quadrature on each side (independent errors). Always contains the band."""
+    t = t_quantile(level, dof)
+    point, lo, hi = (np.asarray(a, dtype=np.float64) for a in (point, lo, hi))
+    down = point * (1.0 - np.exp(-t * s_rel))
+    up = point * (np.exp(t * s_rel) - 1.0)
+    return point - np.hypot(point - lo, down), point + np.hypot(hi - point, up)
+
+
+@dataclasses.dataclass
+class Delta:
+    """Delta-method pieces at some inputs: the prediction, its standard error in linear y and in the space the
+    objective used (log y for log-space fits), the residual scale and the degrees of freedom n - p."""
+
+    centre: np.ndarray
+    se: np.ndarray
+    se_fit_space: np.ndarray
+    log_space: bool
+    dof: int
+    s_rel: float  # sd of log residuals (multiplicative scatter), with n - p degrees of freedom
+
+
+def delta_se(fit: fit_lib.CurveFit, x, y, predict_at, weights=None) -> Delta:
+    """The delta method's standard errors at ``predict_at`` (see module doc). Raises UserError when there are
+    no more points than parameters (no residual degrees of freedom)."""
+    form = forms_lib.get_form(fit.form)
     x, y, w = fit_lib._check_data(x, y, form, weights)
     at = fit_lib._as_inputs(predict_at, form, "predict_at")
     n, p = int(np.count_nonzero(w)), form.n_params
@@ -178,11 +283,35 @@ def delta_interval(fit: fit_lib.CurveFit, x, y, predict_at, level: float = DEFAU
     s2 = float(np.sum(rw * rw)) / (n - p)
     cov = np.linalg.pinv(jw.T @ jw, rcond=DELTA_RCOND, hermitian=True) * s2
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", grad, cov, grad), 0.0))
-    t = stats.t.ppf(hi_q / 100.0, n - p)
-    lo, hi = centre - t * se, centre + t * se
-    if log_space:
-        return np.exp(lo), np.exp(hi)
-    return lo, hi
+    pred = np.exp(centre) if log_space else centre
+    s_rel, _ = residual_scale(fit, x, y, w)
+    return Delta(pred, pred * se if log_space else se, se, log_space, n - p, s_rel)
+
+
+def t_quantile(level: float, dof: int) -> float:
+    return float(stats.t.ppf(_tails(level)[1] / 100.0, dof))
+
+
+def delta_interval(fit: fit_lib.CurveFit, x, y, predict_at, level: float = DEFAULT_LEVEL, weights=None):
+    """Delta-method (lo, hi) for the prediction at ``predict_at``, with a Student-t quantile.
+
+    Residuals and the interval live in the space the objective used: linear y for ``mse`` on linear forms, log y
+    otherwise (the interval is then exponentiated, so it is asymmetric in y). For the Huber loss this is the
+    least-squares approximation around the Huber optimum.
+    """
+    _tails(level)
+    d = delta_se(fit, x, y, predict_at, weights)
+    t = t_quantile(level, d.dof)
+    if d.log_space:
+        return d.centre * np.exp(-t * d.se_fit_space), d.centre * np.exp(t * d.se_fit_space)
+    return d.centre - t * d.se, d.centre + t * d.se
+
+
+def delta_difference_interval(a: Delta, b: Delta, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of b - a for two independently fitted curves (variances add; the smaller dof is used)."""
+    half = t_quantile(level, min(a.dof, b.dof)) * np.sqrt(a.se ** 2 + b.se ** 2)
+    diff = b.centre - a.centre
+    return diff - half, diff + half
 
 
 @functools.partial(jax.jit, static_argnames=("form_name", "log_space"))
@@ -193,76 +322,3 @@ def _delta_parts(form_name, log_space, theta, x, y, at):
     resid_fn = lambda t: model(t, x) - target  # noqa: E731
     pred_fn = lambda t: model(t, at)  # noqa: E731
     return jax.jacfwd(resid_fn)(theta), resid_fn(theta), jax.jacfwd(pred_fn)(theta), pred_fn(theta)
-
-
-def coverage_simulation(
-    n_rep: int = 200,
-    *,
-    n_boot: int = 200,
-    n_points: int = SIM_N_POINTS,
-    noise: float = SIM_NOISE,
-    truth: dict | None = None,
-    x_range: tuple[float, float] = SIM_X_RANGE,
-    extrapolation: float = SIM_EXTRAPOLATION,
-    level: float = DEFAULT_LEVEL,
-    seed: int = 0,
-    form="saturation_both",
-) -> dict:
-    """Fraction of simulated frontiers whose nominal ``level`` interval covers the true value at
-    ``extrapolation`` x the largest fitted compute, for the bootstrap percentile and the delta-method interval.
-
-    Each repetition: ``n_points`` log-spaced computes over ``x_range``, y = truth · exp(noise · N(0, 1)), one full
-    fit (seeds only: variable projection is exhaustive, the grid adds nothing here), ``n_boot`` resamples.
-    All repetitions' fits, and all their resamples, run as two batched calls.
-    """
-    form = forms_lib.get_form(form)
-    truth = dict(SIM_TRUTH if truth is None else truth)
-    rng = np.random.default_rng(seed)
-    x = np.geomspace(x_range[0], x_range[1], n_points)
-    at = np.array([x_range[1] * extrapolation])
-    theta_true = form.from_params(truth)
-    with jax.enable_x64(True):
-        y_true = np.asarray(form.predict(jnp.asarray(theta_true), jnp.asarray(x)))
-        target = float(np.asarray(form.predict(jnp.asarray(theta_true), jnp.asarray(at)))[0])
-    ys = y_true * np.exp(noise * rng.standard_normal((n_rep, n_points)))
-    xs = np.broadcast_to(x, ys.shape)
-    one_start = theta_true[None]  # any start works: seeds find the optimum; this only fixes the array shape
-    full = fit_lib.fit_weighted_sets(form, xs, ys, np.ones_like(ys), one_start, n_seeds=fit_lib.DEFAULT_SEEDS)
-
-    weights = np.concatenate([resample_weights(n_points, n_boot, form.n_params, rng) for _ in range(n_rep)])
-    rep = np.repeat(np.arange(n_rep), n_boot)
-    boot = fit_lib.fit_weighted_sets(  # each resample warm-starts from its own repetition's full fit
-        form, np.broadcast_to(x, weights.shape), ys[rep], weights, full["theta"][rep][:, None], n_seeds=BOOTSTRAP_SEEDS
-    )
-    with jax.enable_x64(True):
-        boot_pred = np.asarray(_predict_many(form.name, jnp.asarray(boot["theta"]), jnp.asarray(at)))[:, 0]
-    q = _tails(level)
-    boot_lo, boot_hi = np.percentile(boot_pred.reshape(n_rep, n_boot), q, axis=1)
-
-    delta_lo, delta_hi = np.empty(n_rep), np.empty(n_rep)
-    for i in range(n_rep):
-        f = _as_curve_fit(form, full, i, n_points)
-        lo, hi = delta_interval(f, x, ys[i], at, level=level)
-        delta_lo[i], delta_hi[i] = lo[0], hi[0]
-    boot_cover = (boot_lo <= target) & (target <= boot_hi)
-    delta_cover = (delta_lo <= target) & (target <= delta_hi)
-    return {
-        "n_rep": n_rep,
-        "n_boot": n_boot,
-        "level": level,
-        "target": target,
-        "predict_at": float(at[0]),
-        "bootstrap_coverage": float(np.mean(boot_cover)),
-        "delta_coverage": float(np.mean(delta_cover)),
-        "bootstrap_median_width": float(np.median(boot_hi - boot_lo)),
-        "delta_median_width": float(np.median(delta_hi - delta_lo)),
-    }
-
-
-def _as_curve_fit(form, best: dict, i: int, n_points: int) -> fit_lib.CurveFit:
-    theta = np.asarray(best["theta"][i], dtype=np.float64)
-    return fit_lib.CurveFit(
-        form=form.name, params=form.to_params(theta), theta=theta, objective=float(best["objective"][i]),
-        mse=float(best["mse"][i]), grad_norm=float(best["grad_norm"][i]), n_starts=0,
-        converged_starts=int(best["converged"][i]), at_bound=[], n_points=n_points, loss="mse",
-    )

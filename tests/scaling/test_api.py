@@ -71,8 +71,9 @@ def test_comparison_recovers_the_known_crossover(comparisons):
     assert c.crossover["lo"] < TRUE_CROSSOVER < c.crossover["hi"]
     assert c.crossover["fraction_crossing"] > 0.95
     assert c.agree == 1.0
-    assert re.fullmatch(r"new below base for C > (9\.\de8|1(\.\d)?e9) GFLOPs, 100% of bootstraps agree at 1e12",
-                        c.verdict), c.verdict
+    assert re.fullmatch(r"new below base for C > (9\.\de8|1(\.\d)?e9) GFLOPs \(100% of bootstraps agree at 1e12; "
+                        r"well-conditioned\)", c.verdict), c.verdict
+    assert c.resolved and c.strength["excludes_zero"] and c.strength["well_conditioned"]
 
 
 def test_comparison_difference_matches_the_true_laws(comparisons):
@@ -121,7 +122,7 @@ def test_json_follows_the_contract(comparisons):
 
 def test_swapping_the_groups_flips_the_sign_not_the_verdict(comparisons):
     rep = comparisons.comparisons[0].fit
-    swapped = api._compare_fitted(rep, "new", "base", (1e11, 1e12), 0.95)
+    swapped = api.compare_fitted(rep, "new", "base", (1e11, 1e12), api.Options())
     orig = comparisons.comparisons[0]
     assert swapped.winner == "new"
     assert swapped.comparison[-1]["diff"] == pytest.approx(-orig.comparison[-1]["diff"])
@@ -177,7 +178,7 @@ def test_too_few_points_names_the_group_and_what_to_do(table):
 def test_bad_arguments(table):
     with pytest.raises(ResultsError, match="at least 20 resamples"):
         api.fit(table, benchmark="crossing", pretrain_dataset="synth", bootstrap=5)
-    with pytest.raises(ResultsError, match="cannot group by"):
+    with pytest.raises(ResultsError, match="unknown group by"):
         api.fit(table, benchmark="crossing", pretrain_dataset="synth", group_by="colour")
     with pytest.raises(ResultsError, match="group\\(s\\) clip have no rows"):
         api.fit(table, benchmark="crossing", pretrain_dataset="synth", groups=["clip"])

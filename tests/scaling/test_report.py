@@ -67,7 +67,7 @@ def test_save_writes_all_outputs(small_report, tmp_path):
 def test_summary_lists_parameters_predictions_and_heldout(small_report):
     text = small_report.summary()
     assert text.startswith("== crossing acc1 · synth · cosine ==")
-    assert "predicted error (95% interval: delta method)" in text
+    assert "curve [95% band: delta method]" in text and "prediction interval" in text
     assert "held-out validation" in text
     d_true = {"base": BASE["d"], "new": NEW["d"]}
     for name, g in small_report.groups.items():

@@ -1,0 +1,54 @@
+"""JAX's persistent compilation cache for the fitter: compiled programs survive between commands.
+
+Compilation dominates a single ``vlscale fit``; with the cache a second run with the same shapes loads its
+programs from disk. The directory is ``$VLSCALE_JAX_CACHE`` if set (``off`` disables the cache), else
+``$XDG_CACHE_HOME/vlscale/jax`` (``~/.cache/vlscale/jax``). A directory that cannot be created or written is
+skipped silently: the cache only ever saves time, it is never needed for a result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "VLSCALE_JAX_CACHE"
+_state: dict = {}
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get(ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vlscale" / "jax"
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def enable() -> Path | None:
+    """Turns the cache on once per process (unless the user already configured one); returns the directory used."""
+    if "dir" in _state:
+        return _state["dir"]
+    import jax
+
+    path = cache_dir()
+    if jax.config.jax_compilation_cache_dir:  # the user (or a notebook) chose one: leave it
+        path = Path(jax.config.jax_compilation_cache_dir)
+    elif path is None or not _writable(path):
+        path = None
+    else:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        # Our programs compile in 0.1-2 s each; cache them all (the defaults skip anything under 1 s).
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _state["dir"] = path
+    return path
