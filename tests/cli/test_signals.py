@@ -47,7 +47,6 @@ MOMENTS = [
     ("read ", 0.0, signal.SIGINT),  # table loaded, fitting not started (jax importing)
     ("fitting saturation_both", 0.5, signal.SIGTERM),  # main fit compiling / running
     ("refitting 1000 bootstrap", 0.5, signal.SIGINT),  # the bootstrap phase (was a segfault half the time)
-    ("refitting 1000 bootstrap", 1.5, signal.SIGTERM),
     ("frontier points fitted", 0.0, signal.SIGINT),  # intervals and comparisons being computed
     ("writing ", 0.0, signal.SIGTERM),  # fit.json/csv/tex written, the figure being drawn
     ("writing ", 0.6, signal.SIGINT),
