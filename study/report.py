@@ -138,7 +138,7 @@ def _run_rows(cfg, plan: Plan, study_dir: Path, df) -> tuple[list[list], list[li
         rows.append([f"`{r.name}`", r.model, r.schedule, r.samples, _f(r.lr), r.global_batch_size, r.warmup, r.seed,
                      status, _f(final.get("loss"), ".4f"), *vals, fmt_seconds(float(st.get("train_s", 0.0) or 0.0))])
         if status == "failed":
-            failed.append([f"`{r.name}`", st.get("failed_in", ""), html.escape(str(st.get("error", "")))])
+            failed.append([f"`{r.name}`", st.get("failed_in", ""), str(st.get("error", "")).replace("|", "/")])
     return rows, failed, totals
 
 

@@ -133,6 +133,14 @@ def default_eval_fn():
     return evaluate_run
 
 
+def eval_suite(cfg):
+    """The suite name, or ``eval.tasks`` (a list of task dicts, e.g. with fewer examples) when the config has it."""
+    tasks = cfg.eval.get("tasks", None)
+    if tasks:
+        return [dict(t) for t in tasks]
+    return cfg.eval.suite
+
+
 # ------------------------------------------------------------------------------------------------ one run
 def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".strip().splitlines()[0][:400]
@@ -198,7 +206,7 @@ def run_one(cfg, plan: Plan, run: Run, study_dir: Path, *, train_fn, eval_fn, co
     layout.update_state(study_dir, run.name, status="evaluating", owner=layout.here())
     t0 = time.perf_counter()
     try:
-        eval_fn(str(workdir), cfg.eval.suite, results=str(workdir / layout.RESULTS_FILE))
+        eval_fn(str(workdir), eval_suite(cfg), results=str(workdir / layout.RESULTS_FILE))
     except KeyboardInterrupt:
         layout.update_state(study_dir, run.name, status="interrupted", owner=None)
         raise
