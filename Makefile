@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c $(LOCK)
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu MPLBACKEND=Agg
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo demo-paper test install install-test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,14 @@ $(VENV)/.test: $(VENV)/.runtime
 install: $(VENV)/.runtime
 install-test: $(VENV)/.test
 
-## The main job on its embedded default: CLIP vs MaMMUT on the paper's published results.
+## The main job on its embedded default: a tiny CLIP vs MaMMUT scaling study on the synthetic shapes, trained,
+## evaluated, fitted and compared here (runs/demo/report.md; rerun to resume).
 demo: $(VENV)/.runtime
-	MPLBACKEND=Agg $(BIN)/vlscale compare --out runs/demo
+	MPLBACKEND=Agg $(BIN)/vlscale study --config configs/study/tiny_shapes.py --dir runs/demo
+
+## The second example: CLIP vs MaMMUT on the paper's published results table.
+demo-paper: $(VENV)/.runtime
+	MPLBACKEND=Agg $(BIN)/vlscale compare --out runs/demo-paper
 
 test: $(VENV)/.test
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS) tests

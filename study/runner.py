@@ -266,7 +266,8 @@ def run_study(cfg, study_dir: str | Path, *, train_fn=None, eval_fn=None, config
         from vlscale.study import report as report_lib
 
         path = report_lib.write_report(cfg, plan, study_dir, wall_s=outcome.seconds, progress=progress)
-        progress(f"report: {path}")
+        progress(f"study {cfg.name}: {sum(s == 'done' for s in statuses.values())}/{len(statuses)} runs done "
+                 f"in {fmt_seconds(time.perf_counter() - t0)}; report: {path}")
     return outcome
 
 
