@@ -103,4 +103,5 @@ NON_IDENTITY_FIELDS = frozenset({
     "mesh", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_suite", "allow_config_change",
     "compilation_cache", "data.worker_count", "data.worker_buffer_size", "data.prefetch", "data.read_threads",
     "data.warn_interval_s", "data.process_index", "data.process_count", "remat", "checkpoint_at_samples",
+    "data.cache_dir", "data.image_dtype",
 })

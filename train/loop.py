@@ -202,7 +202,12 @@ class _Trainer:
         # SIGTERM (a preemption notice) or SIGINT: finish the step, save, then raise StopRequested (exit 143/130).
         with signals.stop_on_signals(raise_on_signal=False) as stop:
             while step < stop_at:
-                host = next(self.data)
+                try:
+                    host = next(self.data)
+                except UserError:  # the bad-sample guard: keep what was trained, then stop with its message
+                    self._save(state, step, samples)
+                    self.mngr.wait_until_finished()
+                    raise
                 batch = {k: jax.make_array_from_process_local_data(self.trainer.batch_shardings[k], host[k])
                          for k in ("image", "text")}
                 state, out = self.trainer.step(state, batch, sched)

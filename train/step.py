@@ -160,7 +160,11 @@ class TrainStep:
                 img = jax.lax.dynamic_update_index_in_dim(cached_img, img.astype(cached_img.dtype), slot, 0)
                 txt = jax.lax.dynamic_update_index_in_dim(cached_txt, txt.astype(cached_txt.dtype), slot, 0)
                 img, txt = img.reshape(-1, img.shape[-1]), txt.reshape(-1, txt.shape[-1])
-            parts["contrastive_loss"] = losses.clip_loss(img, txt, out["logit_scale"])
+            scale = out["logit_scale"]
+            if cached_img is not None:
+                # The temperature enters every micro-batch's loss directly: let one of them carry its gradient.
+                scale = jnp.where(slot == 0, scale, jax.lax.stop_gradient(scale))
+            parts["contrastive_loss"] = losses.clip_loss(img, txt, scale)
             weight = 1.0 if self.family == "clip" else s.clip_loss_weight
             total = total + weight * parts["contrastive_loss"]
         if self.family == "mammut":
