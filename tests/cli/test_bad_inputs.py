@@ -49,6 +49,8 @@ CASES = [
     # --- fit / compare (the table itself is validated in tests/scaling; here: paths, flags, outputs)
     C("fit-missing-table", "fit", "{tmp}/missing.csv", "--out", OUT, names="missing.csv"),
     C("fit-text-table", "fit", "{text}", "--out", OUT, names="notes.txt"),
+    C("fit-empty-table", "fit", "{empty_png}", "--out", OUT, names="empty.png"),
+    C("fit-binary-table", "fit", "{random_safetensors}", "--out", OUT, names="random.safetensors"),
     C("fit-env-missing-table", "fit", *PAPER, "--out", OUT, names="nope.csv", env={"VLSCALE_RESULTS": "{tmp}/nope.csv"}),
     C("fit-env-folder-without-table", "fit", *PAPER, "--out", OUT, names="laion_scaling_results.csv",
       env={"VLSCALE_RESULTS": "{tmp}"}),
