@@ -57,6 +57,8 @@ MOMENTS = [
 @pytest.mark.parametrize("when,delay,sig", MOMENTS, ids=[f"{m[0].split()[0]}-{m[1]}-{m[2].name}" for m in MOMENTS])
 def test_compare_interrupted_exits_cleanly(when, delay, sig, tmp_path, shared_data):
     out = tmp_path / "out"
+    _previous_run(out)  # an earlier run's set: an interrupted run must leave it exactly as it was
+    before = {p.name: p.read_text() for p in out.iterdir()}
     cmd = [sys.executable, "-m", "vlscale", "compare", str(shared_data / "laion_scaling_results.csv"),
            "--benchmark", "imagenet1k", "--bootstrap", "1000", "--out", str(out)]
     rc, stdout, stderr, after = _interrupt(cmd, when, sig, delay)
@@ -68,8 +70,8 @@ def test_compare_interrupted_exits_cleanly(when, delay, sig, tmp_path, shared_da
     assert last == f"vlscale compare: interrupted by {sig.name}", stderr
     assert "Traceback" not in stderr and "Fatal Python error" not in stderr
     assert "wrote " not in stdout
-    assert not out.exists(), "an interrupted run left output that looks complete"
-    assert [p.name for p in tmp_path.iterdir()] == [], "temporary files left behind"
+    assert {p.name: p.read_text() for p in out.iterdir()} == before, "an interrupted run changed --out"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "temporary files left behind"
     assert after < signals.CLI_FORCE_AFTER_S + 5
 
 
