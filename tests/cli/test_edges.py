@@ -188,3 +188,15 @@ def test_append_rows_from_many_writers_keeps_every_row(tmp_path):
     rows = list(csv.DictReader(path.open()))
     assert rows[0]["note"] == "" and rows[-1]["note"] == "new column"
     assert (tmp_path / "other.csv").read_text() == "someone else's\n"
+
+
+def test_atomic_output_dir_replaces_a_folder_entry_whole(tmp_path):
+    out = tmp_path / "out"
+    (out / "zeroshot").mkdir(parents=True)
+    (out / "zeroshot" / "old.npz").write_text("old")
+    with outputs.atomic_output_dir(out, owned=("zeroshot",)) as tmp:
+        (tmp / "zeroshot").mkdir()
+        (tmp / "zeroshot" / "new.npz").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["zeroshot"]
+    assert [p.name for p in (out / "zeroshot").iterdir()] == ["new.npz"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
