@@ -227,6 +227,9 @@ def embed_all(checkpoint: str | Path, image_paths=(), texts=(), model_name: str 
     matmul = "highest" if precision == "fp32" else "default"
 
     image_paths = [Path(p) for p in image_paths]
+    folders = [str(p) for p in image_paths if p.is_dir()]
+    if folders:
+        raise UserError(f"{folders[0]} is a folder; pass it with --image-dir, or name image files")
     missing = [str(p) for p in image_paths if not p.is_file()]
     if missing:
         raise UserError(f"image file(s) not found: {', '.join(missing[:3])}")

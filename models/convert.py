@@ -379,6 +379,9 @@ def load_state_dict_file(path: str | Path, *, trust_pickle: bool = False) -> dic
     Unreadable or truncated files are ``UserError`` naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the .pt/.safetensors file (a folder written by "
+                        "`vlscale convert` is already converted)")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     suffix = path.suffix.lower()
