@@ -247,7 +247,7 @@ def run_study(cfg, study_dir: str | Path, *, train_fn=None, eval_fn=None, config
               do_train: bool = True, do_eval: bool = True, report: bool = True,
               progress: Callable[[str], None] = print) -> Outcome:
     """Plans, trains, evaluates, collects and reports (see module doc)."""
-    study_dir = Path(study_dir)
+    study_dir = Path(study_dir).absolute()  # Orbax refuses relative checkpoint paths
     t0 = time.perf_counter()
     plan = open_study(cfg, study_dir)
     runs = list(plan.runs) if not only else [plan.run(n) for n in only]
