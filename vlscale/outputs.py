@@ -109,7 +109,15 @@ def check_output_file(path: str | os.PathLike, *, flag: str = "--out", suffixes:
         raise UserError(f"{flag} {p}: is an existing folder; give a file name")
     if suffixes and p.suffix.lower() not in suffixes:
         raise UserError(f"{flag} {p}: use a file name ending in {' or '.join(suffixes)}")
-    check_output_dir(p.parent if str(p.parent) else ".", flag=f"{flag} {p}: folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{flag} {p}: {parent} is a file, not a folder")
+    base = _nearest_existing(parent)
+    if not base.is_dir():
+        raise UserError(f"{flag} {p}: {base} is a file, so no folder can be made under it")
+    reason = _probe_writable(base)
+    if reason:
+        raise UserError(f"{flag} {p}: cannot write in {base} ({reason})")
     return p
 
 
