@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vlscale import argtypes
+
 DESCRIPTION = """\
 Plan a grid of model scales x samples seen (x a hyper-parameter sweep), train every run, evaluate every checkpoint
 the protocol needs, fit the scaling laws, compare the groups and write DIR/report.md (+ report.html, figures/).
@@ -74,8 +76,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     sl.add_argument("--vlscale", default="vlscale", metavar="CMD", help="how jobs call the CLI (default: vlscale)")
     sl.add_argument("--partition", default="", help="slurm partition")
     sl.add_argument("--account", default="", help="slurm account")
-    sl.add_argument("--nodes", type=int, default=1, help="slurm: nodes per run (multi-host trainer)")
-    sl.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per node")
+    sl.add_argument("--nodes", type=argtypes.positive_int, default=1, help="slurm: nodes per run (multi-host trainer)")
+    sl.add_argument("--gpus-per-node", type=argtypes.nonnegative_int, default=0, help="slurm: GPUs per node")
     sl.add_argument("--time", default="24:00:00", help="slurm time limit per job")
     sl.add_argument("--tpu-name", default="", help="tpu-vm: the TPU VM's name")
     sl.add_argument("--zone", default="", help="tpu-vm: its zone")
@@ -164,12 +166,13 @@ def handle_status(args) -> int:
 def handle_launch(args) -> int:
     from vlscale.study import launch, runner
 
-    cfg, study_dir = _resolve(args)
-    plan = runner.open_study(cfg, study_dir)
     opts = launch.LaunchOptions(backend=args.backend, repo=args.repo, vlscale=args.vlscale, partition=args.partition,
                                 account=args.account, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                                 time=args.time, tpu_name=args.tpu_name, zone=args.zone, project=args.project,
                                 submit=args.submit)
+    launch.check_options(opts)
+    cfg, study_dir = _resolve(args)
+    plan = runner.open_study(cfg, study_dir)
     for line in launch.launch(cfg, plan, study_dir, opts):
         print(line)
     return 0

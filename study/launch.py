@@ -138,8 +138,6 @@ def write_slurm(cfg, plan: Plan, study_dir: Path, opts: LaunchOptions) -> list[P
 
 
 def write_tpu(cfg, plan: Plan, study_dir: Path, opts: LaunchOptions) -> list[Path]:
-    if not opts.tpu_name or not opts.zone:
-        raise UserError("--backend tpu-vm needs --tpu-name and --zone (an existing TPU VM)")
     out = study_dir / "launch"
     out.mkdir(parents=True, exist_ok=True)
     ssh = f"gcloud compute tpus tpu-vm ssh {_q(opts.tpu_name)} --zone {_q(opts.zone)}"
@@ -177,14 +175,21 @@ def print_commands(cfg, plan: Plan, study_dir: Path, opts: LaunchOptions) -> lis
     return lines
 
 
+def check_options(opts: LaunchOptions) -> None:
+    """Option mistakes, caught before anything is written to the study directory."""
+    if opts.backend not in BACKENDS:
+        raise UserError(f"--backend {opts.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if opts.backend == "print" and opts.submit:
+        raise UserError("--submit needs --backend slurm or tpu-vm (print only prints)")
+    if opts.backend == "tpu-vm" and (not opts.tpu_name or not opts.zone):
+        raise UserError("--backend tpu-vm needs --tpu-name and --zone (an existing TPU VM)")
+
+
 def launch(cfg, plan: Plan, study_dir: str | Path, opts: LaunchOptions) -> list[str]:
     """Writes the backend's scripts; returns the lines to print. Submits only with ``opts.submit``."""
     study_dir = Path(study_dir).resolve()
-    if opts.backend not in BACKENDS:
-        raise UserError(f"--backend {opts.backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_options(opts)
     if opts.backend == "print":
-        if opts.submit:
-            raise UserError("--submit needs --backend slurm or tpu-vm (print only prints)")
         return print_commands(cfg, plan, study_dir, opts)
     files = (write_slurm if opts.backend == "slurm" else write_tpu)(cfg, plan, study_dir, opts)
     entry = files[-1]

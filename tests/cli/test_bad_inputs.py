@@ -218,7 +218,14 @@ CASES = [
     C("study-launch-unknown-config", "study", "launch", "--config", "nosuchstudy", "--dir", "{tmp}/s",
       names="nosuchstudy", out="{tmp}/s"),
     C("study-launch-nodes-zero", "study", "launch", "--dir", "{tmp}/s", "--backend", "slurm", "--nodes", "0",
-      names="--nodes", out="{tmp}/s", xfail="accepts --nodes 0 and writes DIR/launch/ (exit 0)"),
+      names="--nodes", out="{tmp}/s"),
+    C("study-plan-config-not-python", "study", "plan", "--config", "{text}", names="notes.txt", out=None),
+    C("study-launch-tpu-without-name", "study", "launch", "--dir", "{tmp}/s", "--backend", "tpu-vm",
+      names="--tpu-name", out="{tmp}/s"),
+    C("study-launch-print-submit", "study", "launch", "--dir", "{tmp}/s", "--submit", names="--submit",
+      out="{tmp}/s"),
+    C("study-launch-gpus-negative", "study", "launch", "--dir", "{tmp}/s", "--backend", "slurm", "--gpus-per-node",
+      "-1", names="--gpus-per-node", out="{tmp}/s"),
 ]
 
 
