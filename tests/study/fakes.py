@@ -33,6 +33,23 @@ def config_fn(cfg, run, study_dir):
         "run_name": run.name, "gflops_per_sample": run.gflops_per_sample})
 
 
+def _family(config) -> str:
+    """From the fake config, or (a real configs/train.py config) from the model's config."""
+    if "model_type" in config:
+        return config.model_type
+    from vlscale.models.config import get_config
+
+    return get_config(config.model).family
+
+
+def _gflops(config) -> float:
+    if "gflops_per_sample" in config:
+        return config.gflops_per_sample
+    from vlscale.models import flops
+
+    return flops.forward_flops(config.model).paper / 1e9
+
+
 class Killed(KeyboardInterrupt):
     """What a kill looks like to the runner (it re-raises KeyboardInterrupt and stops)."""
 
@@ -66,9 +83,9 @@ class FakeTrainer:
             start = int(Path(config.init_from).name)
             assert Path(config.init_from).is_dir(), config.init_from
         (wd / "run.json").write_text(json.dumps({
-            "run": config.run_name, "model": config.model, "model_type": config.model_type,
+            "run": config.run_name, "model": config.model, "model_type": _family(config),
             "pretrain_dataset": config.pretrain_dataset, "lr_scheduler": config.schedule,
-            "samples_seen": config.total_samples, "gflops_per_sample": config.gflops_per_sample,
+            "samples_seen": config.total_samples, "gflops_per_sample": _gflops(config),
             "global_batch_size": bs, "lr": config.lr, "warmup": config.warmup, "seed": config.seed,
             "init_from": config.init_from, "checkpoint_at_samples": list(config.checkpoint_at_samples)}))
         with open(wd / "metrics.jsonl", "a") as f:
