@@ -4,7 +4,9 @@ A short compute range can leave a long flat valley in the objective: solutions w
 percent of the best disagree by percentage points once extrapolated, and a lower objective is then not a better
 law. For each fitted set this module takes every cell of the variable-projection grid (the nonlinear parameters
 on a dense grid, the linear ones solved exactly; ``projection.py``), computes its exact objective, and keeps the
-cells within ``tolerance`` (relative) of the best objective, plus the optimum itself. The range of their
+cells within ``tolerance`` (relative) of the best objective, plus the optimum itself. Besides the global grid a
+fine local grid (``LOCAL_CELLS`` per nonlinear coordinate over +-``LOCAL_SPAN`` in log space) is laid around the
+optimum, so a well-determined fit still shows its (small) spread instead of none. The range of their
 predictions at any compute is the profile-style spread reported beside every prediction (``spread_lo``,
 ``spread_hi``). It is a lower bound on the valley's extent (the grid is finite), not a probability interval.
 """
@@ -20,6 +22,15 @@ import numpy as np
 import vlscale.scaling.fit as fit_lib
 from vlscale.scaling import forms as forms_lib
 from vlscale.scaling import projection
+
+LOCAL_SPAN = 2.0
+LOCAL_CELLS = {1: 256, 2: 64}
+
+
+def _local_grid(form, theta: np.ndarray) -> np.ndarray:
+    idx = form.profile.nonlinear
+    axes = [np.linspace(theta[i] - LOCAL_SPAN, theta[i] + LOCAL_SPAN, LOCAL_CELLS.get(len(idx), 16)) for i in idx]
+    return np.stack([a.reshape(-1) for a in np.meshgrid(*axes, indexing="ij")], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("form_name", "loss"))
@@ -40,7 +51,11 @@ def near_optimal(form: str, xs, ys, ws, curves, *, loss: str, tolerance: float) 
     best_thetas = [np.asarray(c.theta)[None] for c in curves]
     if f.profile is None:
         return best_thetas
-    grids = projection.set_grids(f, xs, ws)
+    if not f.profile.nonlinear:
+        grids = projection.set_grids(f, xs, ws)
+    else:
+        grids = np.stack([np.concatenate([projection.grid(f, x[w > 0]), _local_grid(f, np.asarray(c.theta))])
+                          for x, w, c in zip(xs, ws, curves)])
     with jax.enable_x64(True):
         thetas, objs = _cells(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ws), jnp.asarray(grids),
                               jnp.asarray(fit_lib.DEFAULT_HUBER_DELTA), form_name=f.name, loss=loss)

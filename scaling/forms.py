@@ -65,12 +65,14 @@ class Profile:
     """Variable-projection split of a form: theta = assemble(nonlinear, linear coefficients).
 
     ``basis(nl, x)`` returns the [n, k] columns whose nonnegative combination is the prediction (in linear y);
-    ``grid(x)`` the dense [m, len(nl)] grid of nonlinear parameters to scan.
+    ``grid(x)`` the dense [m, len(nl)] grid of nonlinear parameters to scan. ``nonlinear`` names the theta
+    indices the nonlinear parameters sit at (so a fine grid can be laid around a fitted theta: conditioning).
     """
 
     grid: Callable[[np.ndarray], np.ndarray]
     basis: Callable
     assemble: Callable
+    nonlinear: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +196,7 @@ SATURATION_BOTH = Form(
     _grid=_sat_both_grid,
     bound_refs=(("a", "y"), ("b", "x"), ("c", "one"), ("d", "y")),
     profile=Profile(
+        nonlinear=(1, 2),
         grid=_offset_grid,
         basis=lambda nl, x: jnp.concatenate([_offset_basis(nl, x), jnp.ones((x.shape[0], 1))], axis=1),
         assemble=lambda nl, coef: jnp.stack(
@@ -219,6 +222,7 @@ SATURATION = Form(
     _grid=lambda x=None, y=None: _natural_grid(_sat_from, PAPER_GRID_A, PAPER_GRID_B, PAPER_GRID_C),
     bound_refs=(("a", "y"), ("b", "x"), ("c", "one")),
     profile=Profile(
+        nonlinear=(1, 2),
         grid=_offset_grid,
         basis=_offset_basis,
         assemble=lambda nl, coef: jnp.stack([jnp.log(jnp.maximum(coef[0], A_FLOOR)), nl[0], nl[1]]),
@@ -242,6 +246,7 @@ POWER = Form(
     _grid=lambda x=None, y=None: _natural_grid(_power_from, PAPER_GRID_A, PAPER_GRID_C + (0.05, 0.1, 0.2)),
     bound_refs=(("a", "y"),),
     profile=Profile(
+        nonlinear=(1,),
         grid=_exponent_grid,
         basis=lambda nl, x: jnp.exp(nl[0] * jnp.log(x))[:, None],
         assemble=lambda nl, coef: jnp.stack([jnp.log(jnp.maximum(coef[0], A_FLOOR)), nl[0]]),
@@ -265,6 +270,7 @@ POWER_FLOOR = Form(
     _grid=lambda x=None, y=None: _natural_grid(_power_floor_from, PAPER_GRID_A, PAPER_GRID_C, PAPER_GRID_D),
     bound_refs=(("a", "y"), ("c", "one"), ("d", "y")),
     profile=Profile(
+        nonlinear=(1,),
         grid=_negexp_grid,
         basis=lambda nl, x: jnp.stack([jnp.exp(-jnp.exp(nl[0]) * jnp.log(x)), jnp.ones(x.shape[0])], axis=1),
         assemble=lambda nl, coef: jnp.stack(
@@ -286,6 +292,7 @@ LOGLINEAR = Form(
     _grid=lambda x=None, y=None: _product(np.linspace(-1.0, 1.0, 9), np.linspace(-10.0, 10.0, 9)),
     fit_space="log",
     profile=Profile(
+        nonlinear=(0,),
         grid=_exponent_grid,
         basis=lambda nl, x: jnp.exp(nl[0] * jnp.log(x))[:, None],
         assemble=lambda nl, coef: jnp.stack([nl[0], jnp.log(jnp.maximum(coef[0], A_FLOOR))]),
@@ -330,6 +337,7 @@ CHINCHILLA = Form(
     _grid=_chinchilla_grid,
     bound_refs=(("E", "y"), ("A", "y"), ("B", "y"), ("alpha", "one"), ("beta", "one")),
     profile=Profile(
+        nonlinear=(3, 4),
         grid=_chinchilla_profile_grid,
         basis=lambda nl, x: jnp.stack(
             [jnp.ones(x.shape[0]), jnp.exp(-jnp.exp(nl[0]) * jnp.log(x[:, 0])), jnp.exp(-jnp.exp(nl[1]) * jnp.log(x[:, 1]))],

@@ -196,8 +196,9 @@ def conditioning_lines(rep) -> list[str]:
 def form_choice_summary(choice: dict) -> str:
     rows = [[c["form"], c["loss"], "-" if c["error"] is None else f"{100 * c['error']:.1f}%", c.get("note", "")]
             for c in choice["candidates"]]
-    return (f"   form chosen by leave-future-out error (fit <= the {choice['k']}-th largest frontier point, predict the "
-            f"{choice['n_future']} beyond; mean relative error): {choice['form']} / {choice['loss']}\n"
+    return (f"   form chosen by leave-future-out error (each candidate fitted without the {choice['n_future']} "
+            f"largest-compute fitted frontier points, then predicting them; mean relative error): "
+            f"{choice['form']} / {choice['loss']}\n"
             + table(rows, ["form", "objective", "future error", "note"], indent="     "))
 
 

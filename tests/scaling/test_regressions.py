@@ -270,3 +270,35 @@ def test_loss_metric_differences_are_not_in_percentage_points():
     text = cmp.summary()
     assert " pp" not in text
     assert cmp.winner == "a"
+
+
+# ------------------------------------------------------------------------------- issue 10: form auto, cache
+def test_form_auto_picks_the_candidate_with_the_lowest_future_error(monkeypatch):
+    from vlscale.scaling import form_choice
+
+    # Two candidates keep the test to two compilations; the true law is saturation_both, power_floor cannot bend.
+    monkeypatch.setattr(form_choice, "candidates", lambda: [("saturation_both", "mse"), ("power_floor", "mse")])
+    rep = api.fit(synthetic_table(), **SEL, groups=["new"], form="auto", predict=[1e12], bootstrap=0,
+                  leave_one_out=False)
+    choice = rep.form_choice
+    assert rep.form == choice["form"] == "saturation_both" and choice["loss"] == "mse"
+    errs = {r["form"]: r["error"] for r in choice["candidates"]}
+    assert errs["saturation_both"] < errs["power_floor"]
+    assert "form chosen by leave-future-out error" in rep.summary()
+    assert json.loads(json.dumps(report._clean(rep.to_json())))["form_choice"]["form"] == "saturation_both"
+
+
+def test_compilation_cache_dir_is_skipped_when_not_writable(tmp_path, monkeypatch):
+    from vlscale.scaling import jax_cache
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    monkeypatch.setenv(jax_cache.ENV, str(ro / "jax"))
+    try:
+        assert jax_cache.cache_dir() == ro / "jax"
+        assert not jax_cache._writable(ro / "jax") or __import__("os").geteuid() == 0
+    finally:
+        ro.chmod(0o700)
+    monkeypatch.setenv(jax_cache.ENV, "off")
+    assert jax_cache.cache_dir() is None

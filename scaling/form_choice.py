@@ -1,0 +1,60 @@
+"""``form="auto"``: choose the law (and the objective) by how well it predicts the future, not by its fit.
+
+Leave-future-out on the fitted frontier of every group: each candidate is fitted to all but the
+``FUTURE_SHARE`` largest-compute fitted frontier points (at least ``MIN_FUTURE``) and predicts those; the score is
+the mean relative error |predicted - observed| / observed over every group's future points. Candidates are the
+registered one-input forms with a variable-projection profile, each with both objectives (mse and huber). The
+lowest score wins; the table of candidates is returned (and printed) so the choice can be checked. The point
+estimate is then the chosen form's ordinary optimum on all fitted points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlscale.scaling import batch
+from vlscale.scaling.forms import FORMS
+from vlscale.scaling.options import LOSSES, Options
+from vlscale.scaling.results import ResultsError
+
+FUTURE_SHARE = 0.25
+MIN_FUTURE = 2
+# A candidate must keep this many more points than it has parameters in the shortened fit.
+SPARE_POINTS = 1
+
+
+def candidates() -> list[tuple[str, str]]:
+    return [(name, loss) for name, f in FORMS.items() if f.n_inputs == 1 and f.profile is not None for loss in LOSSES]
+
+
+def choose(preps, opts: Options) -> dict:
+    """The winning (form, loss) and the table of candidates (see module doc)."""
+    sets = []
+    for p in preps:
+        for name in p.names:
+            x, y = p.fitted_xy(name)
+            order = np.argsort(x, kind="stable")
+            x, y = x[order], y[order]
+            n_future = max(MIN_FUTURE, int(round(FUTURE_SHARE * len(x))))
+            sets.append((x[:-n_future], y[:-n_future], x[-n_future:], y[-n_future:]))
+    n_past = min(len(s[0]) for s in sets)
+    rows = []
+    for form, loss in candidates():
+        f = FORMS[form]
+        if n_past < f.n_params + SPARE_POINTS:
+            rows.append({"form": form, "loss": loss, "error": None,
+                         "note": f"skipped: {n_past} past points for {f.n_params} parameters"})
+            continue
+        curves = batch.fit_sets([(x, y, np.ones_like(x)) for x, y, _, _ in sets], form, loss=loss,
+                                starts=batch.start_grid(form, "seeds"))
+        errs = np.concatenate([np.abs(c.predict(xf) - yf) / yf for c, (_, _, xf, yf) in zip(curves, sets)])
+        rows.append({"form": form, "loss": loss, "error": float(np.mean(errs)), "note": ""})
+    scored = [r for r in rows if r["error"] is not None]
+    if not scored:
+        raise ResultsError("--form auto: no candidate form has enough frontier points for a leave-future-out check; "
+                           "widen the selection or name a --form")
+    best = min(scored, key=lambda r: r["error"])
+    best["note"] = "chosen: lowest leave-future-out error"
+    n_future = len(sets[0][2])
+    return {"form": best["form"], "loss": best["loss"], "k": n_future, "n_future": n_future,
+            "future_share": FUTURE_SHARE, "candidates": rows}
