@@ -46,20 +46,20 @@ class CLIP(nn.Module):
     def setup(self):
         cfg, rt = self.config, self.runtime
         text = cfg.text
-        dtype = compute_dtype(rt.dtype)
+        dtype, pd = compute_dtype(rt.dtype), compute_dtype(rt.param_dtype)
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, dtype=dtype, remat=rt.remat,
-                                        scan_layers=rt.scan_layers)
-        self.token_embedding = nn.Embed(text.vocab_size, text.width, dtype=dtype, param_dtype=jnp.float32,
+                                        scan_layers=rt.scan_layers, param_dtype=pd, attention=rt.attention)
+        self.token_embedding = nn.Embed(text.vocab_size, text.width, dtype=dtype, param_dtype=pd,
                                         embedding_init=boxed(normal_init(TOKEN_EMBED_STD), (VOCAB, EMBED)))
         self.positional_embedding = self.param(
             "positional_embedding", boxed(normal_init(POSITION_EMBED_STD), (LENGTH, EMBED)),
-            (text.context_length, text.width), jnp.float32)
+            (text.context_length, text.width), pd)
         self.transformer = Transformer(text.width, text.layers, text.heads, mlp_ratio=text.mlp_ratio,
                                        init_scheme="clip_text", dtype=dtype, remat=rt.remat,
-                                       scan_layers=rt.scan_layers)
-        self.ln_final = layer_norm()
+                                       scan_layers=rt.scan_layers, param_dtype=pd, attention=rt.attention)
+        self.ln_final = layer_norm(param_dtype=pd)
         self.text_projection = self.param("text_projection", boxed(normal_init(text.width**-0.5), (EMBED, PROJ)),
-                                          (text.width, cfg.embed_dim), jnp.float32)
+                                          (text.width, cfg.embed_dim), pd)
         self.logit_scale = self.param("logit_scale", boxed(constant_init(cfg.init_logit_scale), ()), (),
                                       jnp.float32)
 

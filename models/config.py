@@ -116,24 +116,36 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How to run a model, independent of its parameters.
+    """How to run a model, independent of its parameters' values.
 
-    dtype: compute dtype ("float32" or "bfloat16"); parameters always stay float32 (like torch AMP master weights).
+    dtype: compute dtype ("float32" or "bfloat16").
+    param_dtype: storage dtype of the parameters. "float32" (default) keeps fp32 master weights under bf16
+        compute, like torch AMP; "bfloat16" halves parameter memory (pure-bf16 training, open_clip's
+        ``--precision bf16``). ``logit_scale`` stays float32 either way: its clamp at ln 100 needs the precision.
     remat: "none"; "block" recomputes each block in the backward pass but keeps its matmul outputs;
         "full" keeps nothing inside a block (least memory).
     scan_layers: run each homogeneous block stack with ``nn.scan`` (parameters stacked on a leading "layers" axis)
         so deep models such as ViT-H compile faster (H100: 32 s instead of 83 s for a ViT-H-14 train step).
+    attention: "xla" (default) is the explicit einsum softmax, the path the parity tests check; "dot_product"
+        calls ``jax.nn.dot_product_attention`` (JAX picks the kernel); "cudnn" forces its fused cuDNN kernel
+        (GPU with bf16 compute only).
     """
 
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "block", "full"] = "none"
     scan_layers: bool = False
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    attention: Literal["xla", "dot_product", "cudnn"] = "xla"
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"dtype {self.dtype!r} is not supported; use 'float32' or 'bfloat16'")
+        if self.param_dtype not in ("float32", "bfloat16"):
+            raise UserError(f"param_dtype {self.param_dtype!r} is not supported; use 'float32' or 'bfloat16'")
         if self.remat not in ("none", "block", "full"):
             raise UserError(f"remat {self.remat!r} is not supported; use 'none', 'block' or 'full'")
+        if self.attention not in ("xla", "dot_product", "cudnn"):
+            raise UserError(f"attention {self.attention!r} is not supported; use 'xla', 'dot_product' or 'cudnn'")
 
 
 # --- the paper's models (reference §1.5) -------------------------------------------------------------------------

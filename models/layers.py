@@ -82,37 +82,41 @@ def constrain(x: jax.Array, axes: tuple) -> jax.Array:
 class LayerNorm(nn.Module):
     """open_clip's LayerNorm: eps 1e-5, two-pass variance, computed in float32 and cast back to the input dtype.
 
-    Parameters ``scale``/``bias`` (torch ``weight``/``bias``) stay float32.
+    Parameters ``scale``/``bias`` (torch ``weight``/``bias``) are stored in ``param_dtype`` (float32 by default)
+    and applied in float32.
     """
 
     epsilon: float = LN_EPS
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        scale = self.param("scale", boxed(nn.initializers.ones, (NORM,)), (width,), jnp.float32)
-        bias = self.param("bias", boxed(nn.initializers.zeros, (NORM,)), (width,), jnp.float32)
+        scale = self.param("scale", boxed(nn.initializers.ones, (NORM,)), (width,), self.param_dtype)
+        bias = self.param("bias", boxed(nn.initializers.zeros, (NORM,)), (width,), self.param_dtype)
         xf = x.astype(jnp.float32)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         centred = xf - mean
         var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-        y = centred * lax.rsqrt(var + self.epsilon) * scale + bias
+        y = centred * lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         return y.astype(x.dtype)
 
 
-def layer_norm(name: str | None = None) -> LayerNorm:
+def layer_norm(name: str | None = None, param_dtype: Any = jnp.float32) -> LayerNorm:
     """The LayerNorm every tower uses (pass no name inside ``setup``, where the attribute names it)."""
-    return LayerNorm(name=name)
+    return LayerNorm(name=name, param_dtype=param_dtype)
 
 
 class LayerScale(nn.Module):
     """open_clip LayerScale: ``x * gamma`` with gamma initialised to ``init_value`` (ViT-M-16-alt: 1e-4)."""
 
     init_value: float
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        gamma = self.param("gamma", boxed(constant_init(self.init_value), (NORM,)), (x.shape[-1],), jnp.float32)
+        gamma = self.param("gamma", boxed(constant_init(self.init_value), (NORM,)), (x.shape[-1],),
+                           self.param_dtype)
         return x * gamma.astype(x.dtype)
 
 
@@ -123,14 +127,15 @@ class HeadsProjection(nn.Module):
     head_dim: int
     kernel_init: Callable
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         w = x.shape[-1]
         kernel = self.param("kernel", boxed(self.kernel_init, (EMBED, HEADS, KV)), (w, self.heads, self.head_dim),
-                            jnp.float32)
+                            self.param_dtype)
         bias = self.param("bias", boxed(nn.initializers.zeros, (HEADS, KV)), (self.heads, self.head_dim),
-                          jnp.float32)
+                          self.param_dtype)
         y = jnp.einsum("...w,whd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -141,13 +146,14 @@ class HeadsOutput(nn.Module):
     width: int
     kernel_init: Callable
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         heads, head_dim = x.shape[-2:]
         kernel = self.param("kernel", boxed(self.kernel_init, (HEADS, KV, EMBED)), (heads, head_dim, self.width),
-                            jnp.float32)
-        bias = self.param("bias", boxed(nn.initializers.zeros, (EMBED,)), (self.width,), jnp.float32)
+                            self.param_dtype)
+        bias = self.param("bias", boxed(nn.initializers.zeros, (EMBED,)), (self.width,), self.param_dtype)
         y = jnp.einsum("...hd,hdw->...w", x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -172,12 +178,26 @@ def causal_mask(length: int) -> jax.Array:
     return (pos[None, :] <= pos[:, None])[None, None]
 
 
-def dot_product_attention(q, k, v, mask=None, dtype=jnp.float32):
+# RuntimeOptions.attention -> how dot_product_attention runs.
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "cudnn")
+
+
+def dot_product_attention(q, k, v, mask=None, dtype=jnp.float32, implementation: str = "xla"):
     """Softmax(q k^T / sqrt(hd)) v over [B, L, H, hd] inputs; logits (accumulated) and softmax in float32.
 
     ``mask``: boolean, broadcastable to [B, H, Lq, Lk], True = attend.
-    (cuDNN's fused attention, tried on an H100, rejects the backward pass for CLIP's lengths 50/77/197/257.)
+    ``implementation``: "xla" is the einsum below (the parity reference); "dot_product" calls
+    ``jax.nn.dot_product_attention`` and lets JAX pick the kernel; "cudnn" forces its cuDNN fused kernel (GPU,
+    bf16/fp16 only). (cuDNN's fused attention, tried on an H100, rejected the backward pass for CLIP's lengths
+    50/77/197/257; lengths that are multiples of 8, see ``MaMMUT`` text padding, are what it supports.)
     """
+    if implementation != "xla":
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention {implementation!r}: use one of {ATTENTION_IMPLEMENTATIONS}")
+        impl = "cudnn" if implementation == "cudnn" else None
+        out = jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask,
+                                           implementation=impl)
+        return out.astype(dtype)
     head_dim = q.shape[-1]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
     if mask is not None:
@@ -213,6 +233,8 @@ class Attention(nn.Module):
     init_scheme: InitScheme = "torch_default"
     stack_depth: int = 1
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    attention: str = "xla"
 
     def _inits(self):
         w = self.width
@@ -226,7 +248,8 @@ class Attention(nn.Module):
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         head_dim = self.width // self.heads
         in_init, out_init = self._inits()
-        proj = lambda name: HeadsProjection(self.heads, head_dim, in_init, self.dtype, name=name)  # noqa: E731
+        proj = lambda name: HeadsProjection(self.heads, head_dim, in_init, self.dtype, self.param_dtype,  # noqa
+                                            name=name)
 
         q = constrain(proj("query")(x), (BATCH, LENGTH, HEADS, KV))
         if self.is_cross:
@@ -241,9 +264,9 @@ class Attention(nn.Module):
                 k, v, mask = self._update_cache(k, v, mask)
         k = constrain(k, (BATCH, LENGTH, HEADS, KV))
         v = constrain(v, (BATCH, LENGTH, HEADS, KV))
-        y = dot_product_attention(q, k, v, mask=mask, dtype=self.dtype)
+        y = dot_product_attention(q, k, v, mask=mask, dtype=self.dtype, implementation=self.attention)
         y = constrain(y, (BATCH, LENGTH, HEADS, KV))
-        return HeadsOutput(self.width, out_init, self.dtype, name="out")(y)
+        return HeadsOutput(self.width, out_init, self.dtype, self.param_dtype, name="out")(y)
 
     def _cross_kv(self, proj, kv, decode):
         if not decode:
@@ -286,6 +309,7 @@ class Mlp(nn.Module):
     init_scheme: InitScheme = "torch_default"
     stack_depth: int = 1
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
@@ -296,11 +320,11 @@ class Mlp(nn.Module):
             proj_kernel = normal_init(w**-0.5 * (2 * self.stack_depth) ** -0.5)
         else:
             fc_kernel, proj_kernel = fc_bias, proj_bias
-        y = nn.Dense(h, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=boxed(fc_kernel, (EMBED, MLP)),
+        y = nn.Dense(h, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=boxed(fc_kernel, (EMBED, MLP)),
                      bias_init=boxed(fc_bias, (MLP,)), name="c_fc")(x)
         y = constrain(y, (BATCH, LENGTH, MLP))
         y = jax.nn.gelu(y, approximate=False)
-        return nn.Dense(w, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=boxed(proj_kernel, (MLP, EMBED)),
+        return nn.Dense(w, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=boxed(proj_kernel, (MLP, EMBED)),
                         bias_init=boxed(proj_bias, (EMBED,)), name="c_proj")(y)
 
 
@@ -320,24 +344,28 @@ class ResidualAttentionBlock(nn.Module):
     init_scheme: InitScheme = "torch_default"
     stack_depth: int = 1
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x, kv=None, mask=None, decode: bool = False):
+        pd = self.param_dtype
         x = constrain(x, (BATCH, LENGTH, EMBED))
-        h = layer_norm("ln_1")(x)
+        h = layer_norm("ln_1", pd)(x)
         if self.is_cross and kv is not None:
-            kv = layer_norm("ln_1_kv")(kv)
+            kv = layer_norm("ln_1_kv", pd)(kv)
         h = Attention(self.width, self.heads, is_cross=self.is_cross, init_scheme=self.init_scheme,
-                      stack_depth=self.stack_depth, dtype=self.dtype, name="attn")(h, kv=kv, mask=mask, decode=decode)
+                      stack_depth=self.stack_depth, dtype=self.dtype, param_dtype=pd, attention=self.attention,
+                      name="attn")(h, kv=kv, mask=mask, decode=decode)
         if self.ls_init_value is not None:
-            h = LayerScale(self.ls_init_value, name="ls_1")(h)
+            h = LayerScale(self.ls_init_value, pd, name="ls_1")(h)
         x = x + h
         if self.has_mlp:
-            h = layer_norm("ln_2")(x)
+            h = layer_norm("ln_2", pd)(x)
             h = Mlp(self.width, int(self.width * self.mlp_ratio), init_scheme=self.init_scheme,
-                    stack_depth=self.stack_depth, dtype=self.dtype, name="mlp")(h)
+                    stack_depth=self.stack_depth, dtype=self.dtype, param_dtype=pd, name="mlp")(h)
             if self.ls_init_value is not None:
-                h = LayerScale(self.ls_init_value, name="ls_2")(h)
+                h = LayerScale(self.ls_init_value, pd, name="ls_2")(h)
             x = x + h
         return constrain(x, (BATCH, LENGTH, EMBED))
 
@@ -374,10 +402,13 @@ class Transformer(nn.Module):
     dtype: Any = jnp.float32
     remat: str = "none"
     scan_layers: bool = False
+    param_dtype: Any = jnp.float32
+    attention: str = "xla"
 
     def _block_kwargs(self):
         return dict(width=self.width, heads=self.heads, mlp_ratio=self.mlp_ratio, ls_init_value=self.ls_init_value,
-                    init_scheme=self.init_scheme, stack_depth=self.layers, dtype=self.dtype)
+                    init_scheme=self.init_scheme, stack_depth=self.layers, dtype=self.dtype,
+                    param_dtype=self.param_dtype, attention=self.attention)
 
     @nn.compact
     def __call__(self, x, mask=None):

@@ -73,13 +73,15 @@ class _DecoderGroup(nn.Module):
 
     config: TextConfig
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x, inputs):
         kv, mask = inputs
         cfg = self.config
         block = lambda name, **kw: _Block(cfg.width, cfg.heads, mlp_ratio=cfg.mlp_ratio, dtype=self.dtype,  # noqa: E731
-                                          name=name, **kw)
+                                          param_dtype=self.param_dtype, attention=self.attention, name=name, **kw)
         x = block("self_even", has_mlp=cfg.has_mlp)(x, mask=mask)
         if kv is not None:
             x = block("cross", is_cross=True)(x, kv=kv)
@@ -99,6 +101,8 @@ class TextDecoder(nn.Module):
     dtype: Any = jnp.float32
     remat: str = "none"
     scan_layers: bool = False
+    param_dtype: Any = jnp.float32
+    attention: str = "xla"
 
     def _block_cls(self, decode):
         if decode or self.remat == "none":
@@ -117,32 +121,49 @@ class TextDecoder(nn.Module):
             raise ValueError(f"remat {self.remat!r}: use 'none', 'block' or 'full'")
 
     @nn.compact
-    def __call__(self, tokens, image_embs=None, decode: bool = False, lm_head: bool = True):
+    def __call__(self, tokens, image_embs=None, decode: bool = False, lm_head: bool | str = True):
+        """``lm_head``: True -> (logits, h); False -> (None, h); "weight" -> (the LM head [w, V] unapplied, h),
+        for a loss that applies it in chunks (``vlscale.train.losses.caption_loss_from_hidden``)."""
         self._check(decode)
         cfg = self.config
         length = tokens.shape[1]
         if length > cfg.context_length:
             raise ValueError(f"{length} tokens exceed the context length {cfg.context_length}")
-        embed = nn.Embed(cfg.vocab_size, cfg.width, dtype=self.dtype, param_dtype=jnp.float32,
+        # Fused attention kernels want lengths that are multiples of 8 (77 and 76 are not): with a non-default
+        # attention, pad at the end. Causal masking already hides trailing positions from real queries; the
+        # bidirectional pass masks them as keys; their outputs are cut off below.
+        pad = (-length) % 8 if self.attention != "xla" and not decode else 0
+        if pad:
+            tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
+        padded = length + pad
+        embed = nn.Embed(cfg.vocab_size, cfg.width, dtype=self.dtype, param_dtype=self.param_dtype,
                          embedding_init=boxed(normal_init(TOKEN_EMBED_STD), (VOCAB, EMBED)), name="token_embedding")
         positional = self.param("positional_embedding", boxed(normal_init(POSITION_EMBED_STD), (LENGTH, EMBED)),
-                                (cfg.context_length, cfg.width), jnp.float32)
-        positions = self._positions(length, decode)
+                                (cfg.context_length, cfg.width), self.param_dtype)
+        positions = jnp.minimum(self._positions(padded, decode), cfg.context_length - 1)
         x = embed(tokens) + jnp.take(positional, positions, axis=0).astype(self.dtype)
         x = constrain(x, (BATCH, LENGTH, EMBED))
 
         captioning = decode or image_embs is not None
+        if captioning:
+            mask = causal_mask(padded)
+        else:
+            mask = (jnp.arange(padded) < length)[None, None, None, :] if pad else None
         if image_embs is not None:
             image_embs = constrain(image_embs.astype(self.dtype), (BATCH, LENGTH, EMBED))
         if self.scan_layers:
-            x = self._scanned_blocks(x, image_embs, causal_mask(length) if captioning else None)
+            x = self._scanned_blocks(x, image_embs, mask)
         else:
-            x = self._unrolled_blocks(x, image_embs, causal_mask(length) if captioning else None, decode)
-        h = layer_norm("ln_final")(x)
+            x = self._unrolled_blocks(x, image_embs, mask, decode)
+        h = layer_norm("ln_final", self.param_dtype)(x)
+        if pad:
+            h = h[:, :length]
         if not lm_head:
             return None, h
         head = self.param("text_projection", boxed(nn.initializers.zeros, (EMBED, VOCAB)),
-                          (cfg.width, cfg.vocab_size), jnp.float32)
+                          (cfg.width, cfg.vocab_size), self.param_dtype)
+        if lm_head == "weight":
+            return head, h
         logits = h @ head.astype(self.dtype)
         return constrain(logits, (BATCH, LENGTH, VOCAB)), h
 
@@ -161,7 +182,8 @@ class TextDecoder(nn.Module):
     def _unrolled_blocks(self, x, image_embs, mask, decode):
         cfg = self.config
         block_cls = self._block_cls(decode)
-        kw = dict(width=cfg.width, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dtype=self.dtype)
+        kw = dict(width=cfg.width, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dtype=self.dtype,
+                  param_dtype=self.param_dtype, attention=self.attention)
         extra = {"decode": True} if decode else {}
         for i in range(cfg.layers):
             x = block_cls(has_mlp=cfg.self_block_has_mlp(i), name=f"resblocks_{i}", **kw)(x, None, mask, **extra)
@@ -178,7 +200,7 @@ class TextDecoder(nn.Module):
         stack = nn.scan(group_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=nn.broadcast, length=cfg.layers // 2,
                         metadata_params={nn.PARTITION_NAME: LAYERS})
-        x, _ = stack(cfg, self.dtype, name="layer_groups")(x, (image_embs, mask))
+        x, _ = stack(cfg, self.dtype, self.param_dtype, self.attention, name="layer_groups")(x, (image_embs, mask))
         return x
 
 
@@ -201,11 +223,14 @@ class MaMMUT(nn.Module):
         if cfg.embed_dim != cfg.text.width:
             raise ValueError(f"MaMMUT needs embed_dim == text width ({cfg.embed_dim} != {cfg.text.width})")
         dtype = compute_dtype(rt.dtype)
-        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, dtype=dtype, remat=rt.remat,
+        pd = compute_dtype(rt.param_dtype)
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, dtype=dtype, remat=rt.remat, param_dtype=pd,
+                                        attention=rt.attention,
                                         scan_layers=rt.scan_layers)
-        self.text = TextDecoder(cfg.text, dtype=dtype, remat=rt.remat, scan_layers=rt.scan_layers)
+        self.text = TextDecoder(cfg.text, dtype=dtype, remat=rt.remat, scan_layers=rt.scan_layers, param_dtype=pd,
+                                attention=rt.attention)
         self.map_viz2txt_kv = self.param("map_viz2txt_kv", boxed(normal_init(MAP_VIZ2TXT_STD), (EMBED, PROJ)),
-                                         (cfg.vision.width, cfg.text.width), jnp.float32)
+                                         (cfg.vision.width, cfg.text.width), pd)
         self.logit_scale = self.param("logit_scale", boxed(constant_init(cfg.init_logit_scale), ()), (),
                                       jnp.float32)
 
@@ -260,13 +285,20 @@ class MaMMUT(nn.Module):
 
     # --- training forward ----------------------------------------------------------------------------------------
 
-    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = True) -> dict:
+    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = True, caption_head: bool = True) -> dict:
+        """``caption_head=False`` returns ``caption_hidden`` (the decoder's ``ln_final`` output [B, L-1, w]) and
+        ``lm_head`` ([w, V]) instead of ``logits``, so the loss can apply the head in chunks
+        (``losses.caption_loss_from_hidden``) and the [B, L-1, V] logits never exist whole."""
         latent, memory = self.image_memory(images)
         out = {"image_features": l2_normalize(latent), "logit_scale": jnp.exp(self.logit_scale)}
         # Captioning first: under ``init`` it creates every decoder parameter (the cross blocks included), which
         # the scanned layout needs before the contrastive pass reuses the self blocks.
         # Training drops the last token: it has no label (mammut_model.py _forward).
-        out["logits"] = self.caption_logits_from_memory(memory, tokens[:, :-1] if train else tokens)
+        caption_tokens = tokens[:, :-1] if train else tokens
+        if caption_head:
+            out["logits"] = self.caption_logits_from_memory(memory, caption_tokens)
+        else:
+            out["lm_head"], out["caption_hidden"] = self.text(caption_tokens, image_embs=memory, lm_head="weight")
         out["labels"] = tokens[:, 1:]
         if train:
             out["text_features"] = self.encode_text(tokens, normalize=True)

@@ -21,8 +21,8 @@ from vlscale.models.config import ModelConfig, RuntimeOptions, get_config
 def build_model(name_or_config: str | ModelConfig, **runtime_options) -> nn.Module:
     """A Flax module for a named (or given) configuration.
 
-    runtime_options: ``dtype`` ("float32" | "bfloat16"), ``remat`` ("none" | "block" | "full"),
-    ``scan_layers`` (bool); see ``RuntimeOptions``.
+    runtime_options: ``dtype`` and ``param_dtype`` ("float32" | "bfloat16"), ``remat`` ("none" | "block" |
+    "full"), ``scan_layers`` (bool), ``attention`` ("xla" | "dot_product" | "cudnn"); see ``RuntimeOptions``.
     """
     cfg = get_config(name_or_config)
     runtime = RuntimeOptions(**runtime_options)

@@ -54,27 +54,31 @@ class VisionTransformer(nn.Module):
     dtype: Any = jnp.float32
     remat: str = "none"
     scan_layers: bool = False
+    param_dtype: Any = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, images: jax.Array):
         cfg = self.config
+        pd = self.param_dtype
         w, p = cfg.width, cfg.patch_size
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(f"expected images [B, {cfg.image_size}, {cfg.image_size}, 3], got {images.shape}")
-        x = _Conv1(w, p, name="conv1")(images.astype(self.dtype), self.dtype)
+        x = _Conv1(w, p, pd, name="conv1")(images.astype(self.dtype), self.dtype)
         x = constrain(x, (BATCH, LENGTH, EMBED))
         scale = w**-0.5
-        class_embedding = self.param("class_embedding", boxed(normal_init(scale), (EMBED,)), (w,), jnp.float32)
+        class_embedding = self.param("class_embedding", boxed(normal_init(scale), (EMBED,)), (w,), pd)
         positional = self.param("positional_embedding", boxed(normal_init(scale), (LENGTH, EMBED)),
-                                (cfg.num_tokens, w), jnp.float32)
+                                (cfg.num_tokens, w), pd)
         cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (x.shape[0], 1, w))
         x = jnp.concatenate([cls, x], axis=1) + positional.astype(self.dtype)
-        x = layer_norm("ln_pre")(x)
+        x = layer_norm("ln_pre", pd)(x)
         x = Transformer(w, cfg.layers, cfg.heads, mlp_ratio=cfg.mlp_ratio, ls_init_value=cfg.ls_init_value,
                         init_scheme="torch_default", dtype=self.dtype, remat=self.remat,
-                        scan_layers=self.scan_layers, name="transformer")(x)
+                        scan_layers=self.scan_layers, param_dtype=pd, attention=self.attention,
+                        name="transformer")(x)
         tokens = x
-        ln_post = layer_norm("ln_post")
+        ln_post = layer_norm("ln_post", pd)
         if cfg.pool_type == "tok" and not cfg.final_ln_after_pool:
             pooled = ln_post(x)[:, 0]
         elif cfg.pool_type == "avg_all" and cfg.final_ln_after_pool:
@@ -82,7 +86,7 @@ class VisionTransformer(nn.Module):
         else:
             raise ValueError(f"unsupported pooling {cfg.pool_type!r} "
                              f"with final_ln_after_pool={cfg.final_ln_after_pool}")
-        proj = self.param("proj", boxed(normal_init(scale), (EMBED, PROJ)), (w, self.embed_dim), jnp.float32)
+        proj = self.param("proj", boxed(normal_init(scale), (EMBED, PROJ)), (w, self.embed_dim), pd)
         pooled = pooled @ proj.astype(self.dtype)
         return pooled, tokens
 
@@ -95,12 +99,13 @@ class _Conv1(nn.Module):
 
     width: int
     patch: int
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images, dtype):
         p = self.patch
         fan_in = 3 * p * p
         kernel = self.param("kernel", boxed(uniform_init(1 / math.sqrt(fan_in)), (None, None, None, EMBED)),
-                            (p, p, 3, self.width), jnp.float32)
+                            (p, p, 3, self.width), self.param_dtype)
         patches = patchify(images, p)
         return patches @ kernel.reshape(fan_in, self.width).astype(dtype)
