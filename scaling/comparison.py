@@ -174,8 +174,11 @@ def compare_fitted(rep: FitReport, first: str, second: str, at: Sequence[float],
     winner = None if abs(d_star) < threshold else (second if d_star < 0 else first)
     cross = last_crossing(grid[upto], diff[upto])
     crossover: dict = {"compute": cross, "range": [float(grid[0]), judged]}
+    # Where the near-optimal envelopes cross; one that does not cross means some near-optimal pair never does.
     ends = [last_crossing(grid[upto], e[upto]) for e in (env_lo, env_hi)]
-    crossover["spread"] = [min(v for v in ends if v), max(v for v in ends if v)] if any(ends) else None
+    found = [v for v in ends if v is not None]
+    crossover["spread"] = [min(found), max(found)] if found else None
+    crossover["spread_includes_no_crossing"] = len(found) < 2
     agree = None
     boots = b.grid_boot - a.grid_boot if a.grid_boot is not None and b.grid_boot is not None else None
     if boots is not None:

@@ -242,8 +242,12 @@ def comparison_summary(cmp, *, with_fit: bool = True) -> str:
     if cr.get("compute") is not None:
         ci = f" [{fmt_c(cr['lo'])}, {fmt_c(cr['hi'])}]" if "lo" in cr else ""
         frac = f", curves cross in {100 * cr['fraction_crossing']:.0f}% of bootstraps" if "fraction_crossing" in cr else ""
-        spread = (f"; near-optimal fits put it at {fmt_c(cr['spread'][0])}-{fmt_c(cr['spread'][1])}"
-                  if cr.get("spread") else "")
+        spread = ""
+        if cr.get("spread"):
+            lo_c, hi_c = cr["spread"]
+            spread = f"; near-optimal fits put it at {fmt_c(lo_c)}" + (f"-{fmt_c(hi_c)}" if hi_c != lo_c else "")
+            if cr.get("spread_includes_no_crossing"):
+                spread += " or nowhere"
         lines.append(f"   crossover at C = {fmt_c(cr['compute'])} GFLOPs{ci}{frac}{spread}")
     else:
         lines.append(f"   no crossover between {fmt_c(cr['range'][0])} and {fmt_c(cr['range'][1])} GFLOPs")
