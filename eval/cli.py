@@ -111,6 +111,22 @@ def format_record(r: dict) -> str:
     return line
 
 
+def _check_outputs(args) -> None:
+    """--out and --results must be writable before any work starts (one line naming the flag)."""
+    from vlscale.errors import UserError
+
+    try:
+        from vlscale.outputs import check_output_dir, check_output_file
+    except ImportError:  # older checkouts: only the folder case
+        if args.results and Path(args.results).is_dir():
+            raise UserError(f"--results {args.results}: is a folder; give a CSV file name") from None
+        return
+    if args.out:
+        check_output_dir(args.out, flag="--out")
+    if args.results:
+        check_output_file(args.results, flag="--results", suffixes=(".csv",))
+
+
 def _run_eval(args) -> int:
     import sys
 
@@ -124,8 +140,7 @@ def _run_eval(args) -> int:
     path = Path(args.checkpoint)
     if not path.exists():
         raise UserError(f"--checkpoint {path}: does not exist")
-    if args.results and Path(args.results).is_dir():
-        raise UserError(f"--results {args.results}: is a folder; give a CSV file name")
+    _check_outputs(args)
     dtype = "float32" if args.precision == "fp32" else "bfloat16"
     if checkpoints.is_workdir(path) and (path / checkpoints.RUN_JSON).is_file():
         records = runner.evaluate_run(path, tasks, results=args.results, all_checkpoints=args.all_checkpoints,

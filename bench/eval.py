@@ -1,0 +1,190 @@
+"""Zero-shot evaluation speed: vlscale.eval against open_clip's encoders in the same process, and the evaluation
+budget of the default study (evaluating a checkpoint should cost at most 5 % of the training that produced it).
+
+Rows:
+  * classify: images/s of zero-shot classification (encode, normalise, logits against the classifier, top-5) at
+    batch 256 on pre-processed images, vlscale (jit, batch-sharded over the local devices) vs open_clip
+    (torch, no_grad, the same random weights converted).
+  * classifier: seconds to build a 1000-class x 80-template classifier (ImageNet names x OpenAI templates,
+    tokenising included), vlscale vs open_clip's tokenizer + encode_text.
+  * budget: for each model of the study's default grid (configs/study/tiny_shapes.py), the trainer's samples/s
+    (a short ``vlscale.train.run``, compile excluded) and the wall time of one checkpoint's evaluation with the
+    study's suite (compiled functions warm, as in a study process), as a fraction of the training time up to each
+    of the grid's samples-seen budgets.
+
+Usage: python bench/eval.py [--model tiny-clip] [--images 1024] [--batch 256] [--skip-budget] [--budget-models ...]
+Tiny configs on the CPU by default; on a GPU pass a real config (--model ViT-B-32). Needs the test extras
+(torch, open_clip_torch) for the open_clip rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _open_clip_model(name: str):
+    import open_clip
+
+    from vlscale.models.config import get_config
+
+    cfg = get_config(name)
+    v, t = cfg.vision, cfg.text
+    vision = dict(image_size=v.image_size, layers=v.layers, width=v.width, head_width=v.head_width,
+                  patch_size=v.patch_size)
+    text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
+                layers=t.layers)
+    return open_clip.model.CLIP(cfg.embed_dim, vision, text).eval()
+
+
+def _timed(fn, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_classify(model_name: str, n: int, batch: int, device: str) -> list[tuple]:
+    import torch
+
+    from vlscale.eval import datasets, zeroshot
+    from vlscale.eval.encoders import EvalModel
+    from vlscale.models import convert
+
+    tm = _open_clip_model(model_name).to(device)
+    state = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
+    em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name))
+    size = em.config.image_size
+    ds = datasets.synth_dataset("colour", n, knobs={"image_size": size})
+    ds.loader(size)(np.arange(1))  # pre-process once: the rows time the model, not PIL
+    classifier = zeroshot.build_classifier(em, ds.prompts, batch, progress=None)
+    zeroshot.classify(em, ds, classifier, batch)  # compile
+    ours = _timed(lambda: zeroshot.classify(em, ds, classifier, batch))
+
+    pixels, _ = ds._all_pixels(size)
+    x = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(device)
+    w = torch.from_numpy(classifier).to(device)
+
+    def open_clip_run():
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                f = tm.encode_image(x[i:i + batch])
+                f = f / f.norm(dim=-1, keepdim=True)
+                (100.0 * f @ w).topk(5, dim=-1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    open_clip_run()
+    ref = _timed(open_clip_run)
+    return [("classify", model_name, f"{n / ours:,.0f} img/s", f"{n / ref:,.0f} img/s", ref / ours)]
+
+
+def bench_classifier(model_name: str, batch: int, device: str) -> list[tuple]:
+    import open_clip
+    import torch
+
+    from vlscale.eval import prompts as prompts_lib
+    from vlscale.eval import zeroshot
+    from vlscale.eval.encoders import EvalModel
+    from vlscale.models import convert
+
+    tm = _open_clip_model(model_name).to(device)
+    state = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
+    em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name))
+    p = prompts_lib.Prompts(tuple(prompts_lib.imagenet_classnames()), tuple(prompts_lib.openai_templates()))
+    zeroshot.build_classifier(em, prompts_lib.Prompts(p.classnames[:8], p.templates), batch, progress=None)  # compile
+    ours = _timed(lambda: zeroshot.build_classifier(em, p, batch, progress=None), repeats=1)
+    ctx = em.config.context_length
+
+    def open_clip_run():
+        weights = []
+        with torch.no_grad():
+            for c in p.classnames:
+                f = tm.encode_text(open_clip.tokenize([t.replace("{c}", c) for t in p.templates], context_length=ctx)
+                                   .to(device))
+                f = (f / f.norm(dim=-1, keepdim=True)).mean(0)
+                weights.append(f / f.norm())
+        return torch.stack(weights, 1)
+
+    ref = _timed(open_clip_run, repeats=1)
+    return [("classifier 1000x80", model_name, f"{ours:.1f} s", f"{ref:.1f} s", ref / ours)]
+
+
+def bench_budget(models: list[str], steps: int) -> list[tuple]:
+    import json
+
+    from vlscale.configs import train as train_config
+    from vlscale.configs.study import tiny_shapes
+    from vlscale.eval import evaluate_run
+    from vlscale.eval.suites import suite_tasks
+    from vlscale.train import run
+
+    study = tiny_shapes.get_config()
+    tasks = suite_tasks(study.eval.suite)
+    rows = []
+    for model in models:
+        cfg = train_config.get_config(f"model={model},data=synth")
+        cfg.global_batch_size = int(study.sweep.global_batch_size[0])
+        cfg.total_samples = cfg.global_batch_size * steps
+        cfg.warmup, cfg.lr, cfg.schedule = 2, 2e-3, "const"
+        cfg.log_every, cfg.checkpoint_every = max(1, steps // 4), steps
+        cfg.data.in_memory, cfg.data.in_memory_samples = True, 1024
+        cfg.data.synth.knobs = {"image_size": 32}
+        with tempfile.TemporaryDirectory() as w:
+            run(cfg, w)
+            logs = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+            sps = float(np.median([r["samples_per_s"] for r in logs[1:]] or [logs[-1]["samples_per_s"]]))
+            t = time.perf_counter()
+            evaluate_run(w, tasks, results=os.path.join(w, "cold.csv"), log=lambda m: None)
+            cold = time.perf_counter() - t
+            t = time.perf_counter()
+            evaluate_run(w, tasks, results=os.path.join(w, "warm.csv"), log=lambda m: None)
+            warm = time.perf_counter() - t
+        caps = dict(study.max_samples_seen)
+        grid = [s for s in study.samples_seen if s <= caps.get(model, float("inf"))]
+        fractions = ", ".join(f"{s:,}: {warm / (s / sps):.0%}" for s in grid)
+        rows.append(("budget", model, f"train {sps:,.0f} samples/s", f"eval {warm:.1f} s warm ({cold:.1f} s cold)",
+                     fractions))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="tiny-clip")
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--skip-budget", action="store_true")
+    ap.add_argument("--budget-models", default="shapes-clip-XS,shapes-clip-S,shapes-mammut-XS")
+    ap.add_argument("--budget-steps", type=int, default=24)
+    args = ap.parse_args(argv)
+    import jax
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    print(f"# bench/eval.py on {jax.default_backend()} ({len(jax.devices())} devices), torch on {device}, "
+          f"{os.cpu_count()} cores")
+    rows = bench_classify(args.model, args.images, args.batch, device)
+    rows += bench_classifier(args.model, args.batch, device)
+    print("| row | model | vlscale | open_clip | vlscale / open_clip speed |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f}x |")
+    sys.stdout.flush()
+    if not args.skip_budget:
+        print("\n| row | model | training | one checkpoint's evaluation (study suite) | eval / training time up to "
+              "each budget (samples) |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in bench_budget(args.budget_models.split(","), args.budget_steps):
+            print("| " + " | ".join(str(x) for x in r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
