@@ -78,7 +78,8 @@ def _run_models(args) -> int:
 def _configure_convert(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-open-clip", metavar="FILE", help="open_clip / MaMMUT checkpoint (.pt, .safetensors)")
-    src.add_argument("--to-open-clip", metavar="DIR", help="vlscale checkpoint directory to export")
+    src.add_argument("--to-open-clip", metavar="DIR",
+                     help="vlscale checkpoint to export (convert folder, training workdir or WORKDIR/checkpoints/N)")
     p.add_argument("--model", help="model name (see `vlscale models`); required with --from-open-clip")
     p.add_argument("--out", required=True,
                    help="output directory (--from-open-clip) or .safetensors (preferred) / .pt file")
@@ -110,7 +111,7 @@ def _run_convert(args) -> int:
         print(f"converted {args.from_open_clip} -> {out} ({cfg.name}, {count_params(params):,} parameters)")
         return 0
     out = check_output_file(args.out, suffixes=(".safetensors", ".pt", ".pth", ".bin"))
-    params, meta = convert.load_params(args.to_open_clip)
+    params, meta = load_checkpoint_params(args.to_open_clip)
     if args.model and args.model != meta["model"]:
         raise UserError(f"--model {args.model} does not match the checkpoint's model {meta['model']}")
     state = convert.flax_to_torch(params, meta["model"], text_prefix=args.text_prefix)
@@ -119,11 +120,23 @@ def _run_convert(args) -> int:
     return 0
 
 
+def load_checkpoint_params(path) -> tuple[dict, dict]:
+    """(params, {"model": name}) from a ``vlscale convert`` folder or a trainer workdir / step directory."""
+    from vlscale.models import convert
+    from vlscale.train import checkpoint
+
+    if checkpoint.is_training_checkpoint(path):
+        loaded = checkpoint.load_for_inference(path)
+        return loaded.params, {"model": loaded.model_name, "step": loaded.step}
+    return convert.load_params(path)
+
+
 # --- embed ---------------------------------------------------------------------------------------------------------
 
 
 def _configure_embed(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="vlscale checkpoint (from `vlscale convert`)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="vlscale checkpoint: a `vlscale convert` folder, a training workdir or WORKDIR/checkpoints/N")
     p.add_argument("--model", help="model name; defaults to the one recorded in the checkpoint")
     imgs = p.add_mutually_exclusive_group()
     imgs.add_argument("--images", nargs="+", metavar="FILE", help="image files")
@@ -218,7 +231,7 @@ def embed_all(checkpoint: str | Path, image_paths=(), texts=(), model_name: str 
 
     if batch_size < 1:
         raise UserError(f"batch size {batch_size} must be at least 1")
-    params, meta = convert.load_params(checkpoint)
+    params, meta = load_checkpoint_params(checkpoint)
     name = model_name or meta["model"]
     if model_name and model_name != meta["model"]:
         raise UserError(f"--model {model_name} does not match the checkpoint's model {meta['model']}")

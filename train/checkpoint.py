@@ -122,6 +122,12 @@ class Loaded:
     path: str
 
 
+def is_training_checkpoint(path) -> bool:
+    """A training workdir or one of its step directories (as opposed to a ``vlscale convert`` output)."""
+    p = epath.Path(path)
+    return p.exists() and ((p / CHECKPOINTS).exists() or ((p / "meta").exists() and (p / "state").exists()))
+
+
 def load_for_inference(path) -> Loaded:
     """Parameters from a training workdir, a step directory, or a ``vlscale convert`` output directory.
 

@@ -28,6 +28,22 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert "resumed at step 3/6" in out and "finished" in out and str(tmp_path / "w" / "metrics.jsonl") in out
     assert json.loads((tmp_path / "w" / "final.json").read_text())["step"] == 6
 
+    # The trainer's checkpoints load wherever a checkpoint is taken: embed and the export to open_clip.
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    assert main(["embed", "--checkpoint", str(tmp_path / "w"), "--images", str(tmp_path / "a.png"),
+                 "--texts", "a red circle", "--out", str(tmp_path / "e.npz")]) == 0
+    emb = np.load(tmp_path / "e.npz")
+    assert emb["image_embeddings"].shape == (1, 64) and emb["text_embeddings"].shape == (1, 64)
+    assert main(["convert", "--to-open-clip", str(tmp_path / "w" / "checkpoints" / "6"),
+                 "--out", str(tmp_path / "oc.safetensors")]) == 0
+    from safetensors.numpy import load_file
+
+    state = load_file(str(tmp_path / "oc.safetensors"))
+    assert "visual.conv1.weight" in state and "logit_scale" in state
+
 
 def test_dry_run_on_64_fake_devices(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
