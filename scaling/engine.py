@@ -17,6 +17,7 @@ from vlscale.scaling.evaluate import finish_group
 from vlscale.scaling.fitted import GroupFit
 from vlscale.scaling.options import Options
 from vlscale.scaling.prepare import Prepared
+from vlscale.scaling.report import fmt_diff
 from vlscale.scaling.results import Selection
 
 
@@ -55,11 +56,12 @@ def fit_prepared(preps: Sequence[Prepared], opts: Options, *, form: str | None =
         refits = uncertainty.refit_many(items, form, n_boot=opts.bootstrap, loss=opts.loss,
                                         leave_one_out=opts.leave_one_out)
         out: list[dict[str, GroupFit]] = [dict() for _ in preps]
-        for (i, name), curve, r, nr, ss in zip(keys, curves, refits, near, streams):
+        for (i, name), curve, r, nr in zip(keys, curves, refits, near):
             p = preps[i]
-            gf = finish_group(p, name, curve, r, nr, opts, ss)
+            gf = finish_group(p, name, curve, r, nr, opts)
             out[i][name] = gf
             loo = gf.loo_summary()
             _log(progress, f"  {p.selection.label()} · {name}: {int(p.fitted[name].sum())}/{gf.n_frontier} frontier "
-                           "points fitted" + (f", leave-one-out {loo['mean_abs_err_pp']:.2f} pp mean" if loo else ""))
+                           "points fitted" + (f", leave-one-out {fmt_diff(loo['mean_abs_err'], gf.metric_kind)} mean"
+                                              if loo else ""))
     return out, time.perf_counter() - t0, timer.seconds

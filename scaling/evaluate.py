@@ -56,8 +56,8 @@ def _delta_pieces(curve, xf, yf, padded):
         return None, str(e)
 
 
-def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, near: np.ndarray, opts: Options,
-                 stream) -> GroupFit:
+def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, near: np.ndarray,
+                 opts: Options) -> GroupFit:
     g = prep.points[name]
     x, y = g["x"].to_numpy(), g["error"].to_numpy()
     fitted = prep.fitted[name]

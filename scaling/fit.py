@@ -70,7 +70,7 @@ PAD_MULTIPLE = 16
 PAD_POINTS = 4
 # Largest change of any log-space coordinate per step (a factor e in a natural parameter). Without it, Marquardt
 # steps from the paper's grid run off along flat directions (c -> 0, b -> inf, d -> 0) and only 2 % of its 3200
-# starts reach the optimum on the MaMMUT ImageNet frontier; with it, 100 % do (measured, see bench/fit_speed.py).
+# starts reach the optimum on the MaMMUT ImageNet frontier; with it, (almost) all do (bench/fit_speed.py).
 MAX_STEP = 1.0
 
 

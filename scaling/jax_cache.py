@@ -47,7 +47,7 @@ def enable() -> Path | None:
         path = None
     else:
         jax.config.update("jax_compilation_cache_dir", str(path))
-        # Our programs compile in 0.1-2 s each; cache them all (the defaults skip anything under 1 s).
+        # Many of our programs compile in under a second; cache them all (the defaults skip those).
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _state["dir"] = path

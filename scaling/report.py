@@ -176,6 +176,12 @@ def _error_label(rep) -> str:
     return str(rep.selection.metric)
 
 
+def _fmt_signed_range(lo: float, hi: float, kind: str) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "-"
+    return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if is_accuracy(kind) else f"[{lo:+.4g}, {hi:+.4g}]"
+
+
 def _fmt_range(lo: float, hi: float) -> str:
     return f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "-"
 
@@ -232,8 +238,7 @@ def comparison_summary(cmp, *, with_fit: bool = True) -> str:
     kind = cmp.fit.metric_kind
     for r in cmp.comparison:
         rows.append([fmt_c(r["compute"]), f"{r[cmp.first]:.4f}", f"{r[cmp.second]:.4f}",
-                     fmt_delta(r["diff"], r["lo"], r["hi"], kind), fmt_delta(r["diff"], r["spread_lo"],
-                                                                            r["spread_hi"], kind).split(" ", 1)[-1]])
+                     fmt_delta(r["diff"], r["lo"], r["hi"], kind), _fmt_signed_range(r["spread_lo"], r["spread_hi"], kind)])
     lines.append("")
     lines.append(f"   {cmp.second} - {cmp.first} (negative: {cmp.second} has lower error)")
     lines.append(table(rows, ["C [GFLOPs]", cmp.first, cmp.second, f"difference {unit(kind)} [interval]",

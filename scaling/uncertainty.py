@@ -31,8 +31,8 @@ from scipy import stats
 from vlscale.errors import UserError
 import vlscale.scaling.fit as fit_lib  # not `from vlscale.scaling import fit`: the package re-exports api.fit
 from vlscale.scaling import forms as forms_lib
+from vlscale.scaling.options import DEFAULT_LEVEL
 
-DEFAULT_LEVEL = 0.95
 DEFAULT_N_BOOT = 1000
 # Each resample starts from the full-data optimum plus this many variable-projection seeds of its own. On the
 # MaMMUT and CLIP ImageNet frontiers the warm start alone reached the same optimum as 16 seeds per resample in

@@ -67,6 +67,9 @@ CASES = [
     C("fit-out-unwritable", "fit", *PAPER, "--out", "/proc/vlscale-out", names="/proc/vlscale-out",
       out="/proc/vlscale-out"),
     C("fit-unknown-form", "fit", *PAPER, "--form", "cubic", "--out", OUT, names="cubic"),
+    C("fit-max-compute-unknown-group", "fit", *PAPER, "--model-types", "clip,mammut", "--fit-max-compute", "CLIP:1e11",
+      "--out", OUT, names="CLIP"),
+    C("fit-unknown-frontier-scope", "fit", *PAPER, "--frontier-scope", "some", "--out", OUT, names="some"),
     C("compare-missing-table", "compare", "{tmp}/missing.csv", "--out", OUT, names="missing.csv"),
     C("compare-env-missing-table", "compare", "--out", OUT, names="nope.csv",
       env={"VLSCALE_RESULTS": "{tmp}/nope.csv"}),
@@ -77,6 +80,8 @@ CASES = [
     C("compare-level-out-of-range", "compare", "--level", "1.5", "--bootstrap", "0", "--no-loo", "--out", OUT,
       names="1.5"),
     C("compare-unknown-benchmark", "compare", "--benchmark", "nosuchbench", "--out", OUT, names="nosuchbench"),
+    C("compare-same-group-twice", "compare", "--model-types", "clip,clip", "--bootstrap", "0", "--out", OUT,
+      names="clip twice"),
     # --- data laion-results
     C("laion-results-one-local-copy", "data", "laion-results", "--notebook", "{text}", "--out", OUT,
       names="--model-profile"),
