@@ -227,6 +227,8 @@ class _Trainer:
                     progress.update(step, record)
                     t_last, step_last, wait_last = now, step, self.data.wait_s
                     self._check_data(state, step, samples)
+                if int(self.config.eval_every) and step % int(self.config.eval_every) == 0:
+                    self._quick_eval(state, step, samples)
                 if save_now:
                     self._save(state, step, samples)
                 if self._stop_requested(stop.requested):
@@ -290,8 +292,36 @@ class _Trainer:
     def _last_loss(self) -> float:
         if hasattr(self, "_last_loss_value"):
             return self._last_loss_value
-        recs = self.metrics.read()
+        recs = [r for r in self.metrics.read() if "loss" in r]
         return float(recs[-1]["loss"]) if recs else float("nan")
+
+    def _quick_eval(self, state, step: int, samples: int) -> None:
+        """The in-training zero-shot check (``eval_every``): a small suite, logged as its own metrics line."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        from vlscale.eval.checkpoints import Checkpoint
+        from vlscale.eval.runner import evaluate_checkpoint
+        from vlscale.models import convert
+
+        params = state.params if jax.process_count() == 1 else multihost_utils.process_allgather(state.params,
+                                                                                                   tiled=True)
+        params = convert.to_layout(jax.device_get(params), str(self.config.model), scan_layers=False)
+        ckpt = Checkpoint(model_name=str(self.config.model), params=params, path=str(self.workdir), step=step,
+                          samples_seen=samples)
+        records = evaluate_checkpoint(ckpt, quick_eval_tasks(str(self.config.eval_suite)),
+                                      out_dir=self.workdir / "eval_in_training" / f"step_{step}", results=None,
+                                      mesh=self.mesh, batch_size=_eval_batch(self.mesh), log=lambda m: None)
+        record: dict[str, Any] = {"step": step, "samples_seen": samples}
+        for r in records:
+            for k, v in r["metrics"].items():
+                if isinstance(v, (int, float)):
+                    record[f"eval/{r['dataset']}/{k}"] = float(v)
+        self.metrics.write(record)
+        self.tb.write(step, record)
+        if self.progress_enabled:
+            shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.endswith("acc1"))
+            print(f"vlscale train: step {step} zero-shot: {shown}", flush=True)
 
     def _check_finite(self, state, step: int) -> None:
         import jax
@@ -365,6 +395,24 @@ class _Trainer:
         # A later resume adds its own time to what this session measured.
         self.saved = dict(run_json)
         self.saved.pop("provenance_history", None)
+
+
+QUICK_EVAL_EXAMPLES = 256
+
+
+def quick_eval_tasks(suite: str) -> list[dict]:
+    """``synth-quick``: colour and shape zero-shot on a few hundred images; any other name is an eval suite."""
+    if suite == "synth-quick":
+        return [{"task": "zeroshot", "dataset": f"synth:{t}", "num_examples": QUICK_EVAL_EXAMPLES}
+                for t in ("colour", "shape")]
+    from vlscale.eval.suites import suite_tasks
+
+    return suite_tasks(suite)
+
+
+def _eval_batch(mesh) -> int:
+    n = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+    return max(n, 64 // n * n)
 
 
 def _cooldown(config, total_steps: int) -> int:

@@ -137,3 +137,15 @@ def test_config_errors_before_compiling(tmp_path, make_config, fields, message):
     with pytest.raises(UserError, match=message):
         loop.run(make_config(model, steps=8, **fields), tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_in_training_zero_shot_check(tmp_path, make_config):
+    cfg = make_config("tiny-clip", steps=8, eval_every=4, log_every=4, mesh__devices=1)
+    loop.run(cfg, tmp_path)
+    recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    evals = [r for r in recs if "eval/synth_colour/acc1" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all(0.0 <= r["eval/synth_shape/acc1"] <= 1.0 for r in evals)
+    assert [r["step"] for r in recs if "loss" in r] == [4, 8]
+    with pytest.raises(UserError, match="eval_suite='nosuch'"):
+        loop.run(make_config("tiny-clip", steps=8, eval_every=4, eval_suite="nosuch"), tmp_path / "x")
