@@ -54,10 +54,10 @@ def setup_compilation_cache(setting: str) -> str | None:
     """JAX's persistent compilation cache: a user cache dir by default, ``none`` to disable; read-only is fine."""
     import jax
 
-    if setting == "none":
-        return None
     path = setting or os.environ.get("VLSCALE_COMPILATION_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vlscale", "jax")
+    if path == "none":
+        return None
     try:
         os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)
