@@ -75,7 +75,11 @@ def fit_protocols(cfg, df, progress=None) -> dict:
     by = cfg.fit.get("group_by", "model_type")
     at = predict_targets(cfg, df)
     frac = cfg.fit.get("fit_fraction", None)
+    have = set(df["downstream_dataset"] + "/" + df["metric"])
+    benchmarks = [b for b in cfg.fit.benchmarks if b in have]
     out = {}
+    if not benchmarks:
+        return {"all": f"no fit: the table has none of the benchmarks {', '.join(cfg.fit.benchmarks)}"}
     for sched in PROTOCOLS:
         if not (df["lr_scheduler"] == sched).any():
             continue
@@ -90,7 +94,7 @@ def fit_protocols(cfg, df, progress=None) -> dict:
             model_types = sorted(df["model_type"].unique())
         try:
             out[sched] = api.compare_benchmarks(
-                df, groups=list(cfg.fit.groups), group_by=by, at=at, benchmarks=list(cfg.fit.benchmarks),
+                df, groups=list(cfg.fit.groups), group_by=by, at=at, benchmarks=benchmarks,
                 pretrain_datasets=datasets, lr_scheduler=sched, model_types=model_types, form=cfg.fit.form,
                 frontier=cfg.fit.frontier, min_compute=None, max_samples_seen=None, fit_max_compute=fit_max,
                 bootstrap=int(cfg.fit.bootstrap), level=float(cfg.fit.level), progress=progress)
@@ -228,8 +232,11 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
             for g, gf in c.fit.groups.items():
                 p = gf.curve.params
                 pred = gf.predictions[-1] if gf.predictions else {}
+                cv = gf.curve
                 law_rows.append([bench, g, ", ".join(f"{k}={_f(float(v))}" for k, v in p.items()),
                                  f"{int(gf.fitted.sum())}/{gf.n_frontier}",
+                                 f"{cv.converged_starts}/{cv.n_starts}, rms {_f(math.sqrt(cv.mse), '.2g')}"
+                                 + (f", at bound: {', '.join(cv.at_bound)}" if cv.at_bound else ""),
                                  f"{_f(pred.get('error'), '.3f')} [{_f(pred.get('lo'), '.3f')}, "
                                  f"{_f(pred.get('hi'), '.3f')}] at {_f(pred.get('compute'))}"])
                 for h in gf.heldout:
@@ -240,11 +247,14 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
                 if d:
                     alloc_rows.append([bench, g, f"D_opt ∝ C^{d['slope']:.3f}",
                                        ", ".join(f"{q['value']:.3g} at {q['compute']:.3g}" for q in d["predictions"])])
+        frac, cut = cfg.fit.get("fit_fraction", None), cfg.fit.get("fit_max_compute", None)
+        held = (f"frontier points above {frac} of each group's largest compute are held out" if frac else
+                f"frontier points above {cut:.3g} GFLOPs are held out" if cut else "every frontier point is fitted")
         lines += [f"## Fitted laws ({sched})", "",
-                  f"Law `{cfg.fit.form}` on the `{cfg.fit.frontier}` frontier; points above "
-                  f"{cfg.fit.get('fit_fraction')} of each group's largest compute are held out.", ""]
-        lines += _table(["benchmark", "group", "parameters", "fitted/frontier", "predicted error [interval]"],
-                        law_rows)
+                  f"Law `{cfg.fit.form}` on the `{cfg.fit.frontier}` frontier; {held}. Converged: starts that "
+                  "reach the best objective (of all starts); rms: root-mean-square residual of the error.", ""]
+        lines += _table(["benchmark", "group", "parameters", "fitted/frontier", "converged, rms",
+                         "predicted error [interval]"], law_rows)
         lines += [f"### Held-out points ({sched})", "",
                   "How well each law predicted points it never saw (observed vs predicted error).", ""]
         lines += (_table(["benchmark", "group", "model", "compute", "observed", "predicted", "interval", "|err| pp",

@@ -22,6 +22,7 @@ def small_study(**changes):
     cfg.samples_seen = [256, 512, 1024, 2048, 4096]
     cfg.sweep = {"lr": [1e-3], "global_batch_size": [32], "warmup": [4]}
     cfg.fit.bootstrap = 0
+    cfg.fit.benchmarks = [f"{d}/{m}" for d, m in fakes.BENCHES]
     for k, v in changes.items():
         cfg[k] = v
     study_config.validate(cfg)
