@@ -65,19 +65,28 @@ class ImageSet:
 
     def preprocessed(self, i: int, image_size: int) -> np.ndarray | None:
         """The eval-transformed float32 image i, or None when it cannot be decoded."""
+        return self._example(i, image_size)[0]
+
+    def _example(self, i: int, image_size: int) -> tuple[np.ndarray | None, int | None]:
+        """(eval-transformed image or None if undecodable, label if ``read`` returns one with the image)."""
         from PIL import Image
 
-        from vlscale.models.transforms import eval_transform
+        from vlscale.models.transforms import eval_transform, load_image
 
+        label = None
         try:
             img = self.read(i)
+            if isinstance(img, tuple):  # (image, label) from sources that store both in one record
+                img, label = img
+            if isinstance(img, (bytes, bytearray, memoryview)):
+                img = load_image(img)
             if isinstance(img, np.ndarray):
                 if img.ndim == 2:
                     img = np.repeat(img[..., None], 3, axis=-1)
                 img = Image.fromarray(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
-            return eval_transform(img, size=image_size)
+            return eval_transform(img, size=image_size), label
         except Exception:  # any decode failure of one file: counted, not fatal (the issue's rule)
-            return None
+            return None, label
 
     def _all_pixels(self, image_size: int) -> tuple[np.ndarray, np.ndarray]:
         if image_size not in self._cache:
@@ -90,6 +99,8 @@ class ImageSet:
     def loader(self, image_size: int) -> Callable[[np.ndarray], dict]:
         """``load(indices)`` for ``batches.run_batched``: ``{"image", "valid"}`` (+ ``"label"`` for classification)."""
         labels = getattr(self, "labels", None)
+        if self.pixels is not None and labels is None and isinstance(self, ClassificationSet):
+            raise ValueError("in-memory classification sets carry their labels")
 
         def load(idx: np.ndarray) -> dict:
             real = idx >= 0
@@ -100,16 +111,20 @@ class ImageSet:
                 valid = np.zeros(len(idx), bool)
                 valid[real] = allok[idx[real]]
             else:
-                got = batches.map_examples(lambda i: self.preprocessed(i, image_size), idx)
-                valid = np.array([g is not None for g in got])
+                got = batches.map_examples(lambda i: self._example(i, image_size), idx)
+                valid = np.array([g is not None and g[0] is not None for g in got])
                 images = np.zeros((len(idx), image_size, image_size, 3), np.float32)
                 for r, g in enumerate(got):
-                    if g is not None:
-                        images[r] = g
+                    if g is not None and g[0] is not None:
+                        images[r] = g[0]
             out = {"image": images, "valid": valid}
-            if labels is not None:
+            if isinstance(self, ClassificationSet):
                 lab = np.full(len(idx), -1, np.int32)
-                lab[real] = labels[idx[real]]
+                if labels is not None:
+                    lab[real] = labels[idx[real]]
+                else:  # labels arrive with the images
+                    lab[:] = [g[1] if g is not None and g[1] is not None else -1 for g in got]
+                    valid &= lab >= 0
                 out["label"] = lab
             return out
 
@@ -118,7 +133,7 @@ class ImageSet:
 
 @dataclass
 class ClassificationSet(ImageSet):
-    labels: np.ndarray = None  # int32 [N]
+    labels: np.ndarray | None = None  # int32 [N]; None: each record carries its label (TFDS)
     prompts: Prompts | None = None  # the dataset's own class names/templates, if it has them
     num_classes: int | None = None
 
@@ -253,29 +268,33 @@ def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None) 
     if split not in splits:
         raise UserError(f"tfds:{ds_name}: no split {split!r}; it has {', '.join(splits)}")
     try:
-        source = builder.as_data_source(split=split)
+        # Images stay encoded: PIL decodes them (open_clip's path), and reading a record never decodes twice.
+        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     except Exception as e:
         raise UserError(f"tfds:{ds_name}:{split} cannot be read randomly ({type(e).__name__}); prepare it with "
                         "--file_format array_record") from None
-    feature = builder.info.features.get("label") if hasattr(builder.info.features, "get") else None
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
     names = list(getattr(feature, "names", []) or [])
+    if feature is None or not names:
+        raise UserError(f"tfds:{ds_name}: has no ClassLabel feature 'label'; zero-shot classification needs one")
     canonical = CANONICAL_NAMES.get(ds_name.split("/")[0])
-    prompts = None
-    if names:
-        if all(_WNID.match(n) for n in names):  # ImageNet-style WordNet ids: the shipped readable names
-            if len(names) != 1000:
-                raise UserError(f"tfds:{ds_name}: its {len(names)} labels are WordNet ids; pass --classnames FILE")
-            names = imagenet_classnames()
-        else:
-            names = [n.replace("_", " ") for n in names]
-        prompts = Prompts(tuple(names), tuple(openai_templates()), source=f"tfds:{ds_name}")
+    if all(_WNID.match(n) for n in names):  # ImageNet-style WordNet ids: the shipped readable names
+        if len(names) != 1000:
+            raise UserError(f"tfds:{ds_name}: its {len(names)} labels are WordNet ids; pass --classnames FILE")
+        names = imagenet_classnames()
+    else:
+        names = [n.replace("_", " ") for n in names]
+    prompts = Prompts(tuple(names), tuple(openai_templates()), source=f"tfds:{ds_name}")
     n = len(source)
     if n == 0:
         raise UserError(f"tfds:{ds_name}:{split} is empty")
-    labels = np.asarray([int(source[i]["label"]) for i in range(n)], np.int32) if n else np.zeros(0, np.int32)
+
+    def read(i):
+        ex = source[i]
+        return ex["image"], int(ex["label"])
+
     return ClassificationSet(name=name or canonical or ds_name.replace("/", "_"), spec=f"tfds:{spec_body}",
-                             num_images=n, read=lambda i: np.asarray(source[i]["image"]), labels=labels,
-                             prompts=prompts, num_classes=len(names) if names else None)
+                             num_images=n, read=read, labels=None, prompts=prompts, num_classes=len(names))
 
 
 def _wds_records(spec: str) -> list[dict]:

@@ -143,7 +143,8 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
             res = retrieval.evaluate(em, ds, batch_size)
         else:
             prompts = prompts_lib.user_prompts(ds.prompts, spec.classnames, spec.templates)
-            prompts_lib.check_matching(prompts, ds.num_classes, int(ds.labels.max()))
+            prompts_lib.check_matching(prompts, ds.num_classes,
+                                       int(ds.labels.max()) if ds.labels is not None else None)
             if spec.task == "zeroshot":
                 res = zeroshot.evaluate(em, ds, prompts, batch_size, classifier=classifiers.get(em, prompts, batch_size))
             else:

@@ -78,11 +78,11 @@ def classify(em, dataset, classifier: np.ndarray, batch_size: int, progress: str
     step = em.fn("classify")
     weights = em.replicated(classifier)
     with em.context():
-        out = batches.run_batched(lambda b: step(em.params, b["image"], b["label"], weights),
+        out = batches.run_batched(lambda b: {**step(em.params, b["image"], b["label"], weights), "label": b["label"]},
                                   dataset.loader(em.config.image_size), dataset.num_images, batch_size, em.mesh,
                                   progress=progress)
     ok = out["valid"]
-    return {"rank": out["rank"][ok], "pred": out["pred"][ok], "label": dataset.labels[out["index"][ok]],
+    return {"rank": out["rank"][ok], "pred": out["pred"][ok], "label": out["label"][ok],
             "skipped": int(np.sum(~ok))}
 
 

@@ -168,3 +168,31 @@ def test_padded_batches_count_every_example_once():
     assert out["y"].tolist() == [2.0 * i for i in range(37)]
     assert out["valid"].tolist() == [i % 7 != 3 for i in range(37)]
     assert [len(s) for s in seen] == [16, 16, 16]
+
+
+def test_tfds_classification_reads_labels_with_images_and_maps_wordnet_ids(monkeypatch):
+    import io
+
+    import tensorflow_datasets as tfds
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(buf, format="PNG")
+    records = [{"image": buf.getvalue(), "label": 3}, {"image": b"junk", "label": 5}]
+
+    class Builder:  # the parts of a prepared tfds builder the reader uses
+        def __init__(self, name, data_dir=None):
+            label = SimpleNamespace(names=[f"n{i:08d}" for i in range(1000)])
+            self.info = SimpleNamespace(splits={"validation": None, "train": None}, features={"label": label})
+
+        def is_prepared(self):
+            return True
+
+        def as_data_source(self, split, decoders=None):
+            assert split == "validation" and "image" in decoders  # images stay encoded; PIL decodes them
+            return records
+
+    monkeypatch.setattr(tfds, "builder", Builder)
+    ds = datasets.open_dataset("tfds:imagenet2012", "zeroshot", data_dir="/nowhere")
+    assert ds.name == "imagenet1k" and ds.num_classes == 1000 and ds.prompts.classnames[0] == "tench"
+    out = ds.loader(32)(np.array([0, 1, -1, -1]))
+    assert out["valid"].tolist() == [True, False, False, False] and out["label"][:2].tolist() == [3, 5]
