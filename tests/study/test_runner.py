@@ -59,10 +59,10 @@ def test_const_study_runs_evaluates_and_reports(tmp_path):
 
 def test_rerun_skips_finished_runs(tmp_path):
     cfg = small_study()
-    run(cfg, tmp_path)
+    run(cfg, tmp_path, report=False)
     before = (tmp_path / "results.csv").read_bytes()
     trainer = fakes.FakeTrainer()
-    out = run(cfg, tmp_path, trainer)
+    out = run(cfg, tmp_path, trainer, report=False)
     assert trainer.calls == [] and out.exit_code == 0
     assert (tmp_path / "results.csv").read_bytes() == before
 
@@ -70,12 +70,12 @@ def test_rerun_skips_finished_runs(tmp_path):
 @pytest.mark.parametrize("kill_after", [1, 90, 200])
 def test_kill_midway_then_rerun_gives_the_same_results(tmp_path, kill_after):
     cfg = small_study(keep_checkpoints="all")
-    run(cfg, tmp_path / "straight")
+    run(cfg, tmp_path / "straight", report=False)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "killed", fakes.FakeTrainer(kill_after_steps=kill_after))
+        run(cfg, tmp_path / "killed", fakes.FakeTrainer(kill_after_steps=kill_after), report=False)
     st = status_lib.collect_status(tmp_path / "killed")
     assert st.counts["interrupted"] == 1 and st.counts["done"] >= 0
-    out = run(cfg, tmp_path / "killed")
+    out = run(cfg, tmp_path / "killed", report=False)
     assert out.exit_code == 0
     a = (tmp_path / "straight" / "results.csv").read_bytes()
     b = (tmp_path / "killed" / "results.csv").read_bytes()
@@ -126,7 +126,7 @@ def test_a_failed_parent_fails_its_cooldowns(tmp_path):
     cfg = small_study(cooldown_fraction=0.25)
     cfg.models = {"clip": ["shapes-clip-XS", "shapes-clip-S"], "mammut": ["shapes-mammut-XS", "shapes-mammut-S"]}
     bad = "shapes-clip-XS_s4096_synth_bs32_lr0.001_w4_const"
-    out = run(cfg, tmp_path, fakes.FakeTrainer(fail=[bad]))
+    out = run(cfg, tmp_path, fakes.FakeTrainer(fail=[bad]), report=False)
     kids = [n for n in out.statuses if n.startswith("shapes-clip-XS") and "cooldown" in n]
     assert len(kids) == 5 and all(out.statuses[k] == "failed" for k in kids)
     assert "did not finish" in layout.read_state(tmp_path, kids[0])["error"]
@@ -147,7 +147,7 @@ def test_dataset_comparison(tmp_path):
 
 
 def test_a_different_config_in_the_same_dir_is_refused(tmp_path):
-    run(small_study(), tmp_path)
+    run(small_study(), tmp_path, report=False)
     cfg = small_study(samples_seen=[256, 512, 1024])
     with pytest.raises(UserError, match="different samples_seen"):
         runner.open_study(cfg, tmp_path)
