@@ -122,3 +122,18 @@ def test_mammut_generative_and_caption(tmp_path, mammut_ckpt, capsys):
     assert rc == 0 and len(lines) == 2 and lines[0].startswith(paths[0] + "\t")
     rc = main(["caption", "--checkpoint", str(mammut_ckpt), str(tmp_path / "missing.png")])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_bf16_mode_runs_and_is_recorded(tmp_path, clip_ckpt, capsys):
+    from vlscale.eval import checkpoints, datasets, zeroshot
+    from vlscale.eval.encoders import EvalModel
+
+    rc, out, _ = run(capsys, "--checkpoint", str(clip_ckpt), "--task", "zeroshot", "--dataset", "synth:colour",
+                     "--precision", "bf16", "--out", str(tmp_path), *SMALL)
+    assert rc == 0 and json.loads((tmp_path / "zeroshot_synth_colour.json").read_text())["precision"] == "bfloat16"
+    ckpt = checkpoints.load(clip_ckpt)
+    prompts = datasets.open_dataset("synth:colour", "zeroshot", num_examples=16).prompts
+    w32 = zeroshot.build_classifier(EvalModel.create(ckpt.model_name, ckpt.params), prompts, 16, progress=None)
+    w16 = zeroshot.build_classifier(EvalModel.create(ckpt.model_name, ckpt.params, dtype="bf16"), prompts, 16,
+                                    progress=None)
+    assert w16.dtype == np.float32 and 0 < np.abs(w16 - w32).max() < 0.05  # bf16 rounding, nothing worse
