@@ -252,27 +252,17 @@ def test_param_dtype_and_attention_runtime_options():
         want = layers.dot_product_attention(q, k, v, mask=mask)
         got = layers.dot_product_attention(q, k, v, mask=mask, implementation="dot_product")
         np.testing.assert_allclose(got, want, atol=1e-6)
-    # And a whole MaMMUT forward (self, causal and cross attention) gives the same outputs with either.
-    model = registry.build_model("shapes-mammut-XS")
-    params = registry.init_params(model, 0)
-    images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
-    tokens = jnp.asarray(rng.integers(1, 49408, size=(2, 16)), jnp.int32)
-    want = jax.jit(model.apply)({"params": params}, images, tokens)
-    fused = registry.build_model("shapes-mammut-XS", attention="dot_product")
-    got = jax.jit(fused.apply)({"params": params}, images, tokens)
-    for key in ("image_features", "text_features", "logits"):
-        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
-    # A context that is not a multiple of 8 is padded for the fused kernels; the bidirectional pass masks the pad.
+    # A whole MaMMUT forward (self, causal and cross attention) gives the same outputs with either. Its context (13)
+    # is not a multiple of 8, so the fused path pads both text passes; the bidirectional one masks the pad keys.
     from dataclasses import replace
 
     cfg = get_config("shapes-mammut-XS")
     cfg = replace(cfg, name="mammut-ctx13", text=replace(cfg.text, context_length=13))
     plain, fused = registry.build_model(cfg), registry.build_model(cfg, attention="dot_product")
     params = registry.init_params(plain, 0)
-    tokens = tokens[:, :13]
-    for method in ("encode_text",):
-        want = plain.apply({"params": params}, tokens, method=method)
-        got = fused.apply({"params": params}, tokens, method=method)
-        np.testing.assert_allclose(got, want, atol=1e-6)
-    want = plain.apply({"params": params}, images, tokens)["logits"]
-    np.testing.assert_allclose(fused.apply({"params": params}, images, tokens)["logits"], want, atol=1e-5)
+    images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(1, 49408, size=(2, 13)), jnp.int32)
+    want = jax.jit(plain.apply)({"params": params}, images, tokens)
+    got = jax.jit(fused.apply)({"params": params}, images, tokens)
+    for key in ("image_features", "text_features", "logits"):
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
