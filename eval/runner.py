@@ -8,7 +8,7 @@ Protocol (Nezhurina et al. 2025): a ``cosine`` or ``const-cooldown`` run is scor
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
