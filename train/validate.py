@@ -47,6 +47,8 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     if gbs % accum:
         raise UserError(f"--config.grad_accum={accum}: global_batch_size {gbs} is not divisible by it")
     mesh = config.mesh
+    if int(mesh.get("devices", 0)) and process_count > 1:
+        raise UserError("--config.mesh.devices: only for a single process (a multi-host mesh spans every device)")
     if int(mesh.get("devices", 0)):
         if not 0 < int(mesh.devices) <= device_count:
             raise UserError(f"--config.mesh.devices={mesh.devices}: must be in [1, {device_count}] (0 = all)")
