@@ -26,7 +26,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit  # Student-t quantile; scipy.stats would add seconds of import time
 
 from vlscale.errors import UserError
 import vlscale.scaling.fit as fit_lib  # not `from vlscale.scaling import fit`: the package re-exports api.fit
@@ -289,7 +289,7 @@ def delta_se(fit: fit_lib.CurveFit, x, y, predict_at, weights=None) -> Delta:
 
 
 def t_quantile(level: float, dof: int) -> float:
-    return float(stats.t.ppf(_tails(level)[1] / 100.0, dof))
+    return float(stdtrit(dof, _tails(level)[1] / 100.0))
 
 
 def delta_interval(fit: fit_lib.CurveFit, x, y, predict_at, level: float = DEFAULT_LEVEL, weights=None):
