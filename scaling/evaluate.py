@@ -77,7 +77,8 @@ def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, n
     if refits.boot is not None:
         uncertainty.check_failed(refits.boot_failed, n_boot, f"{prep.selection.label()} · {name}",
                                  opts.max_failed_refits, error=ResultsError)
-        boot = uncertainty.predict_many(form, refits.boot, padded)[:, :n_eval]
+        # padded to the near-optimal block's row count: one compiled predict program serves both
+        boot = uncertainty.predict_many(form, _pad_rows(refits.boot), padded)[:n_boot, :n_eval]
         lo, hi = uncertainty.percentile_interval(boot, level)
         s_rel, res_dof = uncertainty.residual_scale(curve, xf, yf)
         plo, phi = uncertainty.prediction_interval(point, lo, hi, s_rel, res_dof, level)

@@ -57,6 +57,7 @@ class GroupFit:
         order = np.argsort(fx, kind="stable")
         return {
             "form": c.form,
+            "loss": c.loss,
             "params": {k: float(v) for k, v in c.params.items()},
             "objective": float(c.objective),
             "mse": float(c.mse),

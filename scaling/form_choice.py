@@ -55,6 +55,5 @@ def choose(preps, opts: Options) -> dict:
                            "widen the selection or name a --form")
     best = min(scored, key=lambda r: r["error"])
     best["note"] = "chosen: lowest leave-future-out error"
-    n_future = len(sets[0][2])
-    return {"form": best["form"], "loss": best["loss"], "k": n_future, "n_future": n_future,
+    return {"form": best["form"], "loss": best["loss"], "n_future": [len(s[2]) for s in sets],
             "future_share": FUTURE_SHARE, "candidates": rows}

@@ -202,8 +202,9 @@ def conditioning_lines(rep) -> list[str]:
 def form_choice_summary(choice: dict) -> str:
     rows = [[c["form"], c["loss"], "-" if c["error"] is None else f"{100 * c['error']:.1f}%", c.get("note", "")]
             for c in choice["candidates"]]
-    return (f"   form chosen by leave-future-out error (each candidate fitted without the {choice['n_future']} "
-            f"largest-compute fitted frontier points, then predicting them; mean relative error): "
+    return (f"   form chosen by leave-future-out error (each candidate fitted without each group's largest-compute "
+            f"{100 * choice['future_share']:.0f}% of fitted frontier points, then predicting them; mean relative "
+            f"error): "
             f"{choice['form']} / {choice['loss']}\n"
             + table(rows, ["form", "objective", "future error", "note"], indent="     "))
 
