@@ -76,6 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dtype = "float32"  # float32 | bfloat16 (parameters and optimizer state stay float32)
     c.remat = "none"  # none | block | full
     c.scan_layers = False
+    c.param_dtype = "float32"  # float32 | bfloat16 parameter storage (logit_scale stays float32)
+    c.attention = "xla"  # xla (einsum) | dot_product | cudnn (jax.nn.dot_product_attention kernels)
+    # Contrastive loss under shard_map that never builds the B x B logits on one device (global batches >~ 32k).
+    c.sharded_contrastive = False
     c.seed = 0
     c.skip_nonfinite = False  # True: skip updates whose loss or gradients are not finite (and count them)
 
@@ -102,6 +106,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 NON_IDENTITY_FIELDS = frozenset({
     "mesh", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_suite", "allow_config_change",
     "compilation_cache", "data.worker_count", "data.worker_buffer_size", "data.prefetch", "data.read_threads",
-    "data.warn_interval_s", "data.process_index", "data.process_count", "remat", "checkpoint_at_samples",
+    "data.warn_interval_s", "data.process_index", "data.process_count", "remat", "attention", "sharded_contrastive", "checkpoint_at_samples",
     "data.cache_dir", "data.image_dtype",
 })

@@ -58,6 +58,9 @@ class StepSpec:
     clip_loss_weight: float
     caption_loss_weight: float
     skip_nonfinite: bool
+    param_dtype: str
+    attention: str
+    sharded_contrastive: bool
     mesh_shape: tuple
     image_dtype: str
 
@@ -69,7 +72,9 @@ class StepSpec:
                    eps=float(config.eps), clip_grad_norm=float(config.clip_grad_norm),
                    clip_loss_weight=float(config.clip_loss_weight),
                    caption_loss_weight=float(config.caption_loss_weight),
-                   skip_nonfinite=bool(config.skip_nonfinite),
+                   skip_nonfinite=bool(config.skip_nonfinite), param_dtype=str(config.get("param_dtype", "float32")),
+                   attention=str(config.get("attention", "xla")),
+                   sharded_contrastive=bool(config.get("sharded_contrastive", False)),
                    mesh_shape=tuple(sorted(dict(mesh.shape).items())), image_dtype=image_dtype)
 
 
@@ -91,7 +96,8 @@ class TrainStep:
     def __init__(self, spec: StepSpec, mesh):
         self.spec, self.mesh = spec, mesh
         self.model = registry.build_model(spec.model, dtype=spec.dtype, remat=spec.remat,
-                                          scan_layers=spec.scan_layers)
+                                          scan_layers=spec.scan_layers, param_dtype=spec.param_dtype,
+                                          attention=spec.attention)
         self.config = self.model.config
         self.family = self.config.family
         self.adam = optax_adam(spec)
@@ -109,7 +115,8 @@ class TrainStep:
         self.batch_shardings = {"image": sharding.batch_sharding(mesh, 4), "text": sharding.batch_sharding(mesh, 2)}
         with sharding.activation_sharding(mesh):
             self.abstract_state = jax.eval_shape(self._init, jax.random.key_data(jax.random.key(0)))
-        self._jit_init = jax.jit(self._init, out_shardings=self.state_shardings)
+        self._jit_init = jax.jit(self._init, out_shardings=self.state_shardings,
+                                 compiler_options=registry.init_compiler_options(self.model))
         self._jit_step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_shardings, None),
                                  out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
 
@@ -169,7 +176,10 @@ class TrainStep:
             if cached_img is not None:
                 # The temperature enters every micro-batch's loss directly: let one of them carry its gradient.
                 scale = jnp.where(slot == 0, scale, jax.lax.stop_gradient(scale))
-            parts["contrastive_loss"] = losses.clip_loss(img, txt, scale)
+            if s.sharded_contrastive:
+                parts["contrastive_loss"] = losses.clip_loss_sharded(img, txt, scale, self.mesh)
+            else:
+                parts["contrastive_loss"] = losses.clip_loss(img, txt, scale)
             weight = 1.0 if self.family == "clip" else s.clip_loss_weight
             total = total + weight * parts["contrastive_loss"]
         if self.family == "mammut":

@@ -16,7 +16,8 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     from vlscale.models.config import RuntimeOptions, get_config
 
     get_config(config.model)  # unknown model: one line with close names
-    RuntimeOptions(dtype=config.dtype, remat=config.remat, scan_layers=bool(config.scan_layers))
+    RuntimeOptions(dtype=config.dtype, remat=config.remat, scan_layers=bool(config.scan_layers),
+                   param_dtype=config.param_dtype, attention=config.attention)
     gbs = int(config.global_batch_size)
     for field in ("global_batch_size", "total_samples", "grad_accum", "log_every", "checkpoint_every"):
         if int(config[field]) < 1:

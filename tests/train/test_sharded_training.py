@@ -63,3 +63,9 @@ def test_restore_onto_other_meshes(tmp_path, make_config):
     _run(make_config, w, "tiny-clip", until=2, mesh__devices=1)
     _run(make_config, w, "tiny-clip", mesh__data=2, mesh__fsdp=4)
     np.testing.assert_allclose(_losses(w), ref, rtol=2e-5)
+
+
+def test_sharded_contrastive_loss_trains_like_the_plain_one(tmp_path, make_config):
+    _run(make_config, tmp_path / "plain", "tiny-clip", steps=3, mesh__data=8)
+    _run(make_config, tmp_path / "sharded", "tiny-clip", steps=3, mesh__data=8, sharded_contrastive=True)
+    np.testing.assert_allclose(_losses(tmp_path / "sharded"), _losses(tmp_path / "plain"), rtol=2e-5)
