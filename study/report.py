@@ -92,14 +92,23 @@ def fit_protocols(cfg, df, progress=None) -> dict:
         else:
             datasets = [None]
             model_types = sorted(df["model_type"].unique())
-        try:
-            out[sched] = api.compare_benchmarks(
-                df, groups=list(cfg.fit.groups), group_by=by, at=at, benchmarks=benchmarks,
-                pretrain_datasets=datasets, lr_scheduler=sched, model_types=model_types, form=cfg.fit.form,
-                frontier=cfg.fit.frontier, min_compute=None, max_samples_seen=None, fit_max_compute=fit_max,
-                bootstrap=int(cfg.fit.bootstrap), level=float(cfg.fit.level), progress=progress)
-        except UserError as e:
-            out[sched] = f"no fit: {str(e).splitlines()[0]}"
+        forms = [cfg.fit.form] if isinstance(cfg.fit.form, str) else list(cfg.fit.form)
+        reasons = []
+        for form in forms:
+            try:
+                cs = api.compare_benchmarks(
+                    df, groups=list(cfg.fit.groups), group_by=by, at=at, benchmarks=benchmarks,
+                    pretrain_datasets=datasets, lr_scheduler=sched, model_types=model_types, form=form,
+                    frontier=cfg.fit.frontier, min_compute=None, max_samples_seen=None, fit_max_compute=fit_max,
+                    bootstrap=int(cfg.fit.bootstrap), level=float(cfg.fit.level), progress=progress)
+            except UserError as e:
+                reasons.append(f"{form}: {str(e).splitlines()[0]}")
+                continue
+            cs.study_fallbacks = reasons  # the forms tried first and why they did not fit
+            out[sched] = cs
+            break
+        else:
+            out[sched] = "no fit: " + "; ".join(reasons)
     return out
 
 
@@ -195,6 +204,8 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
             lines += [f"**{sched}**: {cs}", ""]
             continue
         lines += [f"**{sched}** protocol — {cs.consistency}", ""]
+        for why in getattr(cs, "study_fallbacks", []):
+            lines += [f"Law {cs.comparisons[0].fit.form} used instead of {why}", ""]
         for c in cs.comparisons:
             lines += _comparison_lines(c, noise, level)
         lines.append("")
@@ -251,7 +262,7 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
         held = (f"frontier points above {frac} of each group's largest compute are held out" if frac else
                 f"frontier points above {cut:.3g} GFLOPs are held out" if cut else "every frontier point is fitted")
         lines += [f"## Fitted laws ({sched})", "",
-                  f"Law `{cfg.fit.form}` on the `{cfg.fit.frontier}` frontier; {held}. Converged: starts that "
+                  f"Law `{cs.comparisons[0].fit.form}` on the `{cfg.fit.frontier}` frontier; {held}. Converged: starts that "
                   "reach the best objective (of all starts); rms: root-mean-square residual of the error.", ""]
         lines += _table(["benchmark", "group", "parameters", "fitted/frontier", "converged, rms",
                          "predicted error [interval]"], law_rows)

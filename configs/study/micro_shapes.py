@@ -25,7 +25,7 @@ def get_config():
     c.eval.tasks = [{"task": "zeroshot", "dataset": "synth:colour", "num_examples": 128},
                     {"task": "retrieval", "dataset": "synth:retrieval", "num_examples": 64}]
     c.fit.benchmarks = ["synth_colour/acc1", "synth_retrieval/image_retrieval_recall@5"]
-    c.fit.form = "power"  # 3 parameters: the 3 frontier points per group can still be fitted
+    c.fit.form = ["power"]  # 2 parameters: the few frontier points per group can still be fitted
     c.fit.fit_fraction = None
     c.fit.bootstrap = 0
     c.estimate.compile_s = 10.0

@@ -16,10 +16,11 @@ def test_tiny_default_const_plan():
     plan = make_plan(cfg)
     assert [r.model for r in plan.runs] == ["shapes-clip-XS", "shapes-clip-S", "shapes-clip-M", "shapes-mammut-XS",
                                             "shapes-mammut-S"]
-    r = plan.run("shapes-mammut-XS_s8192_synth_bs64_lr0.002_w8_const")
-    assert r.checkpoint_at_samples == (1024, 2048, 4096, 8192) and r.steps == 128
+    r = plan.run("shapes-mammut-XS_s32768_synth_bs32_lr0.002_w8_const")
+    assert r.checkpoint_at_samples == (1024, 2048, 4096, 8192, 16384, 32768) and r.steps == 1024
     assert r.gflops_per_sample == pytest.approx(flops.forward_flops("shapes-mammut-XS").paper / 1e9)
-    assert r.compute_gflops == pytest.approx(8192 * 0.100069376)
+    assert r.compute_gflops == pytest.approx(32768 * 0.100069376)
+    assert plan.run("shapes-mammut-S_s16384_synth_bs32_lr0.002_w8_const").budgets[-1] == 16384
     assert plan.total_gflops == pytest.approx(sum(x.compute_gflops for x in plan.runs))
     # One compile per distinct model: 5 in the estimate; the table prints the total.
     text = plan.table()
@@ -46,7 +47,7 @@ def test_const_cooldowns_form_stage_one():
     cfg.cooldown_fraction = 0.2
     plan = make_plan(cfg)
     stage0, stage1 = plan.stage(0), plan.stage(1)
-    assert len(stage0) == 5 and len(stage1) == 6 + 6 + 6 + 4 + 3
+    assert len(stage0) == 5 and len(stage1) == 6 + 6 + 6 + 6 + 5
     cd = next(r for r in stage1 if r.model == "shapes-clip-S" and r.init_from.endswith("@32"))
     assert cd.schedule == "const-cooldown" and cd.cooldown_steps == 7 and cd.samples == (32 + 7) * 64
     assert cd.depends_on == "shapes-clip-S_s32768_synth_bs64_lr0.002_w8_const"

@@ -156,3 +156,16 @@ def test_a_different_config_in_the_same_dir_is_refused(tmp_path):
     cfg.fit.fit_fraction = 0.3
     trainer = fakes.FakeTrainer()
     assert run(cfg, tmp_path, trainer).exit_code == 0 and trainer.calls == []
+
+
+def test_a_law_with_fewer_parameters_when_the_first_cannot_be_fitted(tmp_path):
+    cfg = small_study()
+    cfg.models = {"clip": ["shapes-clip-XS"], "mammut": ["shapes-mammut-XS"]}
+    cfg.fit.form = ["saturation_both", "power"]
+    cfg.fit.fit_fraction = None
+    cfg.samples_seen = [256, 512, 1024]  # 3 points per group: too few for the 4-parameter law
+    out = run(cfg, tmp_path)
+    assert out.exit_code == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "Law power used instead of saturation_both: clip has 3 frontier points" in md
+    assert "Law `power` on the `naive` frontier" in md
