@@ -25,6 +25,12 @@ class NonFiniteError(UserError):
     pass
 
 
+def _epath(path):
+    from etils import epath
+
+    return epath.Path(path)
+
+
 def resolve_config(config):
     """A copy with the data pipeline tied to the run: global batch, the model's image size and context, the seed."""
     from vlscale.models.config import get_config
@@ -75,7 +81,8 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
     from vlscale.train import checkpoint, run_info, validate
 
     config = resolve_config(config)
-    workdir = Path(workdir)
+    # Orbax wants absolute paths; remote paths (gs://...) go through etils.epath as they are.
+    workdir = Path(workdir).absolute() if "://" not in str(workdir) else _epath(workdir)
     validate.check_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     if steps is not None and steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
@@ -95,7 +102,7 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--workdir {workdir}: cannot create it ({e.strerror})")
-    if not os.access(workdir, os.W_OK):
+    if isinstance(workdir, Path) and not os.access(workdir, os.W_OK):
         raise UserError(f"--workdir {workdir}: not writable")
     setup_compilation_cache(str(config.compilation_cache))
     return _Trainer(config, workdir, saved, steps, progress).run()
