@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Optimizer (open_clip AdamW, paper run names: b1 0.9, b2 0.95; params.py: eps 1e-6, wd 0.2).
     c.lr = 1e-3
-    c.warmup = 100  # steps (optimizer updates) of linear warm-up
+    c.warmup = -1  # steps (optimizer updates) of linear warm-up; -1 = 5 % of the run (at least 1)
     c.schedule = "cosine"  # cosine | const | const-cooldown
     c.cooldown_steps = 0  # const-cooldown: linear decay to 0 over the last N steps ...
     c.cooldown_fraction = 0.0  # ... or over this fraction of the run (when cooldown_steps is 0)

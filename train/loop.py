@@ -18,6 +18,7 @@ from vlscale import signals
 from vlscale.errors import UserError
 
 FINAL_JSON = "final.json"
+DEFAULT_WARMUP_FRACTION = 0.05  # warmup = -1: this fraction of the run
 METRICS_JSONL = "metrics.jsonl"
 
 
@@ -44,6 +45,9 @@ def resolve_config(config):
         config.data.train = True
         if config.data.seed is None:
             config.data.seed = int(config.seed)
+        if int(config.warmup) == -1:
+            steps = math.ceil(int(config.total_samples) / max(int(config.global_batch_size), 1))
+            config.warmup = max(1, round(DEFAULT_WARMUP_FRACTION * steps))
         if not config.pretrain_dataset:
             config.pretrain_dataset = str(config.data.source)
     return config

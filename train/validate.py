@@ -27,7 +27,7 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     if float(config.lr) < 0 or not math.isfinite(float(config.lr)):
         raise UserError(f"--config.lr={config.lr}: must be a finite number >= 0")
     if int(config.warmup) < 0:
-        raise UserError(f"--config.warmup={config.warmup}: must be >= 0")
+        raise UserError(f"--config.warmup={config.warmup}: must be >= 0 (or -1 for 5 % of the run)")
     if config.schedule not in SCHEDULE_CODES:
         raise UserError(f"--config.schedule={config.schedule!r}: use one of {', '.join(SCHEDULE_CODES)}")
     steps = total_steps(config)

@@ -149,3 +149,14 @@ def test_in_training_zero_shot_check(tmp_path, make_config):
     assert [r["step"] for r in recs if "loss" in r] == [4, 8]
     with pytest.raises(UserError, match="eval_suite='nosuch'"):
         loop.run(make_config("tiny-clip", steps=8, eval_every=4, eval_suite="nosuch"), tmp_path / "x")
+
+
+def test_default_warmup_is_five_percent_of_the_run():
+    from vlscale.configs import train as train_config
+
+    c = train_config.get_config("model=tiny-clip,data=synth")
+    assert c.warmup == -1
+    c.global_batch_size, c.total_samples = 16, 16 * 200
+    assert loop.resolve_config(c).warmup == 10
+    c.warmup = 3
+    assert loop.resolve_config(c).warmup == 3
