@@ -132,6 +132,7 @@ def crossings_boot(grid: np.ndarray, diffs: np.ndarray) -> np.ndarray:
     d0, d1 = diffs[rows, last], diffs[rows, last + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(d1 != d0, d0 / (d0 - d1), 0.0)
+    t = np.where(has, t, 0.0)  # rows without a crossing: any finite value (masked below), not an overflow
     lg = np.log(grid)
     out = np.exp(lg[last] + t * (lg[last + 1] - lg[last]))
     return np.where(has, out, np.nan)
