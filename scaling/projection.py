@@ -71,8 +71,8 @@ def _nnls_normal(gram, rhs, yy):
     return coefs[best] / scale, sses[best]
 
 
-def profile_seeds(form, loss, n_seeds, nl_grid, x, y, w):
-    """The n_seeds best cells of the dense nonlinear grid, linear coefficients solved exactly (as theta)."""
+def _solve_cells(form, loss, nl_grid, x, y, w):
+    """(linear coefficients [m, k], weighted SSE [m]) of every cell of the nonlinear grid."""
     prof = form.profile
     # Log-space objectives are approximated by relative (1/y^2-weighted) linear least squares.
     w_fit = w if (loss == "mse" and form.fit_space == "linear") else w / (y * y)
@@ -80,21 +80,21 @@ def profile_seeds(form, loss, n_seeds, nl_grid, x, y, w):
     basis = jax.vmap(lambda nl: prof.basis(nl, x))(nl_grid)
     gram = jnp.einsum("mnk,mnl,n->mkl", basis, basis, w_fit)
     rhs = jnp.einsum("mnk,n->mk", basis, w_fit * y)
-    coefs, sses = jax.vmap(_nnls_normal, in_axes=(0, 0, None))(gram, rhs, jnp.sum(w_fit * y * y))
+    return jax.vmap(_nnls_normal, in_axes=(0, 0, None))(gram, rhs, jnp.sum(w_fit * y * y))
+
+
+def profile_seeds(form, loss, n_seeds, nl_grid, x, y, w):
+    """The n_seeds best cells of the dense nonlinear grid, linear coefficients solved exactly (as theta)."""
+    coefs, sses = _solve_cells(form, loss, nl_grid, x, y, w)
     sses = jnp.where(jnp.isfinite(sses), sses, jnp.inf)
     _, idx = jax.lax.top_k(-sses, n_seeds)
-    return jax.vmap(prof.assemble)(nl_grid[idx], coefs[idx])
+    return jax.vmap(form.profile.assemble)(nl_grid[idx], coefs[idx])
 
 
 def profile_cells(form, loss, nl_grid, x, y, w):
     """Every cell of the grid as theta [m, p] (linear coefficients solved), and whether the solve was feasible."""
-    prof = form.profile
-    w_fit = w if (loss == "mse" and form.fit_space == "linear") else w / (y * y)
-    basis = jax.vmap(lambda nl: prof.basis(nl, x))(nl_grid)
-    gram = jnp.einsum("mnk,mnl,n->mkl", basis, basis, w_fit)
-    rhs = jnp.einsum("mnk,n->mk", basis, w_fit * y)
-    coefs, sses = jax.vmap(_nnls_normal, in_axes=(0, 0, None))(gram, rhs, jnp.sum(w_fit * y * y))
-    return jax.vmap(prof.assemble)(nl_grid, coefs), jnp.isfinite(sses)
+    coefs, sses = _solve_cells(form, loss, nl_grid, x, y, w)
+    return jax.vmap(form.profile.assemble)(nl_grid, coefs), jnp.isfinite(sses)
 
 
 def grid(form, x) -> np.ndarray:

@@ -88,13 +88,18 @@ def check_output_dir(path: str | os.PathLike, *, flag: str = "--out") -> Path:
         raise UserError(f"{flag}: empty path")
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {p}: is an existing file, not a folder")
-    base = _nearest_existing(p)
+    _check_creatable(p, p, flag)
+    return p
+
+
+def _check_creatable(p: Path, start: Path, flag: str) -> None:
+    """The nearest existing folder at or above ``start`` is a folder this process can write in."""
+    base = _nearest_existing(start)
     if not base.is_dir():
         raise UserError(f"{flag} {p}: {base} is a file, so no folder can be made under it")
     reason = _probe_writable(base)
     if reason:
         raise UserError(f"{flag} {p}: cannot write in {base} ({reason})")
-    return p
 
 
 def check_output_file(path: str | os.PathLike, *, flag: str = "--out", suffixes: Sequence[str] | None = None) -> Path:
@@ -112,12 +117,7 @@ def check_output_file(path: str | os.PathLike, *, flag: str = "--out", suffixes:
     parent = p.parent if str(p.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise UserError(f"{flag} {p}: {parent} is a file, not a folder")
-    base = _nearest_existing(parent)
-    if not base.is_dir():
-        raise UserError(f"{flag} {p}: {base} is a file, so no folder can be made under it")
-    reason = _probe_writable(base)
-    if reason:
-        raise UserError(f"{flag} {p}: cannot write in {base} ({reason})")
+    _check_creatable(p, parent, flag)
     return p
 
 
