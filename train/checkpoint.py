@@ -175,10 +175,6 @@ def _restore_params(step_dir) -> dict:
     return out["params"]
 
 
-def latest_step(mngr: ocp.CheckpointManager) -> int | None:
-    return mngr.latest_step()
-
-
 def sha256_of_params(params) -> str:
     """sha256 over the parameter leaves' bytes in tree order (``final.json``): compare runs without loading them."""
     import hashlib
@@ -187,14 +183,6 @@ def sha256_of_params(params) -> str:
     for leaf in jax.tree.leaves(params):
         h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
     return h.hexdigest()
-
-
-def path_exists(path) -> bool:
-    return epath.Path(path).exists()
-
-
-def as_path(path) -> epath.Path:
-    return epath.Path(path)
 
 
 def write_json(path, obj: Any) -> None:

@@ -82,7 +82,7 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
     when ``steps`` (a cap on the step reached in this call) stopped it first."""
     import jax
 
-    from vlscale.train import checkpoint, run_info, validate
+    from vlscale.train import run_info, validate
 
     config = resolve_config(config)
     # Orbax wants absolute paths; remote paths (gs://...) go through etils.epath as they are.
@@ -117,7 +117,7 @@ class _Trainer:
         import jax
 
         from vlscale.data.pipeline import make_iterator
-        from vlscale.train import checkpoint, metrics, run_info, sharding, step as step_lib, validate
+        from vlscale.train import checkpoint, metrics, sharding, step as step_lib, validate
 
         self.config, self.workdir, self.saved = config, workdir, saved
         self.is_main = jax.process_index() == 0
@@ -189,7 +189,7 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         import jax
 
-        from vlscale.train import checkpoint, optim, run_info
+        from vlscale.train import checkpoint, optim
 
         state, meta, how = self._restore_or_init()
         step = int(meta["step"])
@@ -209,7 +209,6 @@ class _Trainer:
         t_start = time.perf_counter()
         t_last, step_last, wait_last = time.perf_counter(), step, self.data.wait_s
         log_every, ckpt_every = int(self.config.log_every), int(self.config.checkpoint_every)
-        pending = None
         # SIGTERM (a preemption notice) or SIGINT: finish the step, save, then raise StopRequested (exit 143/130).
         with signals.stop_on_signals(raise_on_signal=False) as stop:
             while step < stop_at:
