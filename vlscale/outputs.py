@@ -139,6 +139,7 @@ def atomic_output_dir(path: str | os.PathLike, *, owned: Sequence[str] = (), fla
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
+        signals.raise_if_pending()  # a Ctrl-C whose exception was swallowed: do not publish after it
         with signals.deferred():
             _commit_dir(tmp, target, owned)
     finally:
@@ -196,6 +197,7 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
+        signals.raise_if_pending()
         os.replace(tmp, target)
     finally:
         if tmp.exists():

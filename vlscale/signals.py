@@ -22,6 +22,11 @@ poll loop; if the process is still running 2 s after it, it is ended with ``hard
 ``StopRequested`` subclasses ``KeyboardInterrupt``: ``except Exception`` does not swallow it, and code that already
 handles Ctrl-C handles SIGTERM the same way. ``exc.signum`` and ``exc.exit_code`` say which signal came.
 
+A ``StopRequested`` raised where Python swallows exceptions (a garbage-collection callback, ``__del__``: Python
+prints "Exception ignored in ..." and carries on) is not lost: ``sys.unraisablehook`` sees it and the watchdog
+delivers the signal again, to the main thread's next bytecode. As a last guard, ``raise_if_pending()`` (called by
+``vlscale.outputs`` before it moves finished files into place) raises if a stop was requested and never landed.
+
 ``deferred()`` holds signals back for a few statements that must not be cut in half (moving a finished set of
 output files into place); a signal that came meanwhile is delivered when the block ends.
 
@@ -34,6 +39,7 @@ compiled call is acted on when that call returns; ``force_after`` bounds that wa
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -77,9 +83,17 @@ class StopRequested(KeyboardInterrupt):
 class StopFlag:
     """What ``stop_on_signals`` yields: poll ``requested``; ``raise_if_requested()`` to leave like a signal."""
 
-    def __init__(self):
+    def __init__(self, raises: bool = False):
         self.signum: int | None = None
         self.count = 0
+        self.raises = raises  # raise mode: the handler raises StopRequested itself
+        self.delivered = 0  # raise mode: how many StopRequested the handler raised
+        self.swallowed = 0  # how many of those were swallowed (and are to be delivered again)
+
+    @property
+    def undelivered(self) -> bool:
+        """Raise mode: a signal came but no StopRequested of it is unwinding (all were swallowed)."""
+        return self.raises and self.signum is not None and self.delivered <= self.swallowed
 
     @property
     def requested(self) -> bool:
@@ -122,33 +136,59 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
     process (exit code of the first) if it is still running 2 s later: the user insists. Outside the main
     thread this does nothing but yield a flag that stays unset.
     """
-    flag = StopFlag()
+    flag = StopFlag(raises=raise_on_signal)
     if not _in_main_thread():
         yield flag
         return
-
     def handler(signum, frame):
         flag.count += 1
         first = flag.signum is None
         if first:
             flag.signum = signum
-        if raise_on_signal and first:
-            raise StopRequested(signum)
+        if raise_on_signal and flag.delivered <= flag.swallowed:  # the first, or every earlier one was swallowed
+            flag.delivered += 1
+            raise StopRequested(flag.signum)
         if not raise_on_signal and not first:
             raise StopRequested(flag.signum)
         # raise mode, later signals: the first one's StopRequested is already unwinding; let cleanup finish.
 
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
     watchdog = _Watchdog(flag, force_after)
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        if isinstance(info.exc_value, StopRequested) and flag.signum is not None:
+            flag.swallowed += 1
+            watchdog.redeliver()
+            return
+        previous_hook(info)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, handler)
+    sys.unraisablehook = unraisable
+    _active.append(flag)
     watchdog.start()
     try:
         yield flag
     finally:
         watchdog.stop()
+        _active.remove(flag)
+        sys.unraisablehook = previous_hook
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+# The flags of the stop_on_signals blocks now open in the main thread, innermost last.
+_active: list[StopFlag] = []
+
+
+def raise_if_pending() -> None:
+    """Raises ``StopRequested`` if an open raise-mode ``stop_on_signals`` heard a signal whose exception never
+    reached the code (swallowed, see the module text). Call it before an act that must not follow a Ctrl-C."""
+    for flag in _active:
+        if flag.undelivered:
+            flag.delivered += 1
+            raise StopRequested(flag.signum)
 
 
 class _Watchdog:
@@ -160,6 +200,20 @@ class _Watchdog:
         self._r = self._w = None
         self._old_fd = -1
         self._thread = None
+        self._own = 0  # signals the watchdog raised itself (redeliver): not counted as the user's
+
+    # A byte no signal number uses: "deliver the pending signal again" (written by redeliver()).
+    _REDELIVER = 255
+
+    def redeliver(self) -> None:
+        """Asks the watchdog thread to raise the first signal again in the main thread (its StopRequested was
+        swallowed). Without a watchdog nothing happens here; ``raise_if_pending`` still guards outputs."""
+        if self._w is None:
+            return
+        try:
+            os.write(self._w, bytes([self._REDELIVER]))
+        except OSError:
+            pass
 
     def start(self) -> None:
         try:
@@ -195,7 +249,13 @@ class _Watchdog:
                     return
                 if not data:
                     return  # stop() closed the pipe
+                if self._REDELIVER in data and self.flag.signum is not None:
+                    self._own += 1
+                    _thread.interrupt_main(self.flag.signum)  # writes the signal's byte to this pipe too
                 wanted = [b for b in data if b in SIGNALS]
+                own = min(self._own, len(wanted))
+                self._own -= own
+                wanted = wanted[own:]
                 if not wanted:
                     continue
                 seen += len(wanted)

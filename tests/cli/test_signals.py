@@ -119,6 +119,43 @@ def test_signal_becomes_stop_requested_with_the_exit_code():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+class _SignalsItselfWhenCollected:
+    """Like JAX's gc callback that CI once caught the SIGINT in: Python swallows what is raised in ``__del__``."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)  # the handler runs here, inside __del__
+
+
+def test_a_stop_swallowed_in_a_finalizer_is_delivered_again():
+    reached = []
+    with pytest.raises(signals.StopRequested) as info:
+        with signals.stop_on_signals() as stop:
+            obj = _SignalsItselfWhenCollected()
+            del obj  # "Exception ignored in ... __del__": the first StopRequested is lost
+            reached.append("after the finalizer")
+            for _ in range(500):  # the watchdog raises it again in the main thread
+                time.sleep(0.01)
+            reached.append("never")
+    assert reached == ["after the finalizer"]
+    assert stop.swallowed == 1 and stop.delivered == 2 and info.value.exit_code == 130
+
+
+def test_outputs_are_not_published_after_a_swallowed_stop(tmp_path):
+    out = tmp_path / "out"
+    _previous_run(out)
+    with signals.stop_on_signals() as stop:
+        stop.signum, stop.delivered, stop.swallowed = signal.SIGTERM, 1, 1  # as if the watchdog had not run yet
+        with pytest.raises(signals.StopRequested):
+            with atomic_output_dir(out, owned=("fit.*",)) as tmp:
+                (tmp / "fit.json").write_text("new")
+        assert not stop.undelivered  # delivered now: the study's bookkeeping on the way out may write
+        from vlscale.outputs import atomic_write_text
+        atomic_write_text(tmp_path / "state.json", "{}")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        n: f"old {n}" for n in ("fit.json", "fit.csv", "fit.png", "notes.txt")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "state.json"]
+
+
 def test_poll_mode_sets_a_flag_and_a_second_signal_raises():
     with signals.stop_on_signals(raise_on_signal=False) as stop:
         assert not stop.requested
