@@ -418,11 +418,27 @@ def write_synth_shards(out_dir: str | os.PathLike, num_shards: int, samples_per_
 
 # ---- zero-shot tasks -------------------------------------------------------------------------------
 
-COLOUR_TEMPLATES = ("a photo of a {} shape.", "a drawing of {} shapes.", "a {} object.", "something {}.",
-                    "an image of a {} thing.")
-SHAPE_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "an image of a {}.", "a {} shape.", "a picture with a {}.")
-COUNT_TEMPLATES = ("a photo of {}.", "an image with {}.", "a drawing of {}.", "a picture showing {}.")
-OBJECT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "an image of a {}.", "a picture with a {}.")
+# Class names and prompt templates of the zero-shot tasks are data files shipped with the evaluator, beside the
+# ImageNet-1k names and OpenAI's templates (``vlscale/eval/assets/synth_<task>_{classnames,templates}.txt``, read by
+# ``vlscale.eval.prompts.synth_task_lists``). A class-names file lists the names of the generator's whole vocabulary
+# in its order (COLOURS, SHAPES, counts 1..9, colours x shapes colour-major); a run's config picks its subset.
+ZEROSHOT_TASKS = ("colour", "shape", "count", "colour_shape")
+
+
+def _task_lists(task: str) -> tuple[list[str], tuple[str, ...]]:
+    from vlscale.eval.prompts import synth_task_lists
+
+    return synth_task_lists(task)
+
+
+COLOUR_TEMPLATES = _task_lists("colour")[1]
+SHAPE_TEMPLATES = _task_lists("shape")[1]
+COUNT_TEMPLATES = _task_lists("count")[1]
+OBJECT_TEMPLATES = _task_lists("colour_shape")[1]
+
+
+def _fill(template: str, classname: str) -> str:
+    return template.replace("{c}", classname) if "{c}" in template else template.replace("{}", classname)
 
 
 @dataclasses.dataclass
@@ -436,18 +452,21 @@ class ZeroShotTask:
     labels: np.ndarray  # int32 [N]
 
     def prompts(self, label: int) -> list[str]:
-        return [t.format(self.classnames[label]) for t in self.templates]
+        return [_fill(t, self.classnames[label]) for t in self.templates]
 
 
 def task_classnames(cfg: SynthConfig) -> dict[str, tuple[list[str], tuple[str, ...]]]:
-    counts = ["a single shape"] + [f"{COUNT_WORDS[n]} shapes" for n in range(2, cfg.max_count + 1)]
-    objects = [f"{c} {s}" for c in cfg.colours for s in cfg.shapes]
-    return {
-        "colour": (list(cfg.colours), COLOUR_TEMPLATES),
-        "shape": (list(cfg.shapes), SHAPE_TEMPLATES),
-        "count": (counts, COUNT_TEMPLATES),
-        "colour_shape": (objects, OBJECT_TEMPLATES),
-    }
+    """``{task: (class names in label order, templates)}`` for ``cfg``'s colours, shapes and counts, from the files."""
+    lists = {t: _task_lists(t) for t in ZEROSHOT_TASKS}
+    vocab = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(range(1, len(COUNT_WORDS))),
+             "colour_shape": [(c, s) for c in COLOURS for s in SHAPES]}
+    for t, keys in vocab.items():
+        if len(lists[t][0]) != len(keys):
+            raise ValueError(f"synth_{t}_classnames.txt has {len(lists[t][0])} names; the generator has {len(keys)}")
+    name = {t: dict(zip(vocab[t], lists[t][0])) for t in ZEROSHOT_TASKS}
+    labels = {"colour": list(cfg.colours), "shape": list(cfg.shapes), "count": list(range(1, cfg.max_count + 1)),
+              "colour_shape": [(c, s) for c in cfg.colours for s in cfg.shapes]}
+    return {t: ([name[t][k] for k in labels[t]], lists[t][1]) for t in ZEROSHOT_TASKS}
 
 
 def make_zeroshot_tasks(cfg: SynthConfig, num_per_task: int, seed: int = 0,

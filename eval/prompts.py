@@ -1,7 +1,7 @@
 """Class names and prompt templates: the shipped sets (ImageNet-1k, the synthetic tasks) and user files.
 
-Templates carry a ``{c}`` placeholder (CLIP_benchmark's convention); ``{}`` (the synthetic tasks' and
-``str.format``'s convention) is accepted too. Filling is a plain substitution, so a class name or template
+Templates carry a ``{c}`` placeholder (CLIP_benchmark's convention); ``{}`` (``str.format``'s
+convention) is accepted too. Filling is a plain substitution, so a class name or template
 with other braces is never misread as a format field.
 """
 
@@ -17,6 +17,9 @@ from vlscale.errors import UserError
 ASSETS = "assets"
 IMAGENET_CLASSNAMES_FILE = "imagenet1k_classnames.txt"
 OPENAI_TEMPLATES_FILE = "openai_imagenet_templates.txt"
+SYNTH_CLASSNAMES_FILE = "synth_{task}_classnames.txt"
+SYNTH_TEMPLATES_FILE = "synth_{task}_templates.txt"
+SYNTH_TASKS = ("colour", "shape", "count", "colour_shape")
 PLACEHOLDERS = ("{c}", "{}")
 # The paper's ImageNet-style benchmarks share ImageNet-1k's 1000 classes (imagenet-a/-r use subsets, not shipped).
 IMAGENET_LIKE = ("imagenet1k", "imagenetv2", "imagenet_sketch")
@@ -57,8 +60,18 @@ def openai_templates() -> list[str]:
     return _asset_lines(OPENAI_TEMPLATES_FILE)
 
 
+def synth_task_lists(task: str) -> tuple[list[str], tuple[str, ...]]:
+    """The shipped class names (the generator's whole vocabulary, in its order) and templates of a synthetic task:
+    ``synth_<task>_classnames.txt`` and ``synth_<task>_templates.txt``. ``vlscale.data.synth.task_classnames``
+    picks a run's classes from them."""
+    if task not in SYNTH_TASKS:
+        raise UserError(f"unknown synthetic task {task!r}; choose one of {', '.join(SYNTH_TASKS)} or retrieval")
+    return _asset_lines(SYNTH_CLASSNAMES_FILE.format(task=task)), tuple(_asset_lines(SYNTH_TEMPLATES_FILE.format(task=task)))
+
+
 def synth_prompts(task: str, synth_config=None) -> Prompts:
-    """Class names and templates of a synthetic task (``vlscale.data.synth.task_classnames``)."""
+    """Class names and templates of a synthetic task for a run's config (``vlscale.data.synth.task_classnames``,
+    which reads the shipped files)."""
     from vlscale.data import synth
 
     names = synth.task_classnames(synth_config or synth.SynthConfig())
