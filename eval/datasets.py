@@ -25,7 +25,8 @@ import numpy as np
 
 from vlscale.errors import UserError
 from vlscale.eval import batches
-from vlscale.eval.prompts import Prompts, imagenet_classnames, openai_templates, synth_prompts
+from vlscale.eval.prompts import (IMAGENET_SUBSETS, Prompts, imagenet_classnames, imagenet_subset_indices,
+                                  openai_templates, synth_prompts)
 
 SYNTH_TASKS = ("colour", "shape", "count", "colour_shape")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -278,10 +279,17 @@ def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None) 
     if feature is None or not names:
         raise UserError(f"tfds:{ds_name}: has no ClassLabel feature 'label'; zero-shot classification needs one")
     canonical = CANONICAL_NAMES.get(ds_name.split("/")[0])
+    to_subset = None  # ImageNet-1k label -> label of a 200-class subset (-1: not one of its classes)
     if all(_WNID.match(n) for n in names):  # ImageNet-style WordNet ids: the shipped readable names
         if len(names) != 1000:
             raise UserError(f"tfds:{ds_name}: its {len(names)} labels are WordNet ids; pass --classnames FILE")
         names = imagenet_classnames()
+        if canonical in IMAGENET_SUBSETS:
+            # TFDS labels ImageNet-A/-R in ImageNet-1k's label space; the benchmark classifies among its 200 classes.
+            subset = imagenet_subset_indices(canonical)
+            to_subset = np.full(1000, -1, np.int64)
+            to_subset[subset] = np.arange(len(subset))
+            names = [names[i] for i in subset]
     else:
         names = [n.replace("_", " ") for n in names]
     prompts = Prompts(tuple(names), tuple(openai_templates()), source=f"tfds:{ds_name}")
@@ -291,7 +299,8 @@ def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None) 
 
     def read(i):
         ex = source[i]
-        return ex["image"], int(ex["label"])
+        label = int(ex["label"])
+        return ex["image"], int(to_subset[label]) if to_subset is not None else label
 
     return ClassificationSet(name=name or canonical or ds_name.replace("/", "_"), spec=f"tfds:{spec_body}",
                              num_images=n, read=read, labels=None, prompts=prompts, num_classes=len(names))

@@ -21,8 +21,10 @@ SYNTH_CLASSNAMES_FILE = "synth_{task}_classnames.txt"
 SYNTH_TEMPLATES_FILE = "synth_{task}_templates.txt"
 SYNTH_TASKS = ("colour", "shape", "count", "colour_shape")
 PLACEHOLDERS = ("{c}", "{}")
-# The paper's ImageNet-style benchmarks share ImageNet-1k's 1000 classes (imagenet-a/-r use subsets, not shipped).
+# The paper's ImageNet-style benchmarks share ImageNet-1k's 1000 classes; imagenet-a and imagenet-r use 200 of them
+# (``IMAGENET_SUBSETS``: the shipped files of their ImageNet-1k label indices, ascending).
 IMAGENET_LIKE = ("imagenet1k", "imagenetv2", "imagenet_sketch")
+IMAGENET_SUBSETS = {"imagenet-a": "imagenet_a_indices.txt", "imagenet-r": "imagenet_r_indices.txt"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,20 @@ def _asset_lines(name: str) -> list[str]:
 def imagenet_classnames() -> list[str]:
     """The 1000 ImageNet-1k class names of OpenAI's CLIP notebook, in label (WordNet id) order."""
     return _asset_lines(IMAGENET_CLASSNAMES_FILE)
+
+
+def imagenet_subset_indices(name: str) -> list[int]:
+    """The ImageNet-1k label indices (ascending) of the classes of ``imagenet-a`` or ``imagenet-r``: label k of
+    the 200-class benchmark is ImageNet-1k class ``indices[k]``."""
+    if name not in IMAGENET_SUBSETS:
+        raise UserError(f"no shipped ImageNet class subset {name!r}; choose one of {', '.join(IMAGENET_SUBSETS)}")
+    return [int(x) for x in _asset_lines(IMAGENET_SUBSETS[name])]
+
+
+def imagenet_subset_classnames(name: str) -> list[str]:
+    """The 200 class names of ``imagenet-a`` / ``imagenet-r``: the ImageNet-1k names at the subset's indices."""
+    names = imagenet_classnames()
+    return [names[i] for i in imagenet_subset_indices(name)]
 
 
 def openai_templates() -> list[str]:

@@ -68,8 +68,20 @@ class _Classifiers:
 
         key = (prompts.classnames, prompts.templates)
         if key not in self.cache:
+            self.cache[key] = self._columns_of_cached(key)
+        if self.cache[key] is None:
             self.cache[key] = zeroshot.build_classifier(em, prompts, batch_size)
         return self.cache[key]
+
+    def _columns_of_cached(self, key):
+        """A classifier whose classes are all in one already built with the same templates (ImageNet-A/-R after
+        ImageNet-1k): its columns, since each class's embedding depends on that class's prompts only."""
+        names, templates = key
+        for (have, tpl), weights in self.cache.items():
+            if tpl == templates and weights is not None and set(names) <= set(have):
+                col = {n: i for i, n in enumerate(have)}
+                return weights[:, [col[n] for n in names]]
+        return None
 
 
 def _synth_knobs(ckpt) -> dict | None:

@@ -1,5 +1,6 @@
 """The paper's suite: ImageNet-1k zero-shot, MS-COCO (Karpathy test) retrieval, and the ImageNet distribution
-shifts where they are prepared (skipped with a note otherwise).
+shifts where they are prepared (skipped with a note otherwise); ImageNet-A and -R are scored among their own 200
+classes (the shipped subsets of ImageNet-1k, ``vlscale.eval.prompts.imagenet_subset_indices``).
 
 Paths come from the arg string, e.g. ``paper:data_dir=/data/tfds,coco=/data/coco`` with
 ``coco/dataset_coco.json`` and the images under ``coco/`` (see docs/eval.md for preparing both).

@@ -230,3 +230,75 @@ def test_tfds_classification_reads_labels_with_images_and_maps_wordnet_ids(monke
     assert ds.name == "imagenet1k" and ds.num_classes == 1000 and ds.prompts.classnames[0] == "tench"
     out = ds.loader(32)(np.array([0, 1, -1, -1]))
     assert out["valid"].tolist() == [True, False, False, False] and out["label"][:2].tolist() == [3, 5]
+
+
+def test_shipped_imagenet_a_and_r_subsets():
+    names = prompts.imagenet_classnames()
+    a, r = prompts.imagenet_subset_indices("imagenet-a"), prompts.imagenet_subset_indices("imagenet-r")
+    for idx in (a, r):
+        assert len(idx) == len(set(idx)) == 200 and idx == sorted(idx) and 0 <= idx[0] and idx[-1] < 1000
+    # Spot values checked against hendrycks/natural-adv-examples (eval.py), hendrycks/imagenet-r (eval.py) and the
+    # WordNet-id lists of LAION-AI/CLIP_benchmark (datasets/builder.py) mapped through ImageNet-1k's label order.
+    assert a[:5] == [6, 11, 13, 15, 17] and a[-3:] == [986, 987, 988] and a[100] == 496
+    assert r[:5] == [1, 2, 4, 6, 8] and r[-3:] == [981, 983, 988] and r[100] == 355
+    assert len(set(a) & set(r)) == 86
+    got_a, got_r = prompts.imagenet_subset_classnames("imagenet-a"), prompts.imagenet_subset_classnames("imagenet-r")
+    assert got_a == [names[i] for i in a] and got_r == [names[i] for i in r]
+    assert (got_a[0], got_a[100], got_a[-1]) == ("stingray", "Christmas stocking", "acorn")
+    assert (got_r[0], got_r[100], got_r[-2]) == ("goldfish", "llama", "scuba diver")
+    with pytest.raises(UserError, match="no shipped ImageNet class subset"):
+        prompts.imagenet_subset_indices("imagenet-c")
+
+
+def test_tfds_imagenet_a_classifies_among_its_200_classes(monkeypatch):
+    import io
+
+    import tensorflow_datasets as tfds
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    # TFDS labels ImageNet-A in ImageNet-1k's label space: 6 (stingray) and 988 (acorn) are its first and last class.
+    records = [{"image": png, "label": 6}, {"image": png, "label": 988}, {"image": png, "label": 0}]
+
+    class Builder:
+        def __init__(self, name, data_dir=None):
+            label = SimpleNamespace(names=[f"n{i:08d}" for i in range(1000)])
+            self.info = SimpleNamespace(splits={"test": None}, features={"label": label})
+
+        def is_prepared(self):
+            return True
+
+        def as_data_source(self, split, decoders=None):
+            return records
+
+    monkeypatch.setattr(tfds, "builder", Builder)
+    ds = datasets.open_dataset("tfds:imagenet_a", "zeroshot", data_dir="/nowhere")
+    assert ds.name == "imagenet-a" and ds.num_classes == 200
+    assert list(ds.prompts.classnames) == prompts.imagenet_subset_classnames("imagenet-a")
+    out = ds.loader(32)(np.array([0, 1, 2, -1]))
+    # Class 0 (tench) is not one of ImageNet-A's: that image is counted as skipped, not scored.
+    assert out["label"].tolist() == [0, 199, -1, -1] and out["valid"].tolist() == [True, True, False, False]
+    r = datasets.open_dataset("tfds:imagenet_r", "zeroshot", data_dir="/nowhere")
+    assert r.name == "imagenet-r" and r.num_classes == 200 and r.prompts.classnames[0] == "goldfish"
+    assert r.loader(32)(np.array([0, 1, 2, -1]))["label"].tolist() == [3, 199, -1, -1]  # 6 (stingray) is R's 4th class
+
+
+def test_a_subset_classifier_is_the_columns_of_the_imagenet_one(monkeypatch):
+    from vlscale.eval import runner, zeroshot
+
+    calls = []
+
+    def build(em, p, batch_size):  # a class's column depends on its prompts only, as in the real classifier
+        calls.append(len(p.classnames))
+        return np.array([[len(c), ord(c[0]), ord(c[-1])] for c in p.classnames], np.float32).T
+
+    monkeypatch.setattr(zeroshot, "build_classifier", build)
+    cache = runner._Classifiers()
+    templates = tuple(prompts.openai_templates())
+    full = cache.get(None, prompts.Prompts(tuple(prompts.imagenet_classnames()), templates), 8)
+    sub = cache.get(None, prompts.Prompts(tuple(prompts.imagenet_subset_classnames("imagenet-r")), templates), 8)
+    assert calls == [1000] and sub.shape == (3, 200)
+    assert np.array_equal(sub, full[:, prompts.imagenet_subset_indices("imagenet-r")])
+    cache.get(None, prompts.Prompts(("tench", "goldfish"), ("a {c}.",)), 8)  # other templates: built anew
+    assert calls == [1000, 2]
