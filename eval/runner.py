@@ -84,6 +84,28 @@ class _Classifiers:
         return None
 
 
+# Eval functions compile in a few tenths of a second each: below the trainer's threshold for persisting them.
+EVAL_MIN_COMPILE_S = 0.1
+
+
+def use_compilation_cache() -> str | None:
+    """The trainer's persistent compilation cache (``$VLSCALE_COMPILATION_CACHE``, else the user cache dir; ``none``
+    disables it), set up unless this process already has one, and lowered to keep the eval functions too, so a new
+    process evaluating a model already seen skips their compilation. Returns the folder in use (None: off)."""
+    import jax
+
+    path = jax.config.jax_compilation_cache_dir
+    if not path:
+        try:
+            from vlscale.train.loop import setup_compilation_cache
+        except ImportError:
+            return None
+        path = setup_compilation_cache("")
+    if path and jax.config.jax_persistent_cache_min_compile_time_secs > EVAL_MIN_COMPILE_S:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", EVAL_MIN_COMPILE_S)
+    return path or None
+
+
 def _synth_knobs(ckpt) -> dict | None:
     try:
         return dict(ckpt.run["config"]["data"]["synth"]["knobs"])
@@ -98,10 +120,9 @@ def _json_path(out_dir: Path, task: str, name: str) -> Path:
 def _write_json(path: Path, obj: dict) -> None:
     import json
 
-    from vlscale.eval.results import _write_atomic
+    from vlscale.outputs import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def default_out_dir(ckpt) -> Path:
@@ -129,6 +150,7 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
     if not specs:
         raise UserError("no tasks to evaluate")
     ckpt = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) else checkpoints.load(checkpoint)
+    use_compilation_cache()
     em = EvalModel.create(ckpt.model_name, ckpt.params, mesh=mesh, dtype=dtype)
     check_batch_size(batch_size, em.mesh)
     gen_batch = generative_batch_size or min(batch_size, generative.GENERATIVE_BATCH)

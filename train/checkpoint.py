@@ -161,14 +161,44 @@ def load_for_inference(path) -> Loaded:
     return Loaded(model_name=info["model"], params=params, step=None, samples_seen=None, run=None, path=str(p))
 
 
+# Parameter shapes of a checkpoint's tree, keyed by the bytes of its Orbax tree and array metadata files: every
+# checkpoint of a run has the same ones, and parsing them costs more than restoring a small model's parameters.
+_PARAM_SHAPES: dict = {}
+
+
+def _metadata_key(state_dir) -> tuple | None:
+    import hashlib
+
+    files = [epath.Path(state_dir) / "_METADATA"]
+    arrays = epath.Path(state_dir) / "array_metadatas"
+    if arrays.is_dir():
+        files += sorted(arrays.iterdir())
+    try:
+        return tuple(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    except OSError:
+        return None
+
+
+def _param_shapes(ckptr, state_dir):
+    """The ``params`` subtree as (shape, dtype) leaves, from Orbax's metadata (cached per distinct metadata)."""
+    key = _metadata_key(state_dir)
+    if key is not None and key in _PARAM_SHAPES:
+        return _PARAM_SHAPES[key]
+    metadata = ckptr.metadata(state_dir)
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    shapes = jax.tree.map(lambda m: (tuple(m.shape), np.dtype(m.dtype)), tree["params"],
+                          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    if key is not None:
+        _PARAM_SHAPES[key] = shapes
+    return shapes
+
+
 def _restore_params(step_dir) -> dict:
     """Only the parameters of a training checkpoint, as host arrays (no optimizer state read)."""
     ckptr = ocp.PyTreeCheckpointer()
     state_dir = epath.Path(step_dir) / "state"
-    metadata = ckptr.metadata(state_dir)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
-    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"],
-                          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    target = jax.tree.map(lambda sd: np.zeros(*sd), _param_shapes(ckptr, state_dir),
+                          is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype))
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     out = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
         item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))

@@ -1,6 +1,7 @@
 """Eval test fixtures: random-init converted checkpoints and fake trainer workdirs (run.json + checkpoints/N)."""
 
 import json
+import os
 import shutil
 
 import jax
@@ -9,6 +10,10 @@ import pytest
 
 from vlscale.models import convert, registry
 from vlscale.models.flops import gflops
+
+# Evaluations would turn on the user's persistent compilation cache (vlscale.eval.runner.use_compilation_cache);
+# tests keep off it unless the caller chose one.
+os.environ.setdefault("VLSCALE_COMPILATION_CACHE", "none")
 
 BATCH = 16  # one eval batch size for every test: one compiled shape per function
 

@@ -60,7 +60,7 @@ def test_append_is_idempotent_valid_for_the_fitter_and_atomic(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         results.append_rows(table, results.rows_for(ident, "synth_shape", {"acc1": 0.2}))
     assert table.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 def test_append_refuses_a_file_that_is_not_a_results_table(tmp_path):
@@ -302,3 +302,23 @@ def test_a_subset_classifier_is_the_columns_of_the_imagenet_one(monkeypatch):
     assert np.array_equal(sub, full[:, prompts.imagenet_subset_indices("imagenet-r")])
     cache.get(None, prompts.Prompts(("tench", "goldfish"), ("a {c}.",)), 8)  # other templates: built anew
     assert calls == [1000, 2]
+
+
+def test_eval_uses_the_trainers_persistent_compilation_cache_with_a_lower_threshold(tmp_path, monkeypatch):
+    import jax
+
+    from vlscale.eval import runner
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("VLSCALE_COMPILATION_CACHE", "none")
+        assert runner.use_compilation_cache() is None and not jax.config.jax_compilation_cache_dir
+        monkeypatch.setenv("VLSCALE_COMPILATION_CACHE", str(tmp_path / "jax"))
+        assert runner.use_compilation_cache() == str(tmp_path / "jax") == jax.config.jax_compilation_cache_dir
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == runner.EVAL_MIN_COMPILE_S
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "trainer"))  # one set up already: kept
+        assert runner.use_compilation_cache() == str(tmp_path / "trainer")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
