@@ -7,23 +7,20 @@ samples seen). The run's final checkpoint is written at the run's nominal ``samp
 samples it really saw as ``samples_seen_actual``; an intermediate checkpoint (the constant-LR protocol) is written
 at its own samples seen in both. ``compute_gflops = gflops_per_sample * samples_seen`` and likewise ``_actual``.
 
-Appending holds a lock, skips rows whose identity columns (``IDENTITY_COLUMNS``) are already in the table, and
-replaces the file in one step (temp file + ``os.replace``), so re-running adds nothing and a killed evaluation
-never leaves a torn table.
+Appending (``vlscale.outputs.append_new_rows``) holds a lock, skips rows whose identity columns
+(``IDENTITY_COLUMNS``) are already in the table, and replaces the file in one step (temp file + ``os.replace``),
+so re-running adds nothing and a killed evaluation never leaves a torn table.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from vlscale.errors import UserError
+from vlscale.outputs import append_new_rows
 from vlscale.scaling.results import IDENTITY_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
@@ -91,39 +88,6 @@ def _key(row: Mapping) -> tuple:
     return tuple(out)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock beside the table (``.NAME.lock``, left in place: removing it would race)."""
-    import fcntl
-
-    with open(path.with_name(f".{path.name}.lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    try:
-        from vlscale.outputs import atomic_write_text
-    except ImportError:
-        atomic_write_text = None
-    if atomic_write_text is not None:
-        atomic_write_text(path, text)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def read_rows(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file() or p.stat().st_size == 0:
@@ -132,42 +96,25 @@ def read_rows(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _check_table(target: Path):
+    def check(header: list[str]) -> None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise UserError(f"--results {target}: not a results table (no {', '.join(missing)} column)")
+    return check
+
+
 def append_rows(path: str | Path, rows: Iterable[Mapping]) -> int:
-    """Adds the rows not yet in the CSV at ``path`` (by identity); returns how many were added."""
+    """Adds the rows not yet in the CSV at ``path`` (by identity); returns how many were added.
+
+    ``vlscale.outputs.append_new_rows`` does the locked read-merge-rewrite; this adds the schema's column order,
+    the cell formatting, the identity key and the check that an existing file is a results table.
+    """
     target = Path(path)
     if target.exists() and target.is_dir():
         raise UserError(f"--results {target}: is a folder; give a CSV file name")
-    rows = [dict(r) for r in rows]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target):
-        header, old = [], []
-        if target.is_file() and target.stat().st_size > 0:
-            with open(target, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                header = list(reader.fieldnames or [])
-                old = list(reader)
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise UserError(f"--results {target}: not a results table (no {', '.join(missing)} column)")
-        seen = {_key(r) for r in old}
-        new = []
-        for r in rows:
-            k = _key(r)
-            if k not in seen:
-                seen.add(k)
-                new.append({c: _cell(v) for c, v in r.items()})
-        if not new:
-            return 0
-        for c in list(COLUMNS) + [k for r in new for k in r]:
-            if c not in header:
-                header.append(c)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", restval="")
-        writer.writeheader()
-        writer.writerows(old)
-        writer.writerows(new)
-        _write_atomic(target, buf.getvalue())
-    return len(new)
+    cells = [{c: _cell(v) for c, v in dict(r).items()} for r in rows]
+    return append_new_rows(target, cells, _key, COLUMNS, check=_check_table(target))
 
 
 def has_rows(path: str | Path, run: str, step: int, downstream_dataset: str) -> bool:

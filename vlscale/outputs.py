@@ -26,6 +26,7 @@ file on its own, atomically, and never removes anything::
     with atomic_path(path) as tmp:            # for writers that want a path: np.savez, torch.save, savefig
         np.savez(tmp, ...)
     append_rows(results_csv, rows)            # CSV rows added under a lock; the header grows if needed
+    append_new_rows(results_csv, rows, key)   # the same, skipping rows whose key is already there
 
 Readers therefore see either the old file or the new one, never a prefix of it.
 """
@@ -41,7 +42,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 from vlscale import signals
 from vlscale.errors import UserError
@@ -234,13 +235,29 @@ def _locked(path: Path):
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, object]],
-                columns: Sequence[str] | None = None) -> int:
+                columns: Sequence[str] | None = None, *, key: Callable[[Mapping], Hashable] | None = None,
+                check: Callable[[list[str]], None] | None = None) -> int:
     """Appends ``rows`` (dicts) to the CSV ``path`` atomically and under a lock; returns the rows it now has.
 
     A new file gets ``columns`` (default: the keys in first-seen order) as its header. An existing file keeps
     its rows and column order; columns only the new rows have are added at the end (old rows get empty cells).
     Concurrent appenders (several eval processes on one results table) each land all their rows.
+
+    ``key(row)``: rows whose key is already in the file (or earlier in ``rows``) are skipped, so re-running an
+    append adds nothing; it sees old rows as read back (strings) and new ones as given. ``check(header)`` runs on
+    an existing file's header under the lock and raises to refuse the file (e.g. not the expected table).
     """
+    return _append(path, rows, columns, key, check)[0]
+
+
+def append_new_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, object]], key: Callable[[Mapping], Hashable],
+                    columns: Sequence[str] | None = None, *, check: Callable[[list[str]], None] | None = None) -> int:
+    """``append_rows`` with a key, returning how many rows were added (0: all were there; the file is untouched)."""
+    return _append(path, rows, columns, key, check)[1]
+
+
+def _append(path, rows, columns, key, check) -> tuple[int, int]:
+    """(rows in the file afterwards, rows added)."""
     target = Path(path)
     rows = [dict(r) for r in rows]
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +269,19 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, object]],
                 reader = csv.DictReader(f)
                 header = list(reader.fieldnames or [])
                 old = list(reader)
+            if check is not None:
+                check(header)
+        if key is not None:
+            seen = {key(r) for r in old}
+            new = []
+            for r in rows:
+                k = key(r)
+                if k not in seen:
+                    seen.add(k)
+                    new.append(r)
+            rows = new
+        if not rows:
+            return len(old), 0
         for name in list(columns or []) + [k for r in rows for k in r]:
             if name not in header:
                 header.append(name)
@@ -261,4 +291,4 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, object]],
         writer.writerows(old)
         writer.writerows(rows)
         atomic_write_text(target, buf.getvalue())
-    return len(old) + len(rows)
+    return len(old) + len(rows), len(rows)

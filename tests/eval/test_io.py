@@ -63,6 +63,26 @@ def test_append_is_idempotent_valid_for_the_fitter_and_atomic(tmp_path, monkeypa
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+def test_outputs_append_with_a_key_skips_rows_already_there_and_checks_the_header(tmp_path):
+    from vlscale import outputs
+
+    f = tmp_path / "t.csv"
+    key = lambda r: (r["a"], float(r["b"]))  # noqa: E731 - old rows come back as strings
+    assert outputs.append_new_rows(f, [{"a": "x", "b": 1}, {"a": "y", "b": 2}, {"a": "x", "b": 1.0}], key) == 2
+    mtime = f.stat().st_mtime_ns
+    assert outputs.append_new_rows(f, [{"a": "y", "b": "2.0"}], key) == 0 and f.stat().st_mtime_ns == mtime
+    assert outputs.append_rows(f, [{"a": "z", "b": 3, "c": "new"}, {"a": "x", "b": 1}], key=key) == 3
+    assert f.read_text().splitlines() == ["a,b,c", "x,1,", "y,2,", "z,3,new"]
+    assert outputs.append_rows(f, [{"a": "x", "b": 1}]) == 4  # no key: every row lands
+
+    def refuse(header):
+        raise UserError(f"header {header}")
+
+    with pytest.raises(UserError, match=r"header \['a', 'b', 'c'\]"):
+        outputs.append_rows(f, [{"a": "w", "b": 0}], key=key, check=refuse)
+    assert len(f.read_text().splitlines()) == 5
+
+
 def test_append_refuses_a_file_that_is_not_a_results_table(tmp_path):
     f = tmp_path / "other.csv"
     f.write_text("a,b\n1,2\n")
