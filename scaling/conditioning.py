@@ -22,6 +22,7 @@ import numpy as np
 import vlscale.scaling.fit as fit_lib
 from vlscale.scaling import forms as forms_lib
 from vlscale.scaling import projection
+from vlscale.scaling.trace_cache import persistent_jit
 
 LOCAL_SPAN = 2.0
 LOCAL_CELLS = {1: 256, 2: 64}
@@ -33,7 +34,7 @@ def _local_grid(form, theta: np.ndarray) -> np.ndarray:
     return np.stack([a.reshape(-1) for a in np.meshgrid(*axes, indexing="ij")], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("form_name", "loss"))
+@persistent_jit(static_argnames=("form_name", "loss"))
 def _cells(xs, ys, ws, grids, delta, *, form_name, loss):
     form = forms_lib.get_form(form_name)
 

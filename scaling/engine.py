@@ -17,7 +17,7 @@ from vlscale.scaling.evaluate import finish_group
 from vlscale.scaling.fitted import GroupFit
 from vlscale.scaling.options import Options
 from vlscale.scaling.prepare import Prepared
-from vlscale.scaling.report import fmt_diff
+from vlscale.scaling.report import fmt_c, fmt_diff
 from vlscale.scaling.results import Selection
 
 
@@ -29,6 +29,16 @@ def _log(progress: Callable[[str], None] | None, msg: str) -> None:
 def stream_for(seed: int, sel: Selection, group: str) -> np.random.SeedSequence:
     """The bootstrap stream of one group of one selection (independent of every other group and selection)."""
     return uncertainty.stream(seed, sel.downstream_dataset, sel.metric, sel.pretrain_dataset, sel.lr_scheduler, group)
+
+
+def _fitted_text(p: Prepared, name: str, gf: GroupFit) -> str:
+    """How many points were fitted, and from which frontier (with --frontier-scope fit the fitted frontier is
+    built from the runs <= --fit-max-compute alone, so its size is not a share of the all-runs frontier)."""
+    n_fit, xmax = int(p.fitted[name].sum()), p.fit_max[name]
+    if xmax is not None and p.frontier_scope == "fit":
+        return (f"{n_fit} frontier points fitted (the frontier of the runs <= {fmt_c(xmax)} GFLOPs; "
+                f"all runs' frontier has {gf.n_frontier})")
+    return f"{n_fit}/{gf.n_frontier} frontier points fitted"
 
 
 def fit_prepared(preps: Sequence[Prepared], opts: Options, *, form: str | None = None
@@ -61,7 +71,6 @@ def fit_prepared(preps: Sequence[Prepared], opts: Options, *, form: str | None =
             gf = finish_group(p, name, curve, r, nr, opts)
             out[i][name] = gf
             loo = gf.loo_summary()
-            _log(progress, f"  {p.selection.label()} · {name}: {int(p.fitted[name].sum())}/{gf.n_frontier} frontier "
-                           "points fitted" + (f", leave-one-out {fmt_diff(loo['mean_abs_err'], gf.metric_kind)} mean"
-                                              if loo else ""))
+            _log(progress, f"  {p.selection.label()} · {name}: {_fitted_text(p, name, gf)}"
+                           + (f", leave-one-out {fmt_diff(loo['mean_abs_err'], gf.metric_kind)} mean" if loo else ""))
     return out, time.perf_counter() - t0, timer.seconds

@@ -48,6 +48,7 @@ from vlscale.scaling.checks import as_inputs as _as_inputs
 from vlscale.scaling.checks import check_data as _check_data
 from vlscale.scaling.checks import check_loss as _check_loss
 from vlscale.scaling.projection import RIDGE, spd_solve  # noqa: F401 (spd_solve is part of this module's API)
+from vlscale.scaling.trace_cache import persistent_jit
 
 # Chinchilla approach 3 uses delta = 1e-3 on log residuals (Hoffmann et al. 2022, appendix D.2).
 DEFAULT_HUBER_DELTA = 1e-3
@@ -193,7 +194,7 @@ def _fit_sets(x, y, w, starts, nl_grid, delta, *, form_name, loss, max_steps, n_
 _fit_sets_jit = jax.jit(_fit_sets, static_argnames=("form_name", "loss", "max_steps", "n_seeds"))
 
 
-@functools.partial(jax.jit, static_argnames=("form_name", "loss", "max_steps", "n_seeds"))
+@persistent_jit(static_argnames=("form_name", "loss", "max_steps", "n_seeds"))
 def _fit_sets_best(x, y, w, starts, nl_grid, delta, *, form_name, loss, max_steps, n_seeds):
     """Like _fit_sets but reduced to each set's winner: theta, objective, |grad|, linear MSE, converged count."""
     form = forms_lib.get_form(form_name)

@@ -52,3 +52,8 @@ def enable() -> Path | None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _state["dir"] = path
     return path
+
+
+def active_dir() -> Path | None:
+    """The directory ``enable()`` chose in this process, or None (not enabled, or no usable directory)."""
+    return _state.get("dir")
