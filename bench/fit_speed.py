@@ -277,6 +277,8 @@ def main(argv=None) -> int:
                           ("difference of two laws", "difference_")):
             print(f"  {what:40s} bootstrap {cov[f'bootstrap_{key}coverage']:.1%}, "
                   f"delta {cov[f'delta_{key}coverage']:.1%}")
+        print(f"  {'(difference, plain percentile interval)':40s} bootstrap "
+              f"{cov['bootstrap_percentile_difference_coverage']:.1%}")
     return 0
 
 

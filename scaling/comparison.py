@@ -139,9 +139,10 @@ def crossings_boot(grid: np.ndarray, diffs: np.ndarray) -> np.ndarray:
 
 
 def _diff_interval(a, b, level: float, kind: str):
-    """[len(grid)] lo, hi of b - a: bootstrap pairs (independent streams), else the delta method, else NaN."""
+    """[len(grid)] lo, hi of b - a: bootstrap pairs (independent streams; quartile-scaled about the point
+    difference, see ``uncertainty.quartile_interval``), else the delta method, else NaN."""
     if a.grid_boot is not None and b.grid_boot is not None:
-        lo, hi = uncertainty.percentile_interval(b.grid_boot - a.grid_boot, level)
+        lo, hi = uncertainty.quartile_interval(b.grid_boot - a.grid_boot, b.grid_pred - a.grid_pred, level)
     elif a.grid_se is not None and b.grid_se is not None:
         t = uncertainty.t_quantile(level, min(a.grid_dof, b.grid_dof))
         half = t * np.sqrt(a.grid_se ** 2 + b.grid_se ** 2)

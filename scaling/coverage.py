@@ -43,7 +43,8 @@ def coverage_simulation(
     ``x_range``, y = law · exp(noise · N(0, 1)); fits both (seeds only: variable projection is exhaustive),
     refits ``n_boot`` resamples of each (independent streams) and checks: the band (bootstrap percentile and
     delta method) covers the true law A; the prediction interval covers a new observation of A; the interval of
-    the difference B - A covers the true difference. All fits and all resamples run as two batched calls.
+    the difference B - A (the quartile interval that ``compare`` reports; the plain percentile one beside it, for
+    reference) covers the true difference. All fits and all resamples run as two batched calls.
     """
     form = forms_lib.get_form(form)
     laws = [dict(SIM_TRUTH if truth is None else truth), dict(SIM_TRUTH_B if truth_b is None else truth_b)]
@@ -68,7 +69,9 @@ def coverage_simulation(
     a_boot, b_boot = boot_pred[:n_rep], boot_pred[n_rep:]
     q = U._tails(level)
     boot_lo, boot_hi = np.nanpercentile(a_boot, q, axis=1)
-    diff_lo, diff_hi = np.nanpercentile(b_boot - a_boot, q, axis=1)
+    point = U.predict_many(form.name, full["theta"], at)[:, 0]
+    diff_lo, diff_hi = U.quartile_interval((b_boot - a_boot).T, point[n_rep:] - point[:n_rep], level)
+    pct_lo, pct_hi = np.nanpercentile(b_boot - a_boot, q, axis=1)
     pred_cover_boot = np.empty(n_rep, dtype=bool)
     deltas = []
     for i in range(2 * n_rep):
@@ -103,6 +106,7 @@ def coverage_simulation(
         "bootstrap_prediction_coverage": float(np.mean(pred_cover_boot)),
         "delta_prediction_coverage": float(np.mean(pred_cover_delta)),
         "bootstrap_difference_coverage": float(np.mean((diff_lo <= true_diff) & (true_diff <= diff_hi))),
+        "bootstrap_percentile_difference_coverage": float(np.mean((pct_lo <= true_diff) & (true_diff <= pct_hi))),
         "delta_difference_coverage": float(np.mean(diff_cover_delta)),
         "bootstrap_median_width": float(np.median(boot_hi - boot_lo)),
         "delta_median_width": float(np.median([2 * t[i] * deltas[i].se[0] for i in range(n_rep)])),

@@ -87,15 +87,17 @@ def test_prediction_interval_is_reported_beside_the_band():
 
 def test_coverage_of_band_prediction_and_difference_intervals():
     """Nominal 95 %, 4x beyond the fitted range: band covers the true law, the prediction interval a new noisy
-    observation, the difference interval the true difference of two laws (40 repetitions here; the bench runs
-    200, where each is within 90-99 %). The difference interval is conservative: the two laws' common
-    extrapolation bias cancels in the difference."""
+    observation, the difference interval the true difference of two laws (120 repetitions here; the bench runs
+    200). The plain percentile interval of the difference over-covers (heavy-tailed resamples of both laws); the
+    quartile interval that `compare` reports is calibrated."""
     from vlscale.scaling.coverage import coverage_simulation
 
-    cov = coverage_simulation(40, n_boot=50, seed=0)
+    cov = coverage_simulation(120, n_boot=100, seed=0)
     for key in ("bootstrap_coverage", "delta_coverage", "bootstrap_prediction_coverage", "delta_prediction_coverage",
-                "bootstrap_difference_coverage", "delta_difference_coverage"):
+                "delta_difference_coverage"):
         assert 0.90 <= cov[key] <= 1.0, (key, cov[key])
+    assert 0.90 <= cov["bootstrap_difference_coverage"] <= 0.99, cov
+    assert cov["bootstrap_percentile_difference_coverage"] >= cov["bootstrap_difference_coverage"]
     # The prediction interval is wider than the band: it covers new observations, which the band does not.
     assert cov["bootstrap_prediction_coverage"] >= cov["bootstrap_coverage"] - 0.03
 
