@@ -250,20 +250,29 @@ def folder_dataset(root: str, classnames: list[str] | None = None, name: str | N
                              prompts=prompts, num_classes=len(names))
 
 
-def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None) -> ClassificationSet:
-    """A locally prepared TFDS classification split (array_record format); never downloads."""
-    ds_name, _, split = spec_body.partition(":")
+def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None,
+                 split: str | None = None) -> ClassificationSet:
+    """A locally prepared TFDS classification split (array_record format); never downloads.
+
+    The split is the spec's (``tfds:NAME:split``), else ``split`` (``--split``), else validation / test."""
+    ds_name, _, spec_split = spec_body.partition(":")
+    if spec_split and split and spec_split != split:
+        raise UserError(f"tfds:{spec_body} names split {spec_split!r} but --split {split} was given; give one")
+    split = spec_split or split
     import tensorflow_datasets as tfds
 
+    how = (f"prepare it once with `tfds build {ds_name} --data_dir DIR --file_format array_record` (ImageNet: put "
+           "the archives in DIR/downloads/manual first; a dataset of your own: `tfds build path/to/its/builder` with "
+           "the same flags), then pass --data-dir DIR")
     try:
         builder = tfds.builder(ds_name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:  # not in TFDS's catalog, and not prepared in data_dir either
+        raise UserError(f"tfds:{ds_name} is not a TFDS catalog dataset and is not prepared in --data-dir "
+                        f"{data_dir or '(TFDS default)'}; {how}") from None
     except Exception as e:
         raise UserError(f"tfds:{ds_name}: unknown TFDS dataset ({str(e).splitlines()[0] if str(e) else e})") from None
     if not builder.is_prepared():
-        raise UserError(
-            f"tfds:{ds_name} is not prepared in --data-dir {data_dir or '(TFDS default)'}; prepare it once with "
-            f"`tfds build {ds_name} --data_dir DIR --file_format array_record` (ImageNet: put the archives in "
-            "DIR/downloads/manual first), then pass --data-dir DIR")
+        raise UserError(f"tfds:{ds_name} is not prepared in --data-dir {data_dir or '(TFDS default)'}; {how}")
     splits = list(builder.info.splits)
     split = split or ("validation" if "validation" in splits else "test" if "test" in splits else "")
     if split not in splits:
@@ -447,7 +456,7 @@ def open_dataset(spec: str, task: str, *, name: str | None = None, classnames: l
     elif kind == "folder":
         ds = folder_dataset(body, classnames, name)
     elif kind == "tfds":
-        ds = tfds_dataset(body, data_dir, name)
+        ds = tfds_dataset(body, data_dir, name, split)
     elif kind == "wds":
         ds = wds_dataset(body, task, name)
     else:
