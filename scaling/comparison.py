@@ -144,8 +144,7 @@ def _diff_interval(a, b, level: float, kind: str):
     if a.grid_boot is not None and b.grid_boot is not None:
         lo, hi = uncertainty.quartile_interval(b.grid_boot - a.grid_boot, b.grid_pred - a.grid_pred, level)
     elif a.grid_se is not None and b.grid_se is not None:
-        t = uncertainty.t_quantile(level, min(a.grid_dof, b.grid_dof))
-        half = t * np.sqrt(a.grid_se ** 2 + b.grid_se ** 2)
+        half = uncertainty.difference_half_width(a.grid_se, a.grid_dof, b.grid_se, b.grid_dof, level)
         diff = b.grid_pred - a.grid_pred
         lo, hi = diff - half, diff + half
     else:

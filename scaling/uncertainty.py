@@ -323,9 +323,21 @@ def delta_interval(fit: fit_lib.CurveFit, x, y, predict_at, level: float = DEFAU
     return d.centre - t * d.se, d.centre + t * d.se
 
 
+def difference_half_width(se_a, dof_a: int, se_b, dof_b: int, level: float) -> np.ndarray:
+    """Delta-method half-width of b - a for two independently fitted curves: the variances add, and the Student-t
+    quantile takes the Welch-Satterthwaite degrees of freedom of that sum (between min(dof) and dof_a + dof_b)."""
+    va, vb = np.asarray(se_a, dtype=np.float64) ** 2, np.asarray(se_b, dtype=np.float64) ** 2
+    total = va + vb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dof = total ** 2 / (va ** 2 / dof_a + vb ** 2 / dof_b)
+    dof = np.where(np.isfinite(dof), np.clip(dof, min(dof_a, dof_b), dof_a + dof_b), min(dof_a, dof_b))
+    q = _tails(level)[1] / 100.0
+    return stdtrit(dof, q) * np.sqrt(total)
+
+
 def delta_difference_interval(a: Delta, b: Delta, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Interval of b - a for two independently fitted curves (variances add; the smaller dof is used)."""
-    half = t_quantile(level, min(a.dof, b.dof)) * np.sqrt(a.se ** 2 + b.se ** 2)
+    """Interval of b - a for two independently fitted curves (``difference_half_width``)."""
+    half = difference_half_width(a.se, a.dof, b.se, b.dof, level)
     diff = b.centre - a.centre
     return diff - half, diff + half
 

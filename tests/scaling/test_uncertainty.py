@@ -119,3 +119,21 @@ def test_bootstrap_bad_options_raise_user_errors(data):
         uncertainty.bootstrap_fit(x, y, n_boot=10, predict_at=[-1.0], full_fit=full)
     with pytest.raises(UserError, match="distinct points"):
         uncertainty.resample_weights(3, 10, 4, np.random.default_rng(0))
+
+
+def test_delta_difference_uses_welch_satterthwaite_dof():
+    from scipy import stats
+
+    from vlscale.scaling.uncertainty import difference_half_width
+
+    # equal variances and dof: the sum has twice the dof
+    np.testing.assert_allclose(difference_half_width(0.01, 6, 0.01, 6, 0.95),
+                               stats.t.ppf(0.975, 12) * np.sqrt(2) * 0.01, rtol=1e-10)
+    # one exact curve: only the other's dof
+    np.testing.assert_allclose(difference_half_width(0.02, 5, 0.0, 9, 0.95), stats.t.ppf(0.975, 5) * 0.02, rtol=1e-10)
+    # vectorised over a grid, and never below the smaller dof's quantile
+    se_a, se_b = np.array([0.01, 0.03]), np.array([0.02, 0.001])
+    half = difference_half_width(se_a, 6, se_b, 8, 0.95)
+    total = np.sqrt(se_a ** 2 + se_b ** 2)
+    assert half.shape == (2,) and np.all(half <= stats.t.ppf(0.975, 6) * total)
+    assert np.all(half >= stats.t.ppf(0.975, 14) * total)
