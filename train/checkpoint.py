@@ -9,8 +9,11 @@ a save leaves no step directory that ``all_steps`` would list: a partial checkpo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -48,7 +51,7 @@ def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_onl
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
         cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(
-        epath.Path(workdir) / CHECKPOINTS, options=options, item_names=ITEMS,
+        absolute(workdir) / CHECKPOINTS, options=options, item_names=ITEMS,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
 
@@ -179,12 +182,31 @@ def _metadata_key(state_dir) -> tuple | None:
         return None
 
 
+def absolute(path) -> epath.Path:
+    """``path`` as an epath; a local relative path made absolute (Orbax's OCDBT store refuses relative ones)."""
+    text = str(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """absl WARNINGs off for a block (restored after)."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _param_shapes(ckptr, state_dir):
     """The ``params`` subtree as (shape, dtype) leaves, from Orbax's metadata (cached per distinct metadata)."""
     key = _metadata_key(state_dir)
     if key is not None and key in _PARAM_SHAPES:
         return _PARAM_SHAPES[key]
-    metadata = ckptr.metadata(state_dir)
+    with _quiet_absl():  # Orbax looks for a step-level _CHECKPOINT_METADATA inside the item folder and warns
+        metadata = ckptr.metadata(state_dir)
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
     shapes = jax.tree.map(lambda m: (tuple(m.shape), np.dtype(m.dtype)), tree["params"],
                           is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
@@ -196,7 +218,7 @@ def _param_shapes(ckptr, state_dir):
 def _restore_params(step_dir) -> dict:
     """Only the parameters of a training checkpoint, as host arrays (no optimizer state read)."""
     ckptr = ocp.PyTreeCheckpointer()
-    state_dir = epath.Path(step_dir) / "state"
+    state_dir = absolute(step_dir) / "state"
     target = jax.tree.map(lambda sd: np.zeros(*sd), _param_shapes(ckptr, state_dir),
                           is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype))
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)

@@ -47,3 +47,21 @@ def test_briefly_trained_models_beat_chance_and_rows_land_once(tmp_path, model):
     assert set(df["step"]) == {STEPS} and set(df["samples_seen"]) == {32 * STEPS}
     assert set(df["downstream_dataset"]) == {"synth_colour", "synth_retrieval"}
     assert set(df["model_type"]) == {model.split("-")[1]} and (df["compute_gflops"] > 0).all()
+
+
+def test_relative_workdir_trains_and_evaluates(tmp_path, monkeypatch):
+    """Orbax's OCDBT store refuses relative paths; the trainer and `vlscale eval --checkpoint REL` make them absolute."""
+    from vlscale.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("tiny-clip", batch=32, steps=8, lr=3e-3, warmup=2, log_every=4, checkpoint_every=8,
+                      mesh__devices=1)
+    cfg.data.synth.knobs = KNOBS
+    cfg.data.in_memory_samples = 256
+    run(cfg, "rel-run")
+    assert (tmp_path / "rel-run" / "checkpoints" / "8").is_dir()
+    rc = main(["eval", "--checkpoint", "rel-run", "--task", "zeroshot", "--dataset", "synth:colour",
+               "--num-examples", "16", "--results", "rows.csv", "--out", "out"])
+    assert rc == 0
+    df = load_results(tmp_path / "rows.csv")
+    assert set(df["step"]) == {8} and set(df["downstream_dataset"]) == {"synth_colour"}
