@@ -351,6 +351,7 @@ def _save_common(reps, out_dir, json_obj, plot_fn) -> dict[str, Path]:
     for ext in ("png", "pdf"):
         fig.savefig(out / f"fit.{ext}", dpi=130 if ext == "png" else None)
         paths[ext] = out / f"fit.{ext}"
+        fig.set_layout_engine("none")  # laid out by the first save; the PDF keeps those positions (saves a pass)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
