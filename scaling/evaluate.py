@@ -144,7 +144,10 @@ def _loo(form, x, y, g, fitted, thetas_loo) -> list[dict]:
         pred = float(preds[j, j])
         if not np.isfinite(pred):
             continue
+        # Leaving out the cheapest point asks the law to extrapolate downwards, which no scaling prediction does
+        # (and a law steep at small compute can put the error above 1 there): it is listed, not averaged.
+        direction = "below" if j == 0 else "above" if j == len(fi) - 1 else "inside"
         out.append({"compute": float(x[i]), "observed": float(y[i]), "predicted": pred,
                     "abs_err": abs(pred - float(y[i])), "abs_err_pp": 100.0 * abs(pred - float(y[i])),
-                    "model": str(g["model"].iloc[i])})
+                    "model": str(g["model"].iloc[i]), "direction": direction})
     return out

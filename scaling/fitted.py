@@ -79,9 +79,12 @@ class GroupFit:
         }
 
     def loo_summary(self) -> dict | None:
-        if not self.loo:
+        """Mean and max |error| over the leave-one-out points the law predicts inward or upward (the cheapest
+        point, a downward extrapolation, is listed in ``loo`` but not summarised)."""
+        kept = [r for r in self.loo if r.get("direction") != "below"]
+        if not kept:
             return None
-        e = np.array([r["abs_err"] for r in self.loo])
+        e = np.array([r["abs_err"] for r in kept])
         return {"mean_abs_err_pp": float(100 * e.mean()), "max_abs_err_pp": float(100 * e.max()),
                 "mean_abs_err": float(e.mean()), "max_abs_err": float(e.max()), "n": int(e.size)}
 

@@ -146,7 +146,7 @@ def fit_summary(rep, *, title: bool = True) -> str:
     if loo:
         kind = rep.metric_kind
         lines.append("")
-        lines.append("   leave-one-out over the fitted frontier: " + "; ".join(
+        lines.append("   leave-one-out over the fitted frontier (all but the cheapest point): " + "; ".join(
             f"{n} {fmt_diff(s['mean_abs_err'], kind)} mean, {fmt_diff(s['max_abs_err'], kind)} max ({s['n']} points)"
             for n, s in loo))
     alloc = [(g.name, g.allocation) for g in groups if g.allocation]

@@ -104,6 +104,10 @@ def test_fit_recovers_the_laws_and_drops_dominated_runs(comparisons):
         np.testing.assert_allclose(pred, law(truth, COMPUTES), rtol=0.02)
         assert len(g.loo) == COMPUTES.size
         assert all(r["abs_err_pp"] < 3.0 for r in g.loo)
+        assert [r["direction"] for r in g.loo] == ["below"] + ["inside"] * (COMPUTES.size - 2) + ["above"]
+        s = g.loo_summary()  # the cheapest point (a downward extrapolation) is not averaged
+        assert s["n"] == COMPUTES.size - 1
+        np.testing.assert_allclose(s["mean_abs_err"], np.mean([r["abs_err"] for r in g.loo[1:]]))
 
 
 def test_json_follows_the_contract(comparisons):
