@@ -26,6 +26,7 @@ from vlscale.models.layers import (
     compute_dtype,
     constant_init,
     constrain,
+    embed_tokens,
     l2_normalize,
     layer_norm,
     normal_init,
@@ -74,7 +75,7 @@ class CLIP(nn.Module):
         if tokens.shape[-1] != ctx:
             raise ValueError(f"expected tokens [B, {ctx}] (zero-padded), got {tokens.shape}")
         dtype = compute_dtype(self.runtime.dtype)
-        x = self.token_embedding(tokens) + self.positional_embedding.astype(dtype)
+        x = embed_tokens(self.token_embedding, tokens, dtype) + self.positional_embedding.astype(dtype)
         x = constrain(x, (BATCH, LENGTH, EMBED))
         x = self.transformer(x, causal_mask(ctx))
         x = self.ln_final(x)

@@ -79,6 +79,19 @@ def constrain(x: jax.Array, axes: tuple) -> jax.Array:
     return nn.with_logical_constraint(x, axes)
 
 
+def embed_tokens(embed: nn.Embed, tokens: jax.Array, dtype) -> jax.Array:
+    """``embed(tokens)`` with the table first gathered along its embedding axis (still split over ``vocab``).
+
+    Under FSDP the table's ``embed`` axis is sharded while the activations are batch-sharded; a lookup straight
+    into the sharded table makes the backward scatter-add need cotangents sharded like the table, which XLA can
+    only reach by replicating them ("involuntary full rematerialization"). Gathering the table first is what FSDP
+    does for every weight: the lookup and its scatter-add stay local and the gradient is reduce-scattered.
+    Same values as ``nn.Embed.__call__``.
+    """
+    table = constrain(embed.embedding, (VOCAB, None))
+    return jnp.take(table, tokens, axis=0).astype(dtype)
+
+
 class LayerNorm(nn.Module):
     """open_clip's LayerNorm: eps 1e-5, two-pass variance, computed in float32 and cast back to the input dtype.
 

@@ -46,6 +46,7 @@ from vlscale.models.layers import (
     compute_dtype,
     constant_init,
     constrain,
+    embed_tokens,
     l2_normalize,
     layer_norm,
     normal_init,
@@ -141,7 +142,7 @@ class TextDecoder(nn.Module):
         positional = self.param("positional_embedding", boxed(normal_init(POSITION_EMBED_STD), (LENGTH, EMBED)),
                                 (cfg.context_length, cfg.width), self.param_dtype)
         positions = jnp.minimum(self._positions(padded, decode), cfg.context_length - 1)
-        x = embed(tokens) + jnp.take(positional, positions, axis=0).astype(self.dtype)
+        x = embed_tokens(embed, tokens, self.dtype) + jnp.take(positional, positions, axis=0).astype(self.dtype)
         x = constrain(x, (BATCH, LENGTH, EMBED))
 
         captioning = decode or image_embs is not None
