@@ -53,6 +53,8 @@ EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 # The CLI's force_after: how long a command may stay busy in one compiled call after a signal before the process
 # is ended anyway (with the same exit code). A loop that polls installs its own stop_on_signals (no forcing).
 CLI_FORCE_AFTER_S = 10.0
+# How often the watchdog raises a swallowed stop again until one lands (see the module text).
+REDELIVER_EVERY_S = 0.05
 
 # How many deferred() blocks are open (the watchdog waits for them before forcing an exit).
 _critical = 0
@@ -89,6 +91,11 @@ class StopFlag:
         self.raises = raises  # raise mode: the handler raises StopRequested itself
         self.delivered = 0  # raise mode: how many StopRequested the handler raised
         self.swallowed = 0  # how many of those were swallowed (and are to be delivered again)
+
+    @property
+    def needs_redelivery(self) -> bool:
+        """Every StopRequested the handler raised so far was swallowed (see the module text)."""
+        return self.signum is not None and 1 <= self.delivered <= self.swallowed
 
     @property
     def undelivered(self) -> bool:
@@ -140,15 +147,20 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
     if not _in_main_thread():
         yield flag
         return
+    in_hook = [False]
+
     def handler(signum, frame):
         flag.count += 1
         first = flag.signum is None
         if first:
             flag.signum = signum
+        if in_hook[0]:  # raised here it would be swallowed once more; the watchdog delivers it after the hook
+            return
         if raise_on_signal and flag.delivered <= flag.swallowed:  # the first, or every earlier one was swallowed
             flag.delivered += 1
             raise StopRequested(flag.signum)
         if not raise_on_signal and not first:
+            flag.delivered += 1
             raise StopRequested(flag.signum)
         # raise mode, later signals: the first one's StopRequested is already unwinding; let cleanup finish.
 
@@ -157,8 +169,12 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
 
     def unraisable(info):
         if isinstance(info.exc_value, StopRequested) and flag.signum is not None:
-            flag.swallowed += 1
-            watchdog.redeliver()
+            in_hook[0] = True
+            try:
+                flag.swallowed += 1
+                watchdog.redeliver()
+            finally:
+                in_hook[0] = False
             return
         previous_hook(info)
 
@@ -237,10 +253,14 @@ class _Watchdog:
 
     def _run(self) -> None:
         seen, first_at, signum = 0, None, None
+        redelivering = False
         while True:
-            timeout = None
+            deadline = None
             if first_at is not None and self.force_after is not None:
-                timeout = max(0.0, first_at + self.force_after - time.monotonic())
+                deadline = first_at + self.force_after
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if redelivering:  # until a StopRequested lands where Python does not swallow it
+                timeout = REDELIVER_EVERY_S if timeout is None else min(timeout, REDELIVER_EVERY_S)
             ready = _wait_readable(self._r, timeout)
             if ready:
                 try:
@@ -249,25 +269,28 @@ class _Watchdog:
                     return
                 if not data:
                     return  # stop() closed the pipe
-                if self._REDELIVER in data and self.flag.signum is not None:
-                    self._own += 1
-                    _thread.interrupt_main(self.flag.signum)  # writes the signal's byte to this pipe too
+                if self._REDELIVER in data:
+                    redelivering = True
                 wanted = [b for b in data if b in SIGNALS]
                 own = min(self._own, len(wanted))
                 self._own -= own
                 wanted = wanted[own:]
-                if not wanted:
-                    continue
-                seen += len(wanted)
-                if signum is None:
-                    signum, first_at = wanted[0], time.monotonic()
-                if seen >= 2:
-                    # Give the main thread a moment: it may be acting on the second signal itself.
-                    if _wait_readable(self._r, 2.0):
-                        continue
-                    self._force(signum)
-            elif first_at is not None:
+                if wanted:
+                    seen += len(wanted)
+                    if signum is None:
+                        signum, first_at = wanted[0], time.monotonic()
+                    if seen >= 2:
+                        # Give the main thread a moment: it may be acting on the second signal itself.
+                        if not _wait_readable(self._r, 2.0):
+                            self._force(signum)
+            elif deadline is not None and time.monotonic() >= deadline:
                 self._force(signum)
+            if redelivering:
+                if self.flag.needs_redelivery:
+                    self._own += 1  # interrupt_main writes the signal's byte to this pipe too
+                    _thread.interrupt_main(self.flag.signum)
+                else:
+                    redelivering = False
 
     @staticmethod
     def _force(signum: int) -> None:
