@@ -11,6 +11,7 @@ import sys
 import time
 
 from vlscale import argtypes
+from vlscale.cli import exits_at_once
 from vlscale.scaling import options as _options
 
 # Paper defaults (Nezhurina et al. 2025, scripts/fig1.sh) come from scaling.options (standard library only, so
@@ -220,7 +221,20 @@ def _written(paths: dict) -> str:
     return "wrote " + ", ".join(str(p) for p in paths.values())
 
 
+def _figures_drawn_aside(args):
+    """With --out, a renderer process starts now and draws the figure while this one fits (``render_worker``)."""
+    from vlscale.scaling import render_worker
+
+    return render_worker.use(render_worker.Renderer.start() if args.out else None)
+
+
+@exits_at_once
 def run_fit(args) -> int:
+    with _figures_drawn_aside(args):
+        return _run_fit(args)
+
+
+def _run_fit(args) -> int:
     from vlscale.scaling import api
 
     df, path = _load(args)
@@ -262,7 +276,13 @@ def _present(df, defaults: tuple[str, ...], what: str) -> tuple[str, ...]:
     return keep
 
 
+@exits_at_once
 def run_compare(args) -> int:
+    with _figures_drawn_aside(args):
+        return _run_compare(args)
+
+
+def _run_compare(args) -> int:
     from vlscale.scaling import api
 
     df, path = _load(args)

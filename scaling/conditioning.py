@@ -58,8 +58,8 @@ def near_optimal(form: str, xs, ys, ws, curves, *, loss: str, tolerance: float) 
         grids = np.stack([np.concatenate([projection.grid(f, x[w > 0]), _local_grid(f, np.asarray(c.theta))])
                           for x, w, c in zip(xs, ws, curves)])
     with jax.enable_x64(True):
-        thetas, objs = _cells(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ws), jnp.asarray(grids),
-                              jnp.asarray(fit_lib.DEFAULT_HUBER_DELTA), form_name=f.name, loss=loss)
+        thetas, objs = _cells(np.asarray(xs), np.asarray(ys), np.asarray(ws), np.asarray(grids),
+                              np.asarray(fit_lib.DEFAULT_HUBER_DELTA), form_name=f.name, loss=loss)
         thetas, objs = np.asarray(thetas), np.asarray(objs)
     out = []
     for i, c in enumerate(curves):

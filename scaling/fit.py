@@ -99,7 +99,7 @@ class CurveFit:
         form = forms_lib.get_form(self.form)
         x = _as_inputs(x, form, "x")
         with jax.enable_x64(True):
-            return np.asarray(_predict_jit(form.name, jnp.asarray(self.theta), jnp.asarray(x)))
+            return np.asarray(_predict_jit(form.name, np.asarray(self.theta), np.asarray(x)))
 
 
 # ----------------------------------------------------------------------------------------------- objective
@@ -359,9 +359,9 @@ def fit_weighted_sets(form, xs, ys, ws, starts, *, loss="mse", huber_delta=DEFAU
         xs = xs[0]  # one copy: the per-x work (profile basis) then runs once, not once per set
     with jax.enable_x64(True):
         out = _fit_sets_best(
-            jnp.asarray(xs, dtype=jnp.float64), jnp.asarray(ys, dtype=jnp.float64), jnp.asarray(ws, dtype=jnp.float64),
-            jnp.asarray(starts, dtype=jnp.float64), jnp.asarray(nl_grid, dtype=jnp.float64),
-            jnp.asarray(float(huber_delta)), form_name=form.name, loss=loss, max_steps=int(max_steps), n_seeds=n_seeds,
+            # numpy arguments: jnp.asarray would run (and lower) a conversion program per argument
+            xs, ys, ws, np.asarray(starts, dtype=np.float64), np.asarray(nl_grid, dtype=np.float64),
+            np.asarray(float(huber_delta)), form_name=form.name, loss=loss, max_steps=int(max_steps), n_seeds=n_seeds,
         )
         theta, objective, grad_norm, mse, converged = (np.asarray(a) for a in out)
     return dict(theta=theta, objective=objective, grad_norm=grad_norm, mse=mse, converged=converged, n_seeds=n_seeds)

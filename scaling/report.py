@@ -338,41 +338,41 @@ def csv_rows(rep, extra: dict | None = None) -> list[dict]:
     return rows
 
 
-def _save_common(reps, out_dir, json_obj, plot_fn) -> dict[str, Path]:
+def _save_common(reps, out_dir, json_obj, figure: dict) -> dict[str, Path]:
+    """Every file of one fit or comparison; the figure by the current ``render_worker`` when there is one (it
+    draws while the tables are written), else here, and here again if the worker did not deliver."""
+    from vlscale.scaling import plots, render_worker
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    renderer = render_worker.current()
+    handed_over = renderer is not None and renderer.submit([(figure, out)])
     paths = {"json": write_json(json_obj, out / "fit.json")}
     rows = [r for rep in reps for r in csv_rows(rep)]
     pd.DataFrame(rows).to_csv(out / "fit.csv", index=False)
     paths["csv"] = out / "fit.csv"
     (out / "fit.tex").write_text(latex_table(reps))
     paths["tex"] = out / "fit.tex"
-    fig = plot_fn()
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"fit.{ext}", dpi=130 if ext == "png" else None)
-        paths[ext] = out / f"fit.{ext}"
-        fig.set_layout_engine("none")  # laid out by the first save; the PDF keeps those positions (saves a pass)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    if handed_over and renderer.finish():
+        paths.update(png=out / "fit.png", pdf=out / "fit.pdf")
+    else:
+        paths.update(plots.save_figure(figure, out))
     return paths
 
 
 def save_fit(rep, out_dir) -> dict[str, Path]:
     from vlscale.scaling import plots
 
-    return _save_common([rep], out_dir, rep.to_json(), lambda: plots.plot_fit(rep).figure)
+    return _save_common([rep], out_dir, rep.to_json(), plots.fit_figure(rep))
 
 
 def save_comparison(cmp, out_dir) -> dict[str, Path]:
     from vlscale.scaling import plots
 
-    return _save_common([cmp.fit], out_dir, cmp.to_json(),
-                        lambda: plots.plot_fit(cmp.fit, title_extra=cmp.verdict).figure)
+    return _save_common([cmp.fit], out_dir, cmp.to_json(), plots.fit_figure(cmp.fit, title_extra=cmp.verdict))
 
 
 def save_comparison_set(cs, out_dir) -> dict[str, Path]:
     from vlscale.scaling import plots
 
-    return _save_common([c.fit for c in cs.comparisons], out_dir, cs.to_json(),
-                        lambda: plots.plot_comparison_set(cs))
+    return _save_common([c.fit for c in cs.comparisons], out_dir, cs.to_json(), plots.comparison_set_figure(cs))

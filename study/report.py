@@ -175,14 +175,9 @@ def _comparison_lines(c, noise: dict, level: float) -> list[str]:
 
 
 def _figure(c, path: Path) -> None:
-    import matplotlib
+    from vlscale.scaling import plots
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    ax = c.plot()
-    ax.figure.savefig(path, dpi=90)
-    plt.close(ax.figure)
+    plots.plot_fit(c.fit, title_extra=c.verdict, offscreen=True).figure.savefig(path, dpi=90)
 
 
 def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: float | None, fit_s: float) -> str:

@@ -89,14 +89,14 @@ def test_coverage_of_band_prediction_and_difference_intervals():
     """Nominal 95 %, 4x beyond the fitted range: band covers the true law, the prediction interval a new noisy
     observation, the difference interval the true difference of two laws (120 repetitions here; the bench runs
     200). The plain percentile interval of the difference over-covers (heavy-tailed resamples of both laws); the
-    quartile interval that `compare` reports is calibrated."""
+    quartile interval that `compare` reports is calibrated, and so is the delta method's since its variance is
+    the sandwich with multiplicative scatter (a constant residual variance covered the difference 100 %)."""
     from vlscale.scaling.coverage import coverage_simulation
 
     cov = coverage_simulation(120, n_boot=100, seed=0)
     for key in ("bootstrap_coverage", "delta_coverage", "bootstrap_prediction_coverage", "delta_prediction_coverage",
-                "delta_difference_coverage"):
-        assert 0.90 <= cov[key] <= 1.0, (key, cov[key])
-    assert 0.90 <= cov["bootstrap_difference_coverage"] <= 0.99, cov
+                "bootstrap_difference_coverage", "delta_difference_coverage"):
+        assert 0.90 <= cov[key] <= 0.99, (key, cov[key])
     assert cov["bootstrap_percentile_difference_coverage"] >= cov["bootstrap_difference_coverage"]
     # The prediction interval is wider than the band: it covers new observations, which the band does not.
     assert cov["bootstrap_prediction_coverage"] >= cov["bootstrap_coverage"] - 0.03
