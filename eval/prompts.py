@@ -16,6 +16,7 @@ from vlscale.errors import UserError
 
 ASSETS = "assets"
 IMAGENET_CLASSNAMES_FILE = "imagenet1k_classnames.txt"
+IMAGENET_WNIDS_FILE = "imagenet1k_wnids.txt"
 OPENAI_TEMPLATES_FILE = "openai_imagenet_templates.txt"
 SYNTH_CLASSNAMES_FILE = "synth_{task}_classnames.txt"
 SYNTH_TEMPLATES_FILE = "synth_{task}_templates.txt"
@@ -55,6 +56,11 @@ def _asset_lines(name: str) -> list[str]:
 def imagenet_classnames() -> list[str]:
     """The 1000 ImageNet-1k class names of OpenAI's CLIP notebook, in label (WordNet id) order."""
     return _asset_lines(IMAGENET_CLASSNAMES_FILE)
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in label order (sorted, as every ImageNet tool numbers them)."""
+    return _asset_lines(IMAGENET_WNIDS_FILE)
 
 
 def imagenet_subset_indices(name: str) -> list[int]:

@@ -342,3 +342,56 @@ def test_eval_uses_the_trainers_persistent_compilation_cache_with_a_lower_thresh
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def _class_folders(root, names, images=("a.png",)):
+    root.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        (root / n).mkdir()
+        for img in images:
+            _image(root / n / img, (37 * i) % 256)
+    return root
+
+
+def test_folders_named_by_wordnet_id_are_imagenet_classes(tmp_path):
+    wnids = prompts.imagenet_wnids()
+    assert len(wnids) == 1000 == len(set(wnids)) and wnids == sorted(wnids) and wnids[0] == "n01440764"
+    names = prompts.imagenet_classnames()
+    # A part of ImageNet-1k (val unpacked by WordNet id): scored among all 1000 classes.
+    ds = datasets.folder_dataset(str(_class_folders(tmp_path / "val", [wnids[5], wnids[0], wnids[999]])))
+    assert ds.num_classes == 1000 and ds.prompts.classnames[0] == names[0] == "tench"
+    assert ds.labels.tolist() == [0, 5, 999] and ds.name == "val"
+    # Exactly ImageNet-R's 200 classes (its tar unpacks this way): its own 200 classes, in its label order.
+    r_idx = prompts.imagenet_subset_indices("imagenet-r")
+    root = _class_folders(tmp_path / "renditions", [wnids[i] for i in r_idx], images=())
+    _image(root / wnids[r_idx[0]] / "x.png", 1)
+    _image(root / wnids[r_idx[199]] / "y.png", 2)
+    ds = datasets.folder_dataset(str(root))
+    assert ds.num_classes == 200 and ds.labels.tolist() == [0, 199]
+    assert list(ds.prompts.classnames) == prompts.imagenet_subset_classnames("imagenet-r")
+    # A part of ImageNet-A's classes in a folder named imagenet-a: still ImageNet-A's 200-class benchmark.
+    a_idx = prompts.imagenet_subset_indices("imagenet-a")
+    ds = datasets.open_dataset(f"folder:{_class_folders(tmp_path / 'imagenet-a', [wnids[a_idx[3]], wnids[a_idx[0]]])}",
+                               "zeroshot")
+    assert ds.num_classes == 200 and ds.labels.tolist() == [0, 3]
+    # 1000 names of the user's, in ImageNet's label order, are matched by WordNet id too.
+    own = [f"class {i}" for i in range(1000)]
+    ds = datasets.folder_dataset(str(tmp_path / "val"), own)
+    assert ds.labels.tolist() == [0, 5, 999] and ds.prompts.classnames[5] == "class 5"
+    _class_folders(tmp_path / "odd", ["n99999999"])
+    with pytest.raises(UserError, match="n99999999.*no ImageNet-1k class"):
+        datasets.folder_dataset(str(tmp_path / "odd"))
+
+
+def test_folders_named_by_label_index_need_names_or_imagenetv2(tmp_path):
+    root = _class_folders(tmp_path / "imagenetv2-matched-frequency-format-val", ["0", "10", "999"])
+    ds = datasets.folder_dataset(str(root))
+    assert ds.num_classes == 1000 and ds.labels.tolist() == [0, 10, 999]
+    assert ds.prompts.classnames[999] == prompts.imagenet_classnames()[999]
+    other = _class_folders(tmp_path / "digits", ["0", "1", "2"])
+    with pytest.raises(UserError, match="label indices.*--classnames"):
+        datasets.folder_dataset(str(other))
+    assert datasets.folder_dataset(str(other), ["zero", "one", "two", "three"]).labels.tolist() == [0, 1, 2]
+    assert datasets.folder_dataset(str(other), name="imagenetv2").num_classes == 1000
+    with pytest.raises(UserError, match="'2' is past the 2 class names"):
+        datasets.folder_dataset(str(other), ["zero", "one"])
