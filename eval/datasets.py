@@ -235,6 +235,11 @@ def folder_dataset(root: str, classnames: list[str] | None = None, name: str | N
     else:
         names = [f.name.replace("_", " ") for f in folders] if classnames is None else list(classnames)
         index = {n: i for i, n in enumerate(names)}
+        twice = {n for n in names if names.count(n) > 1}
+        for f in folders:
+            if {f.name.replace("_", " "), f.name} & twice:
+                raise UserError(f"folder:{root}: sub-folder {f.name!r} matches a class name that --classnames "
+                                "lists twice; a folder needs a unique name to match")
     paths, labels = [], []
     for f in folders:
         label = index.get(f.name) if by_id is not None else index.get(f.name.replace("_", " "), index.get(f.name))

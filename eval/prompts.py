@@ -130,11 +130,9 @@ def read_list_file(path: str | Path, what: str, flag: str) -> tuple[list[str], s
 
 
 def read_classnames(path: str | Path) -> tuple[list[str], str | None]:
-    names, task = read_list_file(path, "classnames", "--classnames")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise UserError(f"--classnames {path}: class name(s) listed twice: {', '.join(dup[:5])}")
-    return names, task
+    # A name may repeat (OpenAI's ImageNet list has "missile" and "sunglasses" twice): labels are positions.
+    # Only matching folders by name needs unique names (``datasets.folder_dataset`` checks that).
+    return read_list_file(path, "classnames", "--classnames")
 
 
 def read_templates(path: str | Path) -> tuple[list[str], str | None]:

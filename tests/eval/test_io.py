@@ -395,3 +395,15 @@ def test_folders_named_by_label_index_need_names_or_imagenetv2(tmp_path):
     assert datasets.folder_dataset(str(other), name="imagenetv2").num_classes == 1000
     with pytest.raises(UserError, match="'2' is past the 2 class names"):
         datasets.folder_dataset(str(other), ["zero", "one"])
+
+
+def test_classnames_may_repeat_but_a_folder_must_match_a_unique_one(tmp_path):
+    shipped = tmp_path / "imagenet.txt"
+    shipped.write_text("\n".join(prompts.imagenet_classnames()))
+    names, _ = prompts.read_classnames(shipped)  # OpenAI's list repeats "missile" and "sunglasses"
+    assert len(names) == 1000 and names.count("missile") == 2
+    root = _class_folders(tmp_path / "val", [prompts.imagenet_wnids()[657]])
+    assert datasets.folder_dataset(str(root), names).labels.tolist() == [657]  # by WordNet id: fine
+    _class_folders(tmp_path / "named", ["missile"])
+    with pytest.raises(UserError, match="'missile' matches a class name that --classnames lists twice"):
+        datasets.folder_dataset(str(tmp_path / "named"), ["missile", "tank", "missile"])
