@@ -55,7 +55,9 @@ class Renderer:
         return cls(proc)
 
     def submit(self, jobs: list[tuple[dict, Path]]) -> bool:
-        """Hands the figures over; False (and the worker stopped) when it is already gone."""
+        """Hands the figures over; False (and the worker stopped) when it is already gone or has had its job."""
+        if self.job_file is not None or self.proc.stdin.closed:
+            return False
         self.expected = [Path(folder) / f"fit.{ext}" for _, folder in jobs for ext in ("png", "pdf")]
         try:
             fd, self.job_file = tempfile.mkstemp(prefix="vlscale-figures-", suffix=".pkl")

@@ -27,6 +27,7 @@ def test_worker_draws_the_same_png_as_in_process(small_report, in_process_png, t
     assert (tmp_path / "fit.pdf").read_bytes()[:4] == b"%PDF"
     assert {p.name for p in paths.values()} == {"fit.json", "fit.csv", "fit.tex", "fit.png", "fit.pdf"}
     assert renderer.job_file is None  # the job's temporary file is gone
+    assert not renderer.submit([({}, tmp_path)])  # one job per worker: a second save draws in-process
 
 
 def test_a_failing_worker_falls_back_to_drawing_here(small_report, in_process_png, tmp_path):  # noqa: F811
