@@ -24,9 +24,10 @@ from typing import Any, Callable
 import numpy as np
 
 from vlscale.errors import UserError
-from vlscale.eval import batches
-from vlscale.eval.prompts import (IMAGENET_SUBSETS, Prompts, imagenet_classnames, imagenet_subset_classnames,
-                                  imagenet_subset_indices, imagenet_wnids, openai_templates, synth_prompts)
+from vlscale.eval import batches, imagenet_layouts
+from vlscale.eval.imagenet_layouts import WNID as _WNID
+from vlscale.eval.prompts import (IMAGENET_SUBSETS, Prompts, imagenet_classnames, imagenet_subset_indices,
+                                  openai_templates, synth_prompts)
 
 SYNTH_TASKS = ("colour", "shape", "count", "colour_shape")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -46,7 +47,6 @@ CANONICAL_NAMES = {
     "dataset_flickr30k": "flickr30k",
     "dataset_flickr8k": "flickr8k",
 }
-_WNID = re.compile(r"^n\d{8}$")
 
 
 class CorruptImage(Exception):
@@ -220,7 +220,8 @@ def folder_dataset(root: str, classnames: list[str] | None = None, name: str | N
 
     With ``classnames`` the labels follow that list's order and every folder must match a name; otherwise the
     sorted folder names are the classes. Two ImageNet layouts are read as they unpack (``_imagenet_folders``):
-    folders named by WordNet id (ImageNet-1k val, -Sketch, -A, -R) and by label index (ImageNet-V2).
+    folders named by WordNet id (ImageNet-1k val, -Sketch, -A, -R) and by label index (ImageNet-V2), see
+    ``imagenet_layouts``.
     """
     d = Path(root)
     if not d.is_dir():
@@ -229,7 +230,8 @@ def folder_dataset(root: str, classnames: list[str] | None = None, name: str | N
     if not folders:
         raise UserError(f"folder:{root}: has no class sub-folders (expected DIR/<class>/<image>)")
     ds_name = name or d.resolve().name
-    by_id = _imagenet_folders(root, [f.name for f in folders], classnames, ds_name)
+    canonical = CANONICAL_NAMES.get(ds_name.replace("-", "_"), ds_name)
+    by_id = imagenet_layouts.folder_classes(root, [f.name for f in folders], classnames, canonical)
     if by_id is not None:
         names, index = by_id
     else:
@@ -256,45 +258,6 @@ def folder_dataset(root: str, classnames: list[str] | None = None, name: str | N
     return ClassificationSet(name=ds_name, spec=f"folder:{root}", num_images=len(paths),
                              read=lambda i: _read_file(paths[i]), labels=np.asarray(labels, np.int32),
                              prompts=prompts, num_classes=len(names))
-
-
-def _imagenet_folders(root: str, folder_names: list[str], classnames, ds_name: str):
-    """(class names, folder -> label) for the ImageNet layouts, else None (folders are class names).
-
-    * WordNet ids (``n01440764``): the shipped ImageNet-1k names (or 1000 ``--classnames`` in its label order). When the folders are
-      exactly ImageNet-R's or -A's 200 classes (or a part of them in a folder named imagenet-r / imagenet-a),
-      the benchmark's own 200 classes, as its authors score it; otherwise all 1000 (a part of ImageNet-1k is
-      still scored among its 1000 classes).
-    * Label indices (``0`` .. ``999``): the index into ``--classnames``, or into ImageNet-1k's names when the
-      dataset is ImageNet-V2 (its release unpacks this way; say so with ``--name imagenetv2`` if the folder is
-      named otherwise).
-    """
-    canonical = CANONICAL_NAMES.get(ds_name.replace("-", "_"), ds_name)
-    if all(n.isdigit() for n in folder_names):
-        if classnames is None and canonical != "imagenetv2" and "imagenetv2" not in ds_name.replace("-", ""):
-            raise UserError(f"folder:{root}: its sub-folders are numbers (label indices); pass --classnames FILE "
-                            "with the class names in label order (or --name imagenetv2 for ImageNet-V2)")
-        names = list(classnames) if classnames is not None else imagenet_classnames()
-        big = [n for n in folder_names if int(n) >= len(names)]
-        if big:
-            raise UserError(f"folder:{root}: sub-folder {big[0]!r} is past the {len(names)} class names")
-        return names, {n: int(n) for n in folder_names}
-    if not all(_WNID.match(n) for n in folder_names) or (classnames is not None and len(classnames) != 1000):
-        return None  # class-name folders (or WordNet-id folders matched against the user's own names)
-    position = {w: i for i, w in enumerate(imagenet_wnids())}
-    unknown = [n for n in folder_names if n not in position]
-    if unknown:
-        raise UserError(f"folder:{root}: sub-folder {unknown[0]!r} is a WordNet id of no ImageNet-1k class; pass "
-                        "--classnames FILE with the names of these classes")
-    present = {position[n] for n in folder_names}
-    if classnames is not None:  # 1000 names of the user's, in ImageNet-1k's label order
-        return list(classnames), {n: position[n] for n in folder_names}
-    for subset in IMAGENET_SUBSETS:
-        indices = imagenet_subset_indices(subset)
-        if present == set(indices) or (canonical == subset and present <= set(indices)):
-            label = {k: j for j, k in enumerate(indices)}
-            return imagenet_subset_classnames(subset), {n: label[position[n]] for n in folder_names}
-    return imagenet_classnames(), {n: position[n] for n in folder_names}
 
 
 def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None,
