@@ -52,7 +52,7 @@ END_TO_END_COMPARE = ["compare"]
 def end_to_end(args: list[str], cache: str) -> float:
     """Wall seconds of one ``vlscale`` command in a fresh process using the compilation cache at ``cache``."""
     out = tempfile.mkdtemp(prefix="vlscale-bench-")
-    env = dict(os.environ, VLSCALE_JAX_CACHE=cache, MPLBACKEND="Agg")
+    env = dict(os.environ, VLSCALE_COMPILATION_CACHE=cache, MPLBACKEND="Agg")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "vlscale.cli", *args, "--quiet", "--out", os.path.join(out, "o")], env=env,
                    check=True, stdout=subprocess.DEVNULL)

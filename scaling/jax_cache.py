@@ -1,9 +1,9 @@
 """JAX's persistent compilation cache for the fitter: compiled programs survive between commands.
 
 Compilation dominates a single ``vlscale fit``; with the cache a second run with the same shapes loads its
-programs from disk. The directory is ``$VLSCALE_JAX_CACHE`` if set (``off`` disables the cache), else
-``$XDG_CACHE_HOME/vlscale/jax`` (``~/.cache/vlscale/jax``). A directory that cannot be created or written is
-skipped silently: the cache only ever saves time, it is never needed for a result.
+programs from disk. The directory is the trainer's and the evaluator's (``vlscale.paths.compilation_cache_dir``:
+``$VLSCALE_COMPILATION_CACHE``, ``off`` disables it, else ``~/.cache/vlscale/jax``). A directory that cannot be
+created or written is skipped silently: the cache only ever saves time, it is never needed for a result.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ENV = "VLSCALE_JAX_CACHE"
+from vlscale.paths import COMPILATION_CACHE_ENV as ENV  # noqa: F401 (jax_cache.ENV: the variable's name)
+from vlscale.paths import compilation_cache_dir
+
 _state: dict = {}
 
 
 def cache_dir() -> Path | None:
-    value = os.environ.get(ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vlscale" / "jax"
+    return compilation_cache_dir()
 
 
 def _writable(path: Path) -> bool:

@@ -7,7 +7,7 @@ compiled program does. Here the traced and lowered program (StableHLO) of each (
 argument shapes) is serialised with ``jax.export`` into ``<jax cache>/exported/``; a later process deserialises it
 instead of tracing, and its compilation then hits the compilation cache. It is used only once
 ``jax_cache.enable()`` has run in the process (``api.fit``/``api.compare`` and the CLI do that), under the same
-directory and the same ``$VLSCALE_JAX_CACHE=off`` switch.
+directory and the same ``$VLSCALE_COMPILATION_CACHE=off`` switch.
 
 A cached entry is only valid for the code that made it: the key holds a fingerprint of this package's sources,
 the JAX version, the backend and whether 64-bit mode is on. Forms a user registers at run time are never

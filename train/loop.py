@@ -61,13 +61,16 @@ def mesh_devices(mesh_config) -> list:
 
 
 def setup_compilation_cache(setting: str) -> str | None:
-    """JAX's persistent compilation cache: a user cache dir by default, ``none`` to disable; read-only is fine."""
+    """JAX's persistent compilation cache (``vlscale.paths.compilation_cache_dir``: ``setting``, else
+    ``$VLSCALE_COMPILATION_CACHE``, else a user cache dir; ``none`` / ``off`` disable it); read-only is fine."""
     import jax
 
-    path = setting or os.environ.get("VLSCALE_COMPILATION_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vlscale", "jax")
-    if path == "none":
+    from vlscale.paths import compilation_cache_dir
+
+    folder = compilation_cache_dir(setting)
+    if folder is None:
         return None
+    path = str(folder)
     try:
         os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)

@@ -1,4 +1,5 @@
-"""Where vlscale looks for things it does not ship (the paper's published tables).
+"""Where vlscale looks for things it does not ship (the paper's published tables) and keeps what it may reuse
+(JAX's persistent compilation cache, ``compilation_cache_dir``).
 
 The results table comes from, in this order: a path the user passes, ``$VLSCALE_RESULTS``, then the shared
 folder beside the checkout. A table that is *named* (argument or variable) must exist: a mistyped path is an
@@ -20,6 +21,25 @@ SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 RESULTS_ENV = "VLSCALE_RESULTS"
 LAION_RESULTS_FILE = "laion_scaling_results.csv"
 MODEL_PROFILE_FILE = "model_profile.csv"
+
+
+# One compilation cache for every command (trainer, evaluator, fitter). $VLSCALE_JAX_CACHE is the fitter's
+# earlier name for the same setting, still read.
+COMPILATION_CACHE_ENV = "VLSCALE_COMPILATION_CACHE"
+COMPILATION_CACHE_OLD_ENV = "VLSCALE_JAX_CACHE"
+CACHE_OFF = ("off", "none", "0")
+
+
+def compilation_cache_dir(setting: str | None = None) -> Path | None:
+    """JAX's persistent compilation cache folder: ``setting`` (a training config's ``compilation_cache``) when
+    given, else ``$VLSCALE_COMPILATION_CACHE`` (or ``$VLSCALE_JAX_CACHE``), else
+    ``$XDG_CACHE_HOME/vlscale/jax`` (``~/.cache/vlscale/jax``); None when the one that applies says off / none / 0.
+    Empty values count as not given."""
+    for value in (setting, os.environ.get(COMPILATION_CACHE_ENV), os.environ.get(COMPILATION_CACHE_OLD_ENV)):
+        if value is not None and value.strip():
+            return None if value.strip().lower() in CACHE_OFF else Path(value.strip()).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vlscale" / "jax"
 
 
 class ResultsTableNotFound(UserError, FileNotFoundError):

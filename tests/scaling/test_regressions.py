@@ -304,3 +304,24 @@ def test_compilation_cache_dir_is_skipped_when_not_writable(tmp_path, monkeypatc
         ro.chmod(0o700)
     monkeypatch.setenv(jax_cache.ENV, "off")
     assert jax_cache.cache_dir() is None
+
+
+def test_one_compilation_cache_setting_for_trainer_evaluator_and_fitter(tmp_path, monkeypatch):
+    from vlscale import paths
+    from vlscale.scaling import jax_cache
+
+    for var in (paths.COMPILATION_CACHE_ENV, paths.COMPILATION_CACHE_OLD_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.compilation_cache_dir() == tmp_path / "xdg" / "vlscale" / "jax"
+    monkeypatch.setenv(paths.COMPILATION_CACHE_OLD_ENV, str(tmp_path / "old"))  # the fitter's earlier name
+    assert jax_cache.cache_dir() == tmp_path / "old"
+    monkeypatch.setenv(paths.COMPILATION_CACHE_ENV, str(tmp_path / "new"))  # the one name wins
+    assert jax_cache.cache_dir() == paths.compilation_cache_dir() == tmp_path / "new"
+    assert paths.compilation_cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"  # a training config's field
+    for off in ("none", "off", "0", " OFF "):
+        monkeypatch.setenv(paths.COMPILATION_CACHE_ENV, off)
+        assert jax_cache.cache_dir() is None and paths.compilation_cache_dir() is None
+        assert paths.compilation_cache_dir(off) is None
+    monkeypatch.setenv(paths.COMPILATION_CACHE_ENV, "")  # empty: not given
+    assert paths.compilation_cache_dir() == tmp_path / "old"
