@@ -8,6 +8,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent compilation cache for the whole session (the fitter's CLI tests start fresh processes, which then
+# skip compiling), in a temporary folder: never the user's ~/.cache. A caller's own setting is kept.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if not os.environ.get("VLSCALE_COMPILATION_CACHE", "").strip():
+    _cache = tempfile.mkdtemp(prefix="vlscale-test-jax-cache-")
+    os.environ["VLSCALE_COMPILATION_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
+
 import pytest  # noqa: E402
 
 from vlscale.paths import SHARED_DATA_DIR  # noqa: E402

@@ -11,8 +11,8 @@ import pytest
 from vlscale.models import convert, registry
 from vlscale.models.flops import gflops
 
-# Evaluations would turn on the user's persistent compilation cache (vlscale.eval.runner.use_compilation_cache);
-# tests keep off it unless the caller chose one.
+# Evaluations turn on the persistent compilation cache (vlscale.eval.runner.use_compilation_cache): in tests it is
+# the session's temporary one (tests/conftest.py), never the user's.
 os.environ.setdefault("VLSCALE_COMPILATION_CACHE", "none")
 
 BATCH = 16  # one eval batch size for every test: one compiled shape per function
