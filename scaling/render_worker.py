@@ -3,7 +3,7 @@
 Importing matplotlib and drawing the first PNG and PDF of a process (fonts, the PDF backend) take longer than
 the fit of one selection. ``vlscale fit`` / ``compare`` therefore start ``python -m vlscale.scaling.render_worker``
 before they import JAX: the worker imports matplotlib and draws a throw-away figure while the parent fits, then
-reads the path of one pickled job from its stdin -- a list of ``(plots.fit_figure / comparison_set_figure,
+reads the path of one JSON job file from its stdin -- a list of ``(plots.fit_figure / comparison_set_figure,
 folder)`` in a temporary file, so that handing it over never blocks on a pipe -- and
 writes each figure's PNG and PDF with ``plots.save_figure``, the code a notebook runs, so the files
 are the same.
@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import io
 import os
-import pickle
+import json
 import signal
 import subprocess
 import sys
@@ -60,9 +60,9 @@ class Renderer:
             return False
         self.expected = [Path(folder) / f"fit.{ext}" for _, folder in jobs for ext in ("png", "pdf")]
         try:
-            fd, self.job_file = tempfile.mkstemp(prefix="vlscale-figures-", suffix=".pkl")
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump([(fig, str(folder)) for fig, folder in jobs], f)
+            fd, self.job_file = tempfile.mkstemp(prefix="vlscale-figures-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump([(fig, str(folder)) for fig, folder in jobs], f, default=_to_json)
             self.proc.stdin.write(self.job_file.encode() + b"\n")
             self.proc.stdin.close()
             return True
@@ -91,6 +91,25 @@ class Renderer:
             with contextlib.suppress(OSError):
                 os.unlink(self.job_file)
             self.job_file = None
+
+
+def _to_json(obj):
+    """Figure data is numbers, strings and numpy arrays; arrays keep their dtype (floats round-trip exactly)."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return {"__array__": obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"figure data holds a {type(obj).__name__}")
+
+
+def _from_json(d: dict):
+    if "__array__" in d:
+        import numpy as np
+
+        return np.asarray(d["__array__"], dtype=np.dtype(d["dtype"]))
+    return d
 
 
 @contextlib.contextmanager
@@ -141,8 +160,8 @@ def main() -> int:
     job_file = sys.stdin.buffer.read().decode().strip()
     if not job_file:  # the parent stopped before it had figures
         return 0
-    with open(job_file, "rb") as f:
-        jobs = pickle.load(f)
+    with open(job_file, encoding="utf-8") as f:
+        jobs = json.load(f, object_hook=_from_json)  # plain data only: nothing in a job file can run code
     for figure, folder in jobs:
         plots.save_figure(figure, folder)
     return 0
