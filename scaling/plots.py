@@ -80,7 +80,7 @@ def _power_of_ten(v: float, _pos=None) -> str:
 
 
 def panel_data(rep) -> dict:
-    """What ``draw_panel`` needs from one FitReport, as plain numbers and strings (picklable without pandas or
+    """What ``draw_panel`` needs from one FitReport, as plain numbers, strings and arrays (JSON-able, no pandas or
     JAX: ``render_worker`` draws it in another process)."""
     groups = []
     for name, g in rep.groups.items():
