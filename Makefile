@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c $(LOCK)
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu MPLBACKEND=Agg
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: demo demo-paper test install install-test bench clean
+.PHONY: demo demo-paper test layers install install-test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ demo-paper: $(VENV)/.runtime
 	MPLBACKEND=Agg $(BIN)/vlscale compare --out runs/demo-paper
 
 test: $(VENV)/.test
+	$(BIN)/python tools/check_layers.py
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+## The import contract alone (layers.ini; also the first step of `make test`).
+layers: $(VENV)/.test
+	$(BIN)/python tools/check_layers.py
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/fit_speed.py

@@ -62,7 +62,7 @@ def end_to_end(args: list[str], cache: str) -> float:
 def load_frontier(model_type: str) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
-    from vlscale.paths import find_results_table
+    from vlscale.runtime.paths import find_results_table
     from vlscale.scaling.frontier import frontier_bins
 
     df = pd.read_csv(find_results_table())

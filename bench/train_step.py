@@ -59,7 +59,8 @@ def time_vlscale(args, model_cfg, train_flops: float) -> dict:
     import numpy as np
 
     from vlscale.configs import train as train_config
-    from vlscale.train import optim, sharding
+    from vlscale.train import optim
+    from vlscale.runtime import sharding
     from vlscale.train.metrics import peak_flops
     from vlscale.train.step import make_train_step
 

@@ -418,17 +418,11 @@ def write_synth_shards(out_dir: str | os.PathLike, num_shards: int, samples_per_
 
 # ---- zero-shot tasks -------------------------------------------------------------------------------
 
-# Class names and prompt templates of the zero-shot tasks are data files shipped with the evaluator, beside the
-# ImageNet-1k names and OpenAI's templates (``vlscale/eval/assets/synth_<task>_{classnames,templates}.txt``, read by
-# ``vlscale.eval.prompts.synth_task_lists``). A class-names file lists the names of the generator's whole vocabulary
+# Class names and prompt templates of the zero-shot tasks are data files shipped with the generator
+# (``data/assets/synth_<task>_{classnames,templates}.txt``, read by ``vlscale.data.synth_tasks``). A class-names file lists the names of the generator's whole vocabulary
 # in its order (COLOURS, SHAPES, counts 1..9, colours x shapes colour-major); a run's config picks its subset.
-ZEROSHOT_TASKS = ("colour", "shape", "count", "colour_shape")
-
-
-def _task_lists(task: str) -> tuple[list[str], tuple[str, ...]]:
-    from vlscale.eval.prompts import synth_task_lists
-
-    return synth_task_lists(task)
+from vlscale.data.synth_tasks import ZEROSHOT_TASKS  # noqa: E402
+from vlscale.data.synth_tasks import task_lists as _task_lists  # noqa: E402
 
 
 COLOUR_TEMPLATES = _task_lists("colour")[1]

@@ -43,8 +43,8 @@ def check_batch_size(batch_size: int, mesh) -> None:
 
 
 def to_global(local: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """Host-local rows -> global arrays sharded on the batch axis (``vlscale.train.sharding.batch_sharding``)."""
-    from vlscale.train.sharding import batch_sharding
+    """Host-local rows -> global arrays sharded on the batch axis (``vlscale.runtime.sharding.batch_sharding``)."""
+    from vlscale.runtime.sharding import batch_sharding
 
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
             for k, v in local.items()}

@@ -72,7 +72,7 @@ class EvalModel:
     def create(cls, model_name: str, params: Any, mesh=None, dtype: str = "float32") -> "EvalModel":
         from vlscale.models.config import get_config
         from vlscale.models.convert import to_layout
-        from vlscale.train import sharding
+        from vlscale.runtime import sharding
 
         if dtype not in DTYPES:
             raise UserError(f"precision {dtype!r}: use float32 (fp32) or bfloat16 (bf16)")
@@ -107,7 +107,7 @@ class EvalModel:
     @contextlib.contextmanager
     def context(self):
         """Logical-axis rules of the mesh (the models' activation constraints) and the matmul precision."""
-        from vlscale.train.sharding import activation_sharding
+        from vlscale.runtime.sharding import activation_sharding
 
         precision = "highest" if self.dtype == "float32" else "default"
         with activation_sharding(self.mesh), jax.default_matmul_precision(precision):

@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from vlscale.data.synth_tasks import ZEROSHOT_TASKS as SYNTH_TASKS  # noqa: F401
+from vlscale.data.synth_tasks import task_lists as synth_task_lists  # noqa: F401 (the shipped synthetic lists)
 from vlscale.errors import UserError
 
 ASSETS = "assets"
 IMAGENET_CLASSNAMES_FILE = "imagenet1k_classnames.txt"
 IMAGENET_WNIDS_FILE = "imagenet1k_wnids.txt"
 OPENAI_TEMPLATES_FILE = "openai_imagenet_templates.txt"
-SYNTH_CLASSNAMES_FILE = "synth_{task}_classnames.txt"
-SYNTH_TEMPLATES_FILE = "synth_{task}_templates.txt"
-SYNTH_TASKS = ("colour", "shape", "count", "colour_shape")
 PLACEHOLDERS = ("{c}", "{}")
 # The paper's ImageNet-style benchmarks share ImageNet-1k's 1000 classes; imagenet-a and imagenet-r use 200 of them
 # (``IMAGENET_SUBSETS``: the shipped files of their ImageNet-1k label indices, ascending).
@@ -80,15 +79,6 @@ def imagenet_subset_classnames(name: str) -> list[str]:
 def openai_templates() -> list[str]:
     """OpenAI's 80 ImageNet prompt templates (``{c}`` placeholder)."""
     return _asset_lines(OPENAI_TEMPLATES_FILE)
-
-
-def synth_task_lists(task: str) -> tuple[list[str], tuple[str, ...]]:
-    """The shipped class names (the generator's whole vocabulary, in its order) and templates of a synthetic task:
-    ``synth_<task>_classnames.txt`` and ``synth_<task>_templates.txt``. ``vlscale.data.synth.task_classnames``
-    picks a run's classes from them."""
-    if task not in SYNTH_TASKS:
-        raise UserError(f"unknown synthetic task {task!r}; choose one of {', '.join(SYNTH_TASKS)} or retrieval")
-    return _asset_lines(SYNTH_CLASSNAMES_FILE.format(task=task)), tuple(_asset_lines(SYNTH_TEMPLATES_FILE.format(task=task)))
 
 
 def synth_prompts(task: str, synth_config=None) -> Prompts:

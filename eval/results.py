@@ -1,4 +1,4 @@
-"""Evaluation rows in the fitter's schema (``vlscale.scaling.results``) and an idempotent, atomic CSV append.
+"""Evaluation rows in the fitter's schema (``vlscale.runtime.results_schema``) and an idempotent, atomic CSV append.
 
 One row per (checkpoint, downstream dataset, metric). The checkpoint's identity comes from the trainer's
 ``run.json`` (the same names: ``pretrain_dataset``, ``lr_scheduler``, ``model_type``, ``model``, ``samples_seen``,
@@ -7,7 +7,7 @@ samples seen). The run's final checkpoint is written at the run's nominal ``samp
 samples it really saw as ``samples_seen_actual``; an intermediate checkpoint (the constant-LR protocol) is written
 at its own samples seen in both. ``compute_gflops = gflops_per_sample * samples_seen`` and likewise ``_actual``.
 
-Appending (``vlscale.outputs.append_new_rows``) holds a lock, skips rows whose identity columns
+Appending (``vlscale.runtime.files.append_new_rows``) holds a lock, skips rows whose identity columns
 (``IDENTITY_COLUMNS``) are already in the table, and replaces the file in one step (temp file + ``os.replace``),
 so re-running adds nothing and a killed evaluation never leaves a torn table.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from vlscale.errors import UserError
-from vlscale.outputs import append_new_rows
-from vlscale.scaling.results import IDENTITY_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from vlscale.runtime.files import append_new_rows
+from vlscale.runtime.results_schema import IDENTITY_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 IDENTITY_FLAGS = ("pretrain_dataset", "lr_scheduler", "samples_seen")
@@ -107,7 +107,7 @@ def _check_table(target: Path):
 def append_rows(path: str | Path, rows: Iterable[Mapping]) -> int:
     """Adds the rows not yet in the CSV at ``path`` (by identity); returns how many were added.
 
-    ``vlscale.outputs.append_new_rows`` does the locked read-merge-rewrite; this adds the schema's column order,
+    ``vlscale.runtime.files.append_new_rows`` does the locked read-merge-rewrite; this adds the schema's column order,
     the cell formatting, the identity key and the check that an existing file is a results table.
     """
     target = Path(path)

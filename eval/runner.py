@@ -92,18 +92,10 @@ def use_compilation_cache() -> str | None:
     """The trainer's persistent compilation cache (``$VLSCALE_COMPILATION_CACHE``, else the user cache dir; ``none``
     disables it), set up unless this process already has one, and lowered to keep the eval functions too, so a new
     process evaluating a model already seen skips their compilation. Returns the folder in use (None: off)."""
-    import jax
+    from vlscale.runtime import compilation_cache
 
-    path = jax.config.jax_compilation_cache_dir
-    if not path:
-        try:
-            from vlscale.train.loop import setup_compilation_cache
-        except ImportError:
-            return None
-        path = setup_compilation_cache("")
-    if path and jax.config.jax_persistent_cache_min_compile_time_secs > EVAL_MIN_COMPILE_S:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", EVAL_MIN_COMPILE_S)
-    return path or None
+    path = compilation_cache.enable(None, min_compile_time_s=EVAL_MIN_COMPILE_S)
+    return str(path) if path else None
 
 
 def _synth_knobs(ckpt) -> dict | None:
@@ -120,7 +112,7 @@ def _json_path(out_dir: Path, task: str, name: str) -> Path:
 def _write_json(path: Path, obj: dict) -> None:
     import json
 
-    from vlscale.outputs import atomic_write_text
+    from vlscale.runtime.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -140,7 +132,8 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
     ``OUT/<task>_<name>.json`` and appends rows to ``results`` (default ``WORKDIR/results.csv``) when the identity is
     known: from run.json, or ``identity`` = {pretrain_dataset, lr_scheduler, samples_seen} for a converted checkpoint.
     """
-    from vlscale.eval import checkpoints, datasets, generative, prompts as prompts_lib, retrieval, zeroshot
+    from vlscale.eval import datasets, generative, prompts as prompts_lib, retrieval, zeroshot
+    from vlscale.models import checkpoints
     from vlscale.eval import results as results_lib
     from vlscale.eval.batches import check_batch_size
     from vlscale.eval.encoders import EvalModel
@@ -210,7 +203,7 @@ def _classnames(spec: TaskSpec) -> list[str] | None:
 
 def protocol_checkpoints(workdir, run: dict, all_checkpoints: bool = False) -> list:
     """The checkpoints the paper's protocol scores, oldest first."""
-    from vlscale.eval import checkpoints
+    from vlscale.models import checkpoints
 
     entries = checkpoints.list_checkpoints(workdir)
     if all_checkpoints:
@@ -230,7 +223,7 @@ def evaluate_run(workdir, suite: str = "synth", *, results=None, all_checkpoints
 
     ``suite``: a suite name or a list of tasks. JSON files go to ``out_dir/step_N`` (default WORKDIR/eval/step_N).
     """
-    from vlscale.eval import checkpoints
+    from vlscale.models import checkpoints
     from vlscale.eval import results as results_lib
     from vlscale.eval.suites import suite_tasks
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from vlscale.errors import UserError
-from vlscale.paths import find_results_table
+from vlscale.runtime.paths import find_results_table
 from vlscale.scaling import api
 
 DEFAULT_FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "clip_vs_mammut.png"

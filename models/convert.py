@@ -418,7 +418,7 @@ def load_state_dict_file(path: str | Path, *, trust_pickle: bool = False) -> dic
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
     """Writes ``.safetensors`` (preferred: no pickle, no torch needed) or ``.pt`` (a bare torch state dict;
     needs torch), atomically (a temporary file, then a rename)."""
-    from vlscale.outputs import atomic_path
+    from vlscale.runtime.files import atomic_path
 
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
@@ -441,12 +441,12 @@ def save_params(directory: str | Path, params: Any, model_name: str) -> Path:
     """Saves parameters as an Orbax checkpoint under ``DIR/params`` with ``DIR/vlscale_model.json`` beside it.
 
     Parameters are stored unstacked so any runtime layout can restore them. The pair is written into a
-    temporary folder and moved into ``DIR`` together (``vlscale.outputs.atomic_output_dir``): an interrupted
+    temporary folder and moved into ``DIR`` together (``vlscale.runtime.files.atomic_output_dir``): an interrupted
     save leaves ``DIR`` as it was.
     """
     import orbax.checkpoint as ocp
 
-    from vlscale.outputs import atomic_output_dir
+    from vlscale.runtime.files import atomic_output_dir
 
     directory = Path(directory).absolute()
     tree = unstack_layers(_to_plain_dict(params))

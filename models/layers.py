@@ -7,7 +7,7 @@ variance in float32, exact (erf) GELU, attention scaled by 1/sqrt(head_dim).
 
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) and the residual stream and
 attention activations carry logical constraints, so a trainer shards them with a rules table
-(``vlscale.train.sharding``) without touching this code. Without rules the constraints are no-ops.
+(``vlscale.runtime.sharding``) without touching this code. Without rules the constraints are no-ops.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Logical axis names (MaxText-style); vlscale.train.sharding maps them to mesh axes.
+# Logical axis names (MaxText-style); vlscale.runtime.sharding maps them to mesh axes.
 BATCH = "batch"
 LENGTH = "length"  # sequence position (text tokens or image patches + class token)
 EMBED = "embed"  # model width

@@ -2,7 +2,7 @@
 
 Parameters are a plain pytree kept apart from the module: ``init_params`` returns them unboxed, and
 ``param_logical_axes`` gives the matching tree of logical axis names (``PartitionSpec`` of names such as
-``('embed', 'heads', 'kv')``) for ``vlscale.train.sharding``.
+``('embed', 'heads', 'kv')``) for ``vlscale.runtime.sharding``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def init_params(model: nn.Module, rng: jax.Array | int = 0, *, out_shardings: An
 
 
 def init_params_sharded(model: nn.Module, rng: jax.Array | int, shardings: Any) -> dict:
-    """``init_params`` straight into ``shardings`` (e.g. ``vlscale.train.sharding.logical_to_sharding`` of
+    """``init_params`` straight into ``shardings`` (e.g. ``vlscale.runtime.sharding.logical_to_sharding`` of
     ``param_logical_axes(model)``): the trainer's init on a mesh. Same values as the unsharded init."""
     return init_params(model, rng, out_shardings=shardings)
 

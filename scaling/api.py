@@ -20,7 +20,7 @@ The jobs live in their own modules: ``prepare`` (selection, frontiers), ``engine
 
 from __future__ import annotations
 
-from vlscale.scaling import jax_cache
+from vlscale.runtime import compilation_cache as jax_cache
 from vlscale.scaling.comparison import Comparison, ComparisonSet, compare_fitted, consistency, consistency_row
 from vlscale.scaling.fitted import FitReport, GroupFit
 from vlscale.scaling.options import (  # noqa: F401 (the API's constants)

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import jax
 
 from vlscale.scaling import forms as forms_lib
-from vlscale.scaling import jax_cache
+from vlscale.runtime import compilation_cache as jax_cache
 
 SUBDIR = "exported"
 _BUILTIN_FORMS = {name: form for name, form in forms_lib.FORMS.items()}  # as shipped, before any user registers

@@ -115,14 +115,14 @@ def build_train_config(cfg: ml_collections.ConfigDict, run: Run, study_dir: Path
 
 # ------------------------------------------------------------------------------------------------ defaults
 def default_train_fn():
-    import vlscale.train as train_pkg
+    """The trainer composed with the in-training evaluator its config asks for (``eval_every``)."""
+    from vlscale.eval.in_training import evaluator
+    from vlscale.train.loop import run
 
-    fn = getattr(train_pkg, "run", None)
-    if fn is not None and not callable(fn):  # vlscale.train.run is the module; its run() is the API
-        fn = getattr(fn, "run", None)
-    if fn is None:
-        raise UserError("this installation has no trainer (vlscale.train.run); update the checkout")
-    return fn
+    def train(config, workdir, **kwargs):
+        return run(config, workdir, evaluate=evaluator(config), **kwargs)
+
+    return train
 
 
 def default_eval_fn():

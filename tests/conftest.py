@@ -21,7 +21,7 @@ if not os.environ.get("VLSCALE_COMPILATION_CACHE", "").strip():
 
 import pytest  # noqa: E402
 
-from vlscale.paths import SHARED_DATA_DIR  # noqa: E402
+from vlscale.runtime.paths import SHARED_DATA_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")

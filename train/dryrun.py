@@ -29,7 +29,8 @@ def _gib(n: float) -> str:
 def analyse(config) -> dict:
     import jax
 
-    from vlscale.train import optim, sharding, step as step_lib, validate
+    from vlscale.train import optim, step as step_lib, validate
+    from vlscale.runtime import sharding
     from vlscale.train.loop import mesh_devices, resolve_config
 
     config = resolve_config(config)

@@ -12,18 +12,24 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from vlscale import signals
+from vlscale.runtime import signals
 from vlscale.errors import UserError
 
 FINAL_JSON = "final.json"
 DEFAULT_WARMUP_FRACTION = 0.05  # warmup = -1: this fraction of the run
 METRICS_JSONL = "metrics.jsonl"
+TRAIN_MIN_COMPILE_S = 0.5  # programs compiled faster than this are not written to the persistent cache
 
 
 class NonFiniteError(UserError):
     pass
+
+
+# In-training evaluation (``eval_every``) is a callback the composer passes in (``vlscale.eval.in_training``): it gets
+# the parameters in the per-block layout as host arrays, and returns metric values keyed "<dataset>/<metric>".
+Evaluator = Callable[..., "dict[str, float]"]
 
 
 def _epath(path):
@@ -60,27 +66,8 @@ def mesh_devices(mesh_config) -> list:
     return jax.devices()[:n] if n else jax.devices()
 
 
-def setup_compilation_cache(setting: str) -> str | None:
-    """JAX's persistent compilation cache (``vlscale.paths.compilation_cache_dir``: ``setting``, else
-    ``$VLSCALE_COMPILATION_CACHE``, else a user cache dir; ``none`` / ``off`` disable it); read-only is fine."""
-    import jax
-
-    from vlscale.paths import compilation_cache_dir
-
-    folder = compilation_cache_dir(setting)
-    if folder is None:
-        return None
-    path = str(folder)
-    try:
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    except OSError:
-        return None
-    return path
-
-
-def run(config, workdir, *, steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+def run(config, workdir, *, steps: int | None = None, progress: bool | None = None,
+        evaluate: Evaluator | None = None) -> dict[str, Any]:
     """Trains (or resumes) the run in ``workdir``; returns final.json's content, or {"finished": False, ...}
     when ``steps`` (a cap on the step reached in this call) stopped it first."""
     import jax
@@ -91,6 +78,9 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
     # Orbax wants absolute paths; remote paths (gs://...) go through etils.epath as they are.
     workdir = Path(workdir).absolute() if "://" not in str(workdir) else _epath(workdir)
     validate.check_config(config, device_count=jax.device_count(), process_count=jax.process_count())
+    if int(config.eval_every) and evaluate is None:
+        raise UserError(f"--config.eval_every={config.eval_every}: in-training evaluation needs an evaluator; pass "
+                        "evaluate=vlscale.eval.in_training.evaluator(config) (the CLI and the study do)")
     if steps is not None and steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
     if workdir.exists() and not workdir.is_dir():
@@ -111,18 +101,24 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
         raise UserError(f"--workdir {workdir}: cannot create it ({e.strerror})")
     if isinstance(workdir, Path) and not os.access(workdir, os.W_OK):
         raise UserError(f"--workdir {workdir}: not writable")
-    setup_compilation_cache(str(config.compilation_cache))
-    return _Trainer(config, workdir, saved, steps, progress).run()
+    from vlscale.runtime import compilation_cache
+
+    compilation_cache.enable(str(config.compilation_cache), min_compile_time_s=TRAIN_MIN_COMPILE_S)
+    return _Trainer(config, workdir, saved, steps, progress, evaluate).run()
 
 
 class _Trainer:
-    def __init__(self, config, workdir: Path, saved: dict | None, steps: int | None, progress: bool | None):
+    def __init__(self, config, workdir: Path, saved: dict | None, steps: int | None, progress: bool | None,
+                 evaluate: Evaluator | None = None):
         import jax
 
         from vlscale.data.pipeline import make_iterator
-        from vlscale.train import checkpoint, metrics, sharding, step as step_lib, validate
+        from vlscale.train import metrics, step as step_lib, validate
+        from vlscale.runtime import checkpoint
+        from vlscale.runtime import sharding
 
         self.config, self.workdir, self.saved = config, workdir, saved
+        self.evaluate = evaluate
         self.is_main = jax.process_index() == 0
         m = config.mesh
         try:
@@ -153,7 +149,7 @@ class _Trainer:
     # --- state ------------------------------------------------------------------------------------------------
 
     def _restore_or_init(self):
-        from vlscale.train import checkpoint
+        from vlscale.runtime import checkpoint
 
         latest = self.mngr.latest_step()
         abstract = self.trainer.abstract_state_with_shardings()
@@ -167,7 +163,7 @@ class _Trainer:
         return state, {"step": 0, "samples_seen": 0}, "new"
 
     def _init_from(self, abstract):
-        from vlscale.train import checkpoint
+        from vlscale.runtime import checkpoint
 
         src = str(self.config.init_from)
         try:
@@ -192,7 +188,8 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         import jax
 
-        from vlscale.train import checkpoint, optim
+        from vlscale.train import optim
+        from vlscale.runtime import checkpoint
 
         state, meta, how = self._restore_or_init()
         step = int(meta["step"])
@@ -240,7 +237,7 @@ class _Trainer:
                     progress.update(step, record)
                     t_last, step_last, wait_last = now, step, self.data.wait_s
                     self._check_data(state, step, samples)
-                if int(self.config.eval_every) and step % int(self.config.eval_every) == 0:
+                if self.evaluate is not None and int(self.config.eval_every) and step % int(self.config.eval_every) == 0:
                     self._quick_eval(state, step, samples)
                 if save_now:
                     self._save(state, step, samples)
@@ -313,23 +310,14 @@ class _Trainer:
         import jax
         from jax.experimental import multihost_utils
 
-        from vlscale.eval.checkpoints import Checkpoint
-        from vlscale.eval.runner import evaluate_checkpoint
         from vlscale.models import convert
 
         params = state.params if jax.process_count() == 1 else multihost_utils.process_allgather(state.params,
                                                                                                    tiled=True)
         params = convert.to_layout(jax.device_get(params), str(self.config.model), scan_layers=False)
-        ckpt = Checkpoint(model_name=str(self.config.model), params=params, path=str(self.workdir), step=step,
-                          samples_seen=samples)
-        records = evaluate_checkpoint(ckpt, quick_eval_tasks(str(self.config.eval_suite)),
-                                      out_dir=self.workdir / "eval_in_training" / f"step_{step}", results=None,
-                                      mesh=self.mesh, batch_size=_eval_batch(self.mesh), log=lambda m: None)
+        values = self.evaluate(params, step=step, samples=samples, mesh=self.mesh, workdir=self.workdir)
         record: dict[str, Any] = {"step": step, "samples_seen": samples}
-        for r in records:
-            for k, v in r["metrics"].items():
-                if isinstance(v, (int, float)):
-                    record[f"eval/{r['dataset']}/{k}"] = float(v)
+        record.update({f"eval/{k}": float(v) for k, v in values.items()})
         self.metrics.write(record)
         self.tb.write(step, record)
         if self.progress_enabled:
@@ -362,7 +350,7 @@ class _Trainer:
             raise
 
     def _save(self, state, step: int, samples: int) -> None:
-        from vlscale.train import checkpoint
+        from vlscale.runtime import checkpoint
 
         if self.mngr.latest_step() == step:
             return
@@ -383,7 +371,8 @@ class _Trainer:
         return bool(np.any(flags))
 
     def _write_run_json(self, how: str) -> dict:
-        from vlscale.train import checkpoint, run_info
+        from vlscale.train import run_info
+        from vlscale.runtime import checkpoint
 
         run_json = run_info.build_run_json(self.config, total_steps=self.total_steps,
                                            data_fingerprint=self.fingerprint)
@@ -399,7 +388,8 @@ class _Trainer:
     def _update_run_json(self, run_json: dict, elapsed: float) -> None:
         import jax
 
-        from vlscale.train import checkpoint, run_info
+        from vlscale.train import run_info
+        from vlscale.runtime import checkpoint
 
         run_json["wall_time_s"] = float(run_json.get("wall_time_s", 0.0)) + elapsed
         run_json["device_hours"] = float(run_json.get("device_hours", 0.0)) + elapsed * jax.device_count() / 3600
@@ -408,24 +398,6 @@ class _Trainer:
         # A later resume adds its own time to what this session measured.
         self.saved = dict(run_json)
         self.saved.pop("provenance_history", None)
-
-
-QUICK_EVAL_EXAMPLES = 256
-
-
-def quick_eval_tasks(suite: str) -> list[dict]:
-    """``synth-quick``: colour and shape zero-shot on a few hundred images; any other name is an eval suite."""
-    if suite == "synth-quick":
-        return [{"task": "zeroshot", "dataset": f"synth:{t}", "num_examples": QUICK_EVAL_EXAMPLES}
-                for t in ("colour", "shape")]
-    from vlscale.eval.suites import suite_tasks
-
-    return suite_tasks(suite)
-
-
-def _eval_batch(mesh) -> int:
-    n = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
-    return max(n, 64 // n * n)
 
 
 def _cooldown(config, total_steps: int) -> int:

@@ -26,7 +26,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vlscale.models import registry
 from vlscale.models.config import get_config as get_model_config
-from vlscale.train import losses, optim, sharding
+from vlscale.train import losses, optim
+from vlscale.runtime import sharding
 
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip clamps the learned temperature to [0, ln 100] after each step
 

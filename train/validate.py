@@ -72,13 +72,6 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
                         f"the batch mesh axes data x fsdp = {batch_axes}")
     if int(config.eval_every) < 0:
         raise UserError(f"--config.eval_every={config.eval_every}: must be >= 0 (0 = no in-training evaluation)")
-    if int(config.eval_every):
-        from vlscale.train.loop import quick_eval_tasks
-
-        try:
-            quick_eval_tasks(str(config.eval_suite))
-        except UserError as e:
-            raise UserError(f"--config.eval_suite={config.eval_suite!r}: {e}") from None
     for m in config.checkpoint_at_samples:
         if int(m) <= 0 or int(m) > int(config.total_samples):
             raise UserError(f"--config.checkpoint_at_samples: {m} is outside (0, total_samples]")

@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from vlscale import __version__
+from vlscale.commands import exits_at_once  # noqa: F401 (where commands mark themselves)
 from vlscale.errors import UserError
 
 # Feature packages that add commands. A package that is missing (not written yet)
 # is skipped, so the CLI works while the project grows.
 COMMAND_MODULES = (
-    "vlscale.scaling.cli",
-    "vlscale.models.cli",
-    "vlscale.data.cli",
-    "vlscale.train.cli",
-    "vlscale.eval.cli",
-    "vlscale.study.cli",
+    "vlscale.commands.scaling",
+    "vlscale.commands.models",
+    "vlscale.commands.data",
+    "vlscale.commands.train",
+    "vlscale.commands.eval",
+    "vlscale.commands.study",
 )
 
 DEBUG_ENV = "VLSCALE_DEBUG"
@@ -106,14 +107,6 @@ EXIT_USER_ERROR = 2  # bad input (argparse uses 2 for bad flags too)
 EXIT_INTERNAL_ERROR = 1  # a bug: one line plus the path of a log with the traceback
 
 
-def exits_at_once(handler):
-    """Marks a command handler whose every output is complete, closed and in place when it returns, so that run
-    as a program it may end without the interpreter's teardown (with JAX and XLA loaded that takes 0.3-0.4 s,
-    longer than some of these commands' work)."""
-    handler.exits_at_once = True
-    return handler
-
-
 _RAN = {"exits_at_once": False}  # set by _main for the handler it ran
 
 
@@ -132,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     Called as a program (``argv`` None), an interrupted run, and any run of a command marked ``exits_at_once``,
     leaves through ``signals.hard_exit`` (see there).
     """
-    from vlscale import signals
+    from vlscale.runtime import signals
 
     as_program = argv is None
     with signals.stop_on_signals(force_after=signals.CLI_FORCE_AFTER_S):
@@ -153,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from vlscale import signals
+    from vlscale.runtime import signals
 
     parser = build_parser()
     # ml_collections-style ``--config.FIELD=VALUE`` overrides (train, study) are collected before argparse sees them.

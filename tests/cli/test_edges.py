@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 
-from vlscale import outputs
+from vlscale.runtime import files as outputs
 from vlscale.cli import main
 from vlscale.errors import UserError
-from vlscale.paths import LAION_RESULTS_FILE, resolve_results_table
+from vlscale.runtime.paths import LAION_RESULTS_FILE, resolve_results_table
 
 
 # --- which results table ---------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_laion_results_offline_copy_and_no_network(tmp_path, capsys, monkeypatch
 def test_example_reproduces_the_comparison_and_a_small_figure(shared_data, tmp_path, capsys):
     import importlib.util
 
-    from vlscale.paths import REPO_ROOT
+    from vlscale.runtime.paths import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("compare_clip_mammut", REPO_ROOT / "examples" / "compare_clip_mammut.py")
     example = importlib.util.module_from_spec(spec)

@@ -1,7 +1,7 @@
 """Ctrl-C / SIGTERM: every command ends with exit 130 / 143, one line, no traceback, no crash, no partial output.
 
 The subprocess tests interrupt a real `vlscale compare --bootstrap 1000` at several moments (loading, main fit,
-bootstrap, the end where results are printed and saved); the in-process tests pin the pieces (`vlscale.signals`,
+bootstrap, the end where results are printed and saved); the in-process tests pin the pieces (`vlscale.runtime.signals`,
 an interrupt while a set of outputs is being written).
 """
 
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from vlscale import signals
-from vlscale.outputs import atomic_output_dir
+from vlscale.runtime import signals
+from vlscale.runtime.files import atomic_output_dir
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", XLA_FLAGS="")
 
@@ -92,7 +92,7 @@ def test_stuck_in_one_compiled_call_is_ended_after_force_after(tmp_path):
     """A main thread busy inside one long XLA call cannot run Python's handler; the watchdog ends the process."""
     script = textwrap.dedent("""
         import sys, jax, jax.numpy as jnp
-        from vlscale import signals
+        from vlscale.runtime import signals
         # A data-dependent loop with a run-time trip count: XLA can neither fold nor shorten it (minutes).
         spin = jax.jit(lambda x, n: jax.lax.fori_loop(0, n, lambda i, v: jnp.sin(v) + 1e-3, x))
         spin(jnp.float32(1.0), jnp.int32(1)).block_until_ready()  # compiled
@@ -149,7 +149,7 @@ def test_outputs_are_not_published_after_a_swallowed_stop(tmp_path):
             with atomic_output_dir(out, owned=("fit.*",)) as tmp:
                 (tmp / "fit.json").write_text("new")
         assert not stop.undelivered  # delivered now: the study's bookkeeping on the way out may write
-        from vlscale.outputs import atomic_write_text
+        from vlscale.runtime.files import atomic_write_text
         atomic_write_text(tmp_path / "state.json", "{}")
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         n: f"old {n}" for n in ("fit.json", "fit.csv", "fit.png", "notes.txt")}

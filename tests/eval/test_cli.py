@@ -125,7 +125,8 @@ def test_mammut_generative_and_caption(tmp_path, mammut_ckpt, capsys):
 
 
 def test_bf16_mode_runs_and_is_recorded(tmp_path, clip_ckpt, capsys):
-    from vlscale.eval import checkpoints, datasets, zeroshot
+    from vlscale.eval import datasets, zeroshot
+    from vlscale.models import checkpoints
     from vlscale.eval.encoders import EvalModel
 
     rc, out, _ = run(capsys, "--checkpoint", str(clip_ckpt), "--task", "zeroshot", "--dataset", "synth:colour",

@@ -6,7 +6,8 @@ import pytest
 
 from tests.eval.conftest import BATCH
 from vlscale.errors import UserError
-from vlscale.eval import checkpoints, datasets, evaluate_checkpoint, generative
+from vlscale.eval import datasets, evaluate_checkpoint, generative
+from vlscale.models import checkpoints
 from vlscale.eval.encoders import EvalModel
 from vlscale.models.mammut import MaMMUT
 

@@ -64,7 +64,7 @@ def test_append_is_idempotent_valid_for_the_fitter_and_atomic(tmp_path, monkeypa
 
 
 def test_outputs_append_with_a_key_skips_rows_already_there_and_checks_the_header(tmp_path):
-    from vlscale import outputs
+    from vlscale.runtime import files as outputs
 
     f = tmp_path / "t.csv"
     key = lambda r: (r["a"], float(r["b"]))  # noqa: E731 - old rows come back as strings
@@ -120,7 +120,7 @@ def test_shipped_imagenet_names_and_templates():
 def _asset_file(name):
     from importlib import resources
 
-    text = resources.files("vlscale.eval").joinpath("assets", name).read_text(encoding="utf-8")
+    text = resources.files("vlscale.data").joinpath("assets", name).read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -208,7 +208,7 @@ def test_tfds_dataset_that_is_not_prepared_is_a_one_line_error(tmp_path):
 
 
 def test_padded_batches_count_every_example_once():
-    from vlscale.train.sharding import make_mesh
+    from vlscale.runtime.sharding import make_mesh
 
     mesh = make_mesh()
     seen = []

@@ -15,7 +15,7 @@ from vlscale.models import convert
 # One worker: evaluates the checkpoint on padded sets (40 and 24 examples, global batch 16) and writes its metrics.
 WORKER = """
 import json, sys
-from vlscale.train import distributed
+from vlscale.runtime import distributed
 ckpt, out, n, pid, addr = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 if n > 1:
     distributed.initialize(addr, n, pid)

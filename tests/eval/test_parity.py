@@ -47,7 +47,7 @@ def test_classifier_and_zeroshot_metrics_equal_open_clips(models):
     img /= np.linalg.norm(img, axis=-1, keepdims=True)
     ref_metrics = reference.classification(100.0 * img @ ref_classifier, ds.labels)
 
-    from vlscale.eval import checkpoints
+    from vlscale.models import checkpoints
 
     ckpt = checkpoints.load(path)
     em = EvalModel.create(ckpt.model_name, ckpt.params)

@@ -10,7 +10,7 @@ from vlscale.models import registry
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 def test_sharded_init_equals_the_unsharded_init():
-    from vlscale.train.sharding import logical_to_sharding, make_mesh
+    from vlscale.runtime.sharding import logical_to_sharding, make_mesh
 
     model = registry.build_model("shapes-clip-XS")
     mesh = make_mesh(data=2, fsdp=4, devices=jax.devices()[:8])

@@ -291,7 +291,7 @@ def test_form_auto_picks_the_candidate_with_the_lowest_future_error(monkeypatch)
 
 
 def test_compilation_cache_dir_is_skipped_when_not_writable(tmp_path, monkeypatch):
-    from vlscale.scaling import jax_cache
+    from vlscale.runtime import compilation_cache as jax_cache
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -307,8 +307,8 @@ def test_compilation_cache_dir_is_skipped_when_not_writable(tmp_path, monkeypatc
 
 
 def test_one_compilation_cache_setting_for_trainer_evaluator_and_fitter(tmp_path, monkeypatch):
-    from vlscale import paths
-    from vlscale.scaling import jax_cache
+    from vlscale.runtime import paths
+    from vlscale.runtime import compilation_cache as jax_cache
 
     for var in (paths.COMPILATION_CACHE_ENV, paths.COMPILATION_CACHE_OLD_ENV):
         monkeypatch.delenv(var, raising=False)

@@ -10,7 +10,8 @@ import pytest
 
 from vlscale.scaling import fit as fit_lib
 from vlscale.scaling import forms as forms_lib
-from vlscale.scaling import jax_cache, trace_cache
+from vlscale.scaling import trace_cache
+from vlscale.runtime import compilation_cache as jax_cache
 
 
 def _law(n=24, seed=0):

@@ -81,7 +81,7 @@ def test_tpu_vm_one_ssh_line_per_run_in_stage_order(tmp_path):
 
 
 def test_print_gives_vlscale_train_lines_that_rebuild_each_runs_config(tmp_path):
-    from vlscale.train.cli import build_config
+    from vlscale.commands.train import build_config
 
     cfg = _study(cooldowns=True)
     plan = runner.open_study(cfg, tmp_path)

@@ -78,7 +78,7 @@ def test_killed_and_preempted_runs_resume_bit_for_bit(tmp_path, env):
     last = json.loads((w / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert (w / "checkpoints" / str(last)).is_dir()
     # No temporary or partial step directory is ever listed as a checkpoint.
-    from vlscale.train import checkpoint
+    from vlscale.runtime import checkpoint
 
     assert all(c.path.rstrip("/").split("/")[-1].isdigit() for c in checkpoint.list_checkpoints(w))
 

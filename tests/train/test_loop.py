@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vlscale.errors import UserError
-from vlscale.train import checkpoint, loop
+from vlscale.train import loop
+from vlscale.runtime import checkpoint
 
 DETERMINISTIC = ("step", "samples_seen", "loss", "lr", "grad_norm", "logit_scale", "contrastive_loss", "caption_loss")
 
@@ -140,15 +141,18 @@ def test_config_errors_before_compiling(tmp_path, make_config, fields, message):
 
 
 def test_in_training_zero_shot_check(tmp_path, make_config):
+    from vlscale.eval.in_training import evaluator
+
     cfg = make_config("tiny-clip", steps=8, eval_every=4, log_every=4, mesh__devices=1)
-    loop.run(cfg, tmp_path)
+    loop.run(cfg, tmp_path, evaluate=evaluator(cfg))
     recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     evals = [r for r in recs if "eval/synth_colour/acc1" in r]
     assert [r["step"] for r in evals] == [4, 8]
     assert all(0.0 <= r["eval/synth_shape/acc1"] <= 1.0 for r in evals)
     assert [r["step"] for r in recs if "loss" in r] == [4, 8]
     with pytest.raises(UserError, match="eval_suite='nosuch'"):
-        loop.run(make_config("tiny-clip", steps=8, eval_every=4, eval_suite="nosuch"), tmp_path / "x")
+        bad = make_config("tiny-clip", steps=8, eval_every=4, eval_suite="nosuch")
+        loop.run(bad, tmp_path / "x", evaluate=evaluator(bad))
 
 
 def test_default_warmup_is_five_percent_of_the_run():

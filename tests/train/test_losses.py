@@ -141,7 +141,7 @@ def test_losses_are_differentiable_and_jittable(rng):
 def test_clip_loss_sharded_equals_plain_loss_and_gradients(rng, mesh_shape):
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from vlscale.train.sharding import make_mesh
+    from vlscale.runtime.sharding import make_mesh
 
     if jax.device_count() < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
@@ -173,7 +173,7 @@ def test_clip_loss_sharded_equals_plain_loss_and_gradients(rng, mesh_shape):
 
 
 def test_clip_loss_sharded_rejects_an_indivisible_batch(rng):
-    from vlscale.train.sharding import make_mesh
+    from vlscale.runtime.sharding import make_mesh
 
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vlscale.models import registry
-from vlscale.train import sharding
+from vlscale.runtime import sharding
 
 
 def test_rules_resolve_parameters_and_activations():

@@ -1,10 +1,13 @@
-"""Orbax checkpoints of a training run, and the one loader every inference command uses.
+"""Orbax checkpoints of a training run: the manager, save/restore of the whole state, and parameters alone.
 
 A step directory ``WORKDIR/checkpoints/N`` holds the state after N updates in three items: ``state`` (the
 ``TrainState`` pytree: parameters, optimizer state, step, RNG), ``data`` (each host's data-iterator position,
 one JSON file per process, written by grain's handler) and ``meta`` (step, samples seen, the model, whether it
 is a milestone). Orbax writes into a temporary directory and renames it when complete, so a run killed during
 a save leaves no step directory that ``all_steps`` would list: a partial checkpoint is never picked.
+
+Inference commands read checkpoints through ``vlscale.models.checkpoints`` (the one loader), which uses
+``restore_params`` here and brings the parameters into the model's per-block layout.
 """
 
 from __future__ import annotations
@@ -112,56 +115,7 @@ def resolve_step_dir(path) -> tuple[epath.Path, epath.Path]:
     raise UserError(f"{path}: not a training workdir or checkpoint step directory")
 
 
-# --- inference loading ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Loaded:
-    model_name: str
-    params: Any  # per-block (unscanned) layout, host numpy arrays
-    step: int | None
-    samples_seen: int | None
-    run: dict | None
-    path: str
-
-
-def is_training_checkpoint(path) -> bool:
-    """A training workdir or one of its step directories (as opposed to a ``vlscale convert`` output)."""
-    p = epath.Path(path)
-    return p.exists() and ((p / CHECKPOINTS).exists() or ((p / "meta").exists() and (p / "state").exists()))
-
-
-def load_for_inference(path) -> Loaded:
-    """Parameters from a training workdir, a step directory, or a ``vlscale convert`` output directory.
-
-    Returned in the per-block layout, ready for ``registry.build_model(model_name)`` with default runtime options.
-    """
-    p = epath.Path(path)
-    if not p.exists():
-        raise UserError(f"checkpoint {path} does not exist")
-    if (p / CHECKPOINTS).exists() or ((p / "meta").exists() and (p / "state").exists()):
-        workdir, step_dir = resolve_step_dir(p)
-        meta = read_meta(step_dir)
-        run = None
-        if (workdir / "run.json").exists():
-            run = json.loads((workdir / "run.json").read_text())
-            if run.get("model") != meta["model"]:
-                raise UserError(f"{step_dir}: checkpoint of {meta['model']} but run.json says {run.get('model')}")
-        params = _restore_params(step_dir)
-        from vlscale.models import convert
-
-        params = convert.to_layout(params, meta["model"], scan_layers=False)
-        return Loaded(model_name=meta["model"], params=params, step=int(meta["step"]),
-                      samples_seen=int(meta["samples_seen"]), run=run, path=str(step_dir))
-    from vlscale.models import convert
-
-    try:
-        params, info = convert.load_params(str(p))
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - anything Orbax or the layout code raises on a non-checkpoint
-        raise UserError(f"{path}: not a vlscale checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-    return Loaded(model_name=info["model"], params=params, step=None, samples_seen=None, run=None, path=str(p))
+# --- parameters only (inference) ------------------------------------------------------------------------
 
 
 # Parameter shapes of a checkpoint's tree, keyed by the bytes of its Orbax tree and array metadata files: every
@@ -215,8 +169,8 @@ def _param_shapes(ckptr, state_dir):
     return shapes
 
 
-def _restore_params(step_dir) -> dict:
-    """Only the parameters of a training checkpoint, as host arrays (no optimizer state read)."""
+def restore_params(step_dir) -> dict:
+    """Only the parameters of a training checkpoint (the trainer's layout), as host arrays; no optimizer state read."""
     ckptr = ocp.PyTreeCheckpointer()
     state_dir = absolute(step_dir) / "state"
     target = jax.tree.map(lambda sd: np.zeros(*sd), _param_shapes(ckptr, state_dir),

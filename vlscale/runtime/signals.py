@@ -2,12 +2,12 @@
 
 Every ``vlscale`` command already runs inside ``stop_on_signals()`` (the CLI entry point installs it), so a
 command needs nothing to be interruptible: the signal raises ``StopRequested`` in the main thread, ``finally``
-blocks and context managers run (``vlscale.outputs`` removes its temporary files), the CLI prints one line
+blocks and context managers run (``vlscale.runtime.files`` removes its temporary files), the CLI prints one line
 (``vlscale fit: interrupted by SIGINT``) and exits 130/143.
 
 A loop that must finish something before it stops (the trainer saving a checkpoint) polls instead::
 
-    from vlscale import signals
+    from vlscale.runtime import signals
 
     with signals.stop_on_signals(raise_on_signal=False) as stop:
         for step in range(start, total):
@@ -25,7 +25,7 @@ handles Ctrl-C handles SIGTERM the same way. ``exc.signum`` and ``exc.exit_code`
 A ``StopRequested`` raised where Python swallows exceptions (a garbage-collection callback, ``__del__``: Python
 prints "Exception ignored in ..." and carries on) is not lost: ``sys.unraisablehook`` sees it and the watchdog
 delivers the signal again, to the main thread's next bytecode. As a last guard, ``raise_if_pending()`` (called by
-``vlscale.outputs`` before it moves finished files into place) raises if a stop was requested and never landed.
+``vlscale.runtime.files`` before it moves finished files into place) raises if a stop was requested and never landed.
 
 ``deferred()`` holds signals back for a few statements that must not be cut in half (moving a finished set of
 output files into place); a signal that came meanwhile is delivered when the block ends.

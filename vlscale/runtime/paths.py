@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vlscale.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Development and CI machines carry the paper's tables beside the checkout (read-only, never copied in).
 SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 RESULTS_ENV = "VLSCALE_RESULTS"

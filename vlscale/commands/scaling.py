@@ -10,8 +10,8 @@ import argparse
 import sys
 import time
 
-from vlscale import argtypes
-from vlscale.cli import exits_at_once
+from vlscale.commands import argtypes
+from vlscale.commands import exits_at_once
 from vlscale.scaling import options as _options
 
 # Paper defaults (Nezhurina et al. 2025, scripts/fig1.sh) come from scaling.options (standard library only, so
@@ -80,10 +80,10 @@ BOOTSTRAP_BYTES_PER_RESAMPLE = 16 * 1024
 
 def _check_before_work(args, n_frontiers: int) -> None:
     """Output folder and bootstrap memory checked before any fitting (one-line errors, nothing written)."""
-    from vlscale.resources import check_memory
+    from vlscale.runtime.resources import check_memory
 
     if args.out:
-        from vlscale.outputs import check_output_dir
+        from vlscale.runtime.files import check_output_dir
 
         check_output_dir(args.out)
     check_memory(args.bootstrap * max(1, n_frontiers) * BOOTSTRAP_BYTES_PER_RESAMPLE,
@@ -95,7 +95,7 @@ def _save_atomically(result, out, say=None) -> str:
     """Writes the whole set into a temporary folder, then moves it into --out together."""
     from pathlib import Path
 
-    from vlscale.outputs import atomic_output_dir
+    from vlscale.runtime.files import atomic_output_dir
 
     if say:
         say(f"writing {out} ...")
@@ -188,7 +188,7 @@ def _progress(args):
 
 
 def _load(args):
-    from vlscale.paths import resolve_results_table
+    from vlscale.runtime.paths import resolve_results_table
     from vlscale.scaling.results import load_results
 
     import warnings
@@ -325,12 +325,12 @@ def run_laion_results(args) -> int:
     from pathlib import Path
 
     from vlscale.errors import UserError
-    from vlscale.paths import LAION_RESULTS_FILE
+    from vlscale.runtime.paths import LAION_RESULTS_FILE
     from vlscale.scaling import laion_notebook as ln
 
     if bool(args.notebook) != bool(args.model_profile):
         raise UserError("pass both --notebook and --model-profile (offline), or neither (download)")
-    from vlscale.outputs import check_output_dir
+    from vlscale.runtime.files import check_output_dir
 
     check_output_dir(args.out)
     if args.notebook:
@@ -344,7 +344,7 @@ def run_laion_results(args) -> int:
         nb_text, profile_text = ln.download_sources(args.ref or ln.LAION_COMMIT)
     df = ln.parse_notebook(nb_text, ln.read_model_profile(profile_text))
     out = Path(args.out)
-    from vlscale.outputs import atomic_path
+    from vlscale.runtime.files import atomic_path
 
     path = out / LAION_RESULTS_FILE
     with atomic_path(path) as tmp:  # readers of an existing table never see half of the new one

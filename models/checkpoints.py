@@ -1,9 +1,10 @@
-"""What the evaluator reads: trainer workdirs (``run.json`` + ``checkpoints/N``), step directories, and
-``vlscale convert`` outputs.
+"""The one checkpoint loader for inference (eval, embed, caption, export): trainer workdirs (``run.json`` +
+``checkpoints/N``), step directories, and ``vlscale convert`` outputs, as a model name plus parameters in the
+per-block layout that ``registry.build_model(name)`` takes.
 
-The trainer's loader (``vlscale.train.checkpoint``) does the reading; this module adds what evaluation needs on
-top: the run's identity, whether a checkpoint is the run's final one, and a step directory that holds a converted
-checkpoint (``checkpoints/N/vlscale_model.json``, e.g. a released model placed in a workdir by hand).
+Orbax I/O is ``vlscale.runtime.checkpoint``'s; this module adds what reading a model needs on top: the layout
+conversion, the run's identity, whether a checkpoint is the run's final one, and a step directory that holds a
+converted checkpoint (``checkpoints/N/vlscale_model.json``, e.g. a released model placed in a workdir by hand).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlscale.errors import UserError
+from vlscale.runtime import checkpoint as orbax_io
 
 RUN_JSON = "run.json"
 FINAL_JSON = "final.json"
@@ -42,14 +44,6 @@ class Entry:
     path: str
 
 
-def _trainer():
-    try:
-        from vlscale.train import checkpoint
-    except ImportError:  # trainer not installed in this build: converted checkpoints still work
-        return None
-    return checkpoint
-
-
 def read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -68,10 +62,8 @@ def list_checkpoints(workdir: str | Path) -> list[Entry]:
     workdir = Path(workdir)
     run = read_json(workdir / RUN_JSON) or {}
     found: dict[int, Entry] = {}
-    trainer = _trainer()
-    if trainer is not None:
-        for c in trainer.list_checkpoints(workdir):
-            found[c.step] = Entry(c.step, c.samples_seen, c.path)
+    for c in orbax_io.list_checkpoints(workdir):
+        found[c.step] = Entry(c.step, c.samples_seen, c.path)
     root = workdir / CHECKPOINTS
     if root.is_dir():
         for d in root.iterdir():
@@ -114,11 +106,8 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
 
         params, meta = convert.load_params(p)
         return Checkpoint(meta["model"], params, str(p))
-    trainer = _trainer()
-    if trainer is not None:
-        loaded = trainer.load_for_inference(str(p))
-        return Checkpoint(loaded.model_name, loaded.params, loaded.path, loaded.step, loaded.samples_seen,
-                          loaded.run)
+    if is_training_checkpoint(p):
+        return _load_training_step(p)
     raise UserError(f"{p} is not a checkpoint: expected a training workdir, WORKDIR/checkpoints/N, or a "
                     "`vlscale convert` output directory")
 
@@ -132,11 +121,26 @@ def _load_step(workdir: Path, entry: Entry) -> Checkpoint:
         params, meta = convert.load_params(step_dir)
         model_name = meta["model"]
     else:
-        trainer = _trainer()
-        if trainer is None:
-            raise UserError(f"{step_dir}: reading training checkpoints needs vlscale.train")
-        loaded = trainer.load_for_inference(str(step_dir))
+        loaded = _load_training_step(step_dir)
         model_name, params = loaded.model_name, loaded.params
     _check_model(run, model_name, str(step_dir))
     return Checkpoint(model_name, params, str(step_dir), entry.step, entry.samples_seen, run, str(workdir),
                       final=final_step(workdir) == entry.step)
+
+
+def is_training_checkpoint(path) -> bool:
+    """A training workdir or one of its step directories (as opposed to a ``vlscale convert`` output)."""
+    p = Path(path)
+    return p.exists() and ((p / CHECKPOINTS).exists() or ((p / "meta").exists() and (p / "state").exists()))
+
+
+def _load_training_step(path) -> Checkpoint:
+    """A training workdir (its latest checkpoint) or step directory, parameters in the per-block layout."""
+    from vlscale.models import convert
+
+    workdir, step_dir = orbax_io.resolve_step_dir(path)
+    meta = orbax_io.read_meta(step_dir)
+    run = read_json(Path(workdir) / RUN_JSON)
+    _check_model(run, meta["model"], str(step_dir))
+    params = convert.to_layout(orbax_io.restore_params(step_dir), meta["model"], scan_layers=False)
+    return Checkpoint(meta["model"], params, str(step_dir), int(meta["step"]), int(meta["samples_seen"]), run)

@@ -44,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
-from vlscale import signals
+from vlscale.runtime import signals
 from vlscale.errors import UserError
 
 TMP_SUFFIX = ".tmp"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlscale import argtypes
+from vlscale.commands import argtypes
 
 DESCRIPTION = """\
 Plan a grid of model scales x samples seen (x a hyper-parameter sweep), train every run, evaluate every checkpoint
@@ -128,7 +128,7 @@ def handle_plan(args) -> int:
 
 def _distributed() -> None:
     from vlscale.study import layout
-    from vlscale.train import distributed
+    from vlscale.runtime import distributed
 
     distributed.initialize()
     import jax

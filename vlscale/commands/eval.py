@@ -116,7 +116,7 @@ def _check_outputs(args) -> None:
     from vlscale.errors import UserError
 
     try:
-        from vlscale.outputs import check_output_dir, check_output_file
+        from vlscale.runtime.files import check_output_dir, check_output_file
     except ImportError:  # older checkouts: only the folder case
         if args.results and Path(args.results).is_dir():
             raise UserError(f"--results {args.results}: is a folder; give a CSV file name") from None
@@ -131,7 +131,8 @@ def _run_eval(args) -> int:
     import sys
 
     from vlscale.errors import UserError
-    from vlscale.eval import checkpoints, runner
+    from vlscale.eval import runner
+    from vlscale.models import checkpoints
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
@@ -178,7 +179,8 @@ def _run_caption(args) -> int:
     import numpy as np
 
     from vlscale.errors import UserError
-    from vlscale.eval import checkpoints, generative
+    from vlscale.eval import generative
+    from vlscale.models import checkpoints
     from vlscale.eval.encoders import EvalModel
     from vlscale.models import transforms
 

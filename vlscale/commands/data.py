@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from vlscale import argtypes
+from vlscale.commands import argtypes
 
 # What `data synth` writes into --out; a stale one from an earlier run (an extra shard) is removed.
 SYNTH_OUTPUTS = ("[0-9][0-9][0-9][0-9][0-9].tar", "synth.json", "zeroshot", "stats.json")
@@ -82,7 +82,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     from vlscale.data import synth, webdataset  # noqa: F401 - import before timing the writer
     from vlscale.errors import UserError
-    from vlscale.outputs import atomic_output_dir, check_output_dir
+    from vlscale.runtime.files import atomic_output_dir, check_output_dir
 
     if args.shards < 1 or args.samples_per_shard < 1:
         raise UserError("--shards and --samples-per-shard must be at least 1")

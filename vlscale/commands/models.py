@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlscale import argtypes
+from vlscale.commands import argtypes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 EMBED_BATCH = 64
@@ -96,7 +96,7 @@ def _run_convert(args) -> int:
     from vlscale.models.config import get_config
     from vlscale.models.registry import count_params
 
-    from vlscale.outputs import check_output_dir, check_output_file
+    from vlscale.runtime.files import check_output_dir, check_output_file
 
     if args.from_open_clip:
         if not args.model:
@@ -122,13 +122,10 @@ def _run_convert(args) -> int:
 
 def load_checkpoint_params(path) -> tuple[dict, dict]:
     """(params, {"model": name}) from a ``vlscale convert`` folder or a trainer workdir / step directory."""
-    from vlscale.models import convert
-    from vlscale.train import checkpoint
+    from vlscale.models import checkpoints
 
-    if checkpoint.is_training_checkpoint(path):
-        loaded = checkpoint.load_for_inference(path)
-        return loaded.params, {"model": loaded.model_name, "step": loaded.step}
-    return convert.load_params(path)
+    loaded = checkpoints.load(path)
+    return loaded.params, {"model": loaded.model_name, "step": loaded.step}
 
 
 # --- embed ---------------------------------------------------------------------------------------------------------
@@ -299,7 +296,7 @@ def _run_embed(args) -> int:
     import numpy as np
 
     from vlscale.errors import UserError
-    from vlscale.outputs import atomic_path, check_output_file
+    from vlscale.runtime.files import atomic_path, check_output_file
 
     out = check_output_file(args.out, suffixes=(".npz",)) if args.out else None
     paths, texts = _image_paths(args), _texts(args)

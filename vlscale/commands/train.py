@@ -76,7 +76,7 @@ def handle(args) -> int:
     config = build_config(args.config, args.config_overrides)
     if not args.dry_run and not args.workdir:
         raise UserError("--workdir is required (where the run's checkpoints and metrics go)")
-    from vlscale.train import distributed
+    from vlscale.runtime import distributed
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     if args.dry_run:
@@ -84,9 +84,10 @@ def handle(args) -> int:
 
         print(dry_run(config))
         return 0
+    from vlscale.eval.in_training import evaluator
     from vlscale.train.loop import run
 
-    result = run(config, args.workdir, steps=args.steps, progress=not args.no_progress)
+    result = run(config, args.workdir, steps=args.steps, progress=not args.no_progress, evaluate=evaluator(config))
     if not result.get("finished", True):
         print(f"vlscale train: stopped at step {result['step']} (--steps); re-run without --steps to continue")
     return 0
