@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,27 +21,84 @@ from vlscale.errors import UserError
 PREFIX = "--config."
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """``path/to/file.py[:arg]`` -> that file's ``get_config(arg)``."""
+def load_config(spec: str, *, builtin: str | None = None, what: str = "config file") -> ml_collections.ConfigDict:
+    """``path/to/file.py[:arg]`` -> that file's ``get_config(arg)`` (``get_config()`` when it takes no argument).
+
+    The one loader of training configs, eval suites (``builtin="eval"``) and study configs (``builtin="study"``):
+    with ``builtin``, a bare name (``tiny_shapes``) is the shipped ``configs/<builtin>/<name>.py``. A file that does
+    not load (syntax error, an exception in ``get_config``) is a one-line error naming the file and line.
+    """
     path, _, arg = spec.partition(":")
-    module = _load_module(path)
+    module = _load_module(path, builtin, what)
     get_config = getattr(module, "get_config", None)
     if get_config is None:
-        raise UserError(f"config file {path!r} has no get_config(arg) function")
-    cfg = get_config(arg or None)
+        raise UserError(f"{what} {path!r} has no get_config(arg) function")
+    try:
+        takes_arg = bool(inspect.signature(get_config).parameters)
+    except (TypeError, ValueError):
+        takes_arg = True
+    if arg and not takes_arg:
+        raise UserError(f"{what} {path!r}: get_config() takes no argument, got {arg!r}")
+    try:
+        cfg = get_config(arg or None) if takes_arg else get_config()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: name where it failed, not a vlscale bug
+        raise UserError(f"{what} {path!r}: get_config raised {type(e).__name__}: {_first_line(e)}"
+                        f"{_where(e, module)}") from None
     if not isinstance(cfg, ml_collections.ConfigDict):
-        raise UserError(f"config file {path!r}: get_config returned {type(cfg).__name__}, not a ConfigDict")
+        raise UserError(f"{what} {path!r}: get_config returned {type(cfg).__name__}, not a ConfigDict")
     return cfg
 
 
-def _load_module(path: str):
+def builtin_names(builtin: str) -> list[str]:
+    """The shipped configs of a kind (``configs/<builtin>/*.py``), by name."""
+    folder = Path(__file__).resolve().parent / builtin
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _where(e: BaseException, module) -> str:
+    """`` (file.py, line N)`` of the deepest frame of the config's own file in ``e``'s traceback."""
+    file = getattr(module, "__file__", None)
+    line = None
+    tb = e.__traceback__
+    while tb is not None:
+        if file and tb.tb_frame.f_code.co_filename == file:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" (line {line})" if line else ""
+
+
+def _exec_file(file: Path, what: str):
+    name = "vlscale_config_" + file.stem.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise UserError(f"{what} {str(file)!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{what} {str(file)!r}: syntax error at line {e.lineno}: {e.msg}") from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: name where it failed, not a vlscale bug
+        raise UserError(f"{what} {str(file)!r}: loading it raised {type(e).__name__}: {_first_line(e)}"
+                        f"{_where(e, module)}") from None
+    return module
+
+
+def _load_module(path: str, builtin: str | None, what: str):
     file = Path(path)
     if file.is_file():
-        name = "vlscale_config_" + file.stem.replace("-", "_")
-        spec = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return _exec_file(file, what)
+    if file.suffix == ".py" or file.exists():
+        hint = f" (built-in: {', '.join(builtin_names(builtin))})" if builtin else ""
+        raise UserError(f"{what} {path} does not exist{hint}")
     # Installed package (no checkout): configs/x.py -> vlscale.configs.x, configs/study/y.py -> vlscale.configs.study.y.
     parts = file.with_suffix("").parts
     if parts and parts[0] == "configs" and len(parts) > 1:
@@ -48,7 +106,11 @@ def _load_module(path: str):
             return importlib.import_module(".".join(("vlscale", *parts)))
         except ModuleNotFoundError:
             pass
-    raise UserError(f"config file {path!r} not found")
+    if builtin and path in builtin_names(builtin):
+        return importlib.import_module(f"vlscale.configs.{builtin}.{path}")
+    if builtin:
+        raise UserError(f"unknown {what} {path!r}; pass a .py path or one of: {', '.join(builtin_names(builtin))}")
+    raise UserError(f"{what} {path!r} not found")
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -58,6 +120,9 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
     i = 0
     while i < len(argv):
         a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
         if a.startswith(PREFIX):
             key, eq, value = a[len(PREFIX):].partition("=")
             if not eq:

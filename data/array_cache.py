@@ -12,16 +12,16 @@ Only the synthetic source is cached: files behind the other sources can change u
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from vlscale.runtime import files
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +107,12 @@ def save(key: str, folder: Path | None, arrays: tuple[np.ndarray, np.ndarray, np
     remember(key, arrays)
     if folder is None:
         return
-    tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".synth-", suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=arrays[0], tokens=arrays[1], skipped=arrays[2])
-        os.replace(tmp, folder / f"synth-{key}.npz")  # readers see a whole file or none
-        tmp = None
+        with files.atomic_path(Path(folder) / f"synth-{key}.npz") as tmp:  # readers see a whole file or none
+            with open(tmp, "wb") as f:
+                np.savez(f, images=arrays[0], tokens=arrays[1], skipped=arrays[2])
     except OSError as e:  # a read-only or full disk costs a re-render next time, nothing more
         log.warning("could not write the data cache in %s (%s)", folder, e)
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def clear_memo() -> None:

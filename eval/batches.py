@@ -71,11 +71,11 @@ def run_batched(step: Callable[[dict], dict], load: Callable[[np.ndarray], dict]
     ``valid`` (bool); ``index`` is added here. ``step(batch)`` maps global arrays to a dict of per-example
     outputs (leading axis = batch). The next batch loads while the device computes the current one.
     """
-    from tqdm.auto import tqdm
+    from vlscale.runtime.progress import Progress
 
     total = num_batches(n, batch_size)
     outputs: list[dict] = []
-    bar = tqdm(total=n, desc=progress, unit="ex", disable=None if progress else True, leave=False)
+    bar = Progress(n, desc=progress, unit="ex", enabled=bool(progress), plain_lines=False, leave=False)
     with concurrent.futures.ThreadPoolExecutor(1) as prefetch:
         def fetch(b):
             idx = host_indices(b, batch_size, n)
@@ -92,7 +92,7 @@ def run_batched(step: Callable[[dict], dict], load: Callable[[np.ndarray], dict]
             out = dict(step(batch))
             out["index"], out["valid"] = batch["index"], batch["valid"]
             outputs.append(out)
-            bar.update(min(batch_size, n - b * batch_size))
+            bar.update(min(n, (b + 1) * batch_size))
     bar.close()
     if not outputs:
         return {}

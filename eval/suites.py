@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from vlscale.errors import UserError
 
 SUITES = ("synth", "paper")
@@ -11,11 +9,12 @@ SUITES = ("synth", "paper")
 
 def get_suite(name: str):
     """The suite's ConfigDict; ``name`` may carry an argument string (``paper:data_dir=/data/tfds``)."""
-    base, _, arg = name.partition(":")
+    from vlscale.configs.loading import load_config
+
+    base = name.partition(":")[0]
     if base not in SUITES:
         raise UserError(f"--suite {name!r}: choose one of {', '.join(SUITES)}")
-    module = importlib.import_module(f"vlscale.configs.eval.{base}")
-    return module.get_config(arg or None)
+    return load_config(name, builtin="eval", what="eval suite")
 
 
 def suite_tasks(name: str) -> list:

@@ -108,7 +108,7 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
         return Checkpoint(meta["model"], params, str(p))
     if is_training_checkpoint(p):
         return _load_training_step(p)
-    raise UserError(f"{p} is not a checkpoint: expected a training workdir, WORKDIR/checkpoints/N, or a "
+    raise UserError(f"{p} is not a vlscale checkpoint: expected a training workdir, WORKDIR/checkpoints/N, or a "
                     "`vlscale convert` output directory")
 
 

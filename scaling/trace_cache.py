@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+
+from vlscale.runtime import files
 
 from vlscale.scaling import forms as forms_lib
 from vlscale.runtime import compilation_cache as jax_cache
@@ -100,15 +100,7 @@ class PersistentJit:
 def _write_quietly(path: Path, data: bytes) -> None:
     """Atomic write (a temp file, then os.replace); a cache that cannot be written is skipped."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        files.atomic_write_bytes(path, data)
     except OSError:
         pass
 

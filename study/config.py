@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-from pathlib import Path
 
 import ml_collections
 
+from vlscale.configs import loading
 from vlscale.errors import UserError
 
 DEFAULT_STUDY = "tiny_shapes"
@@ -17,37 +15,13 @@ REQUIRED = ("name", "models", "samples_seen", "sweep", "schedule", "datasets", "
 SWEEP_KEYS = ("lr", "global_batch_size", "warmup")
 
 
-def _from_file(path: Path) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(f"_vlscale_study_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise UserError(f"study config {path} is not a Python file")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_config"):
-        raise UserError(f"study config {path} has no get_config() function")
-    return mod.get_config()
-
-
 def builtin_names() -> list[str]:
-    folder = Path(__file__).resolve().parents[1] / "configs" / "study"
-    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    return loading.builtin_names("study")
 
 
 def load(spec: str | None = None) -> ml_collections.ConfigDict:
     """A study config from a path (``configs/study/tiny_shapes.py``) or a built-in name (``tiny_shapes``)."""
-    spec = spec or DEFAULT_STUDY
-    path = Path(spec)
-    if path.suffix == ".py" or path.exists():
-        if not path.is_file():
-            raise UserError(f"study config {spec} does not exist (built-in: {', '.join(builtin_names())})")
-        cfg = _from_file(path)
-    else:
-        try:
-            mod = importlib.import_module(f"vlscale.configs.study.{spec}")
-        except ModuleNotFoundError:
-            raise UserError(f"unknown study config {spec!r}; pass a .py path or one of: "
-                            f"{', '.join(builtin_names())}") from None
-        cfg = mod.get_config()
+    cfg = loading.load_config(spec or DEFAULT_STUDY, builtin="study", what="study config")
     validate(cfg)
     return cfg
 

@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+from vlscale.runtime import files
+
 STUDY_FILE = "study.json"
 STATE_FILE = "study_state.json"
 RESULTS_FILE = "results.csv"
@@ -33,21 +35,13 @@ def write_json(path: Path, obj) -> None:
     """Atomic: a study killed mid-write leaves the previous file, never half of one."""
     if not WRITER:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    files.atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def write_text(path: Path, text: str | bytes) -> None:
     if not WRITER:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    (tmp.write_bytes if isinstance(text, bytes) else tmp.write_text)(text)
-    os.replace(tmp, path)
+    files.atomic_write_bytes(path, text if isinstance(text, bytes) else text.encode("utf-8"))
 
 
 def read_json(path: Path, default=None):

@@ -12,6 +12,7 @@ import itertools
 import math
 
 from vlscale.errors import UserError
+from vlscale.train.run_info import name_of as run_name  # the one run-name scheme (also vlscale train's)
 
 # Bytes a kept checkpoint holds per parameter: float32 params plus AdamW's two float32 moments (cooldowns resume
 # the optimizer, so milestones keep its state).
@@ -129,20 +130,6 @@ def fmt_bytes(b: float) -> str:
             return f"{b:.0f}{unit}" if unit == "B" else f"{b:.1f}{unit}"
         b /= 1000.0
     return f"{b:.1f}PB"
-
-
-def _num(x: float) -> str:
-    """1e-3 -> '0.001', 2048 -> '2048': short, stable run-name fields."""
-    return f"{x:g}"
-
-
-def run_name(model: str, dataset: str, samples: int, bs: int, lr: float, warmup: int, schedule: str, seed: int,
-             from_samples: int | None = None) -> str:
-    """The paper's run identity (model, samples seen, data, batch, lr, warm-up, schedule) as one string."""
-    name = f"{model}_s{samples}_{dataset}_bs{bs}_lr{_num(lr)}_w{warmup}_{schedule}"
-    if from_samples is not None:
-        name += f"_from{from_samples}"
-    return name + (f"_seed{seed}" if seed else "")
 
 
 def _get(d, key, default=None):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vlscale.runtime import signals
+from vlscale.runtime import files, signals
 from vlscale.errors import UserError
 
 FINAL_JSON = "final.json"
@@ -119,6 +119,7 @@ class _Trainer:
 
         self.config, self.workdir, self.saved = config, workdir, saved
         self.evaluate = evaluate
+        self._logged: set[str] = set()
         self.is_main = jax.process_index() == 0
         m = config.mesh
         try:
@@ -203,11 +204,12 @@ class _Trainer:
         if self.is_main:
             print(f"vlscale train: {run_json['run']} — {how} at step {step}/{target} "
                   f"({samples:,} of {int(self.config.total_samples):,} samples); workdir {self.workdir}", flush=True)
-        from vlscale.train import metrics as metrics_lib
+        from vlscale.runtime.progress import Progress
 
-        progress = metrics_lib.Progress(target, step, enabled=self.progress_enabled)
+        progress = Progress(target, initial=step, unit="step", enabled=self.progress_enabled)
         t_start = time.perf_counter()
         t_last, step_last, wait_last = time.perf_counter(), step, self.data.wait_s
+        compile_s = None  # the session's first step: compilation (or a cache load) plus one step
         log_every, ckpt_every = int(self.config.log_every), int(self.config.checkpoint_every)
         # SIGTERM (a preemption notice) or SIGINT: finish the step, save, then raise StopRequested (exit 143/130).
         with signals.stop_on_signals(raise_on_signal=False) as stop:
@@ -223,18 +225,28 @@ class _Trainer:
                 state, out = self.trainer.step(state, batch, sched)
                 step += 1
                 samples += self.gbs
+                if compile_s is None:  # time the compiling step apart: rates and ETAs measure training only
+                    jax.block_until_ready(out)
+                    now = time.perf_counter()
+                    compile_s = now - t_last
+                    t_last, step_last, wait_last = now, step, self.data.wait_s
                 log_now = step % log_every == 0 or step == target
                 save_now = step % ckpt_every == 0 or step in self.milestone_steps or step == target
                 if log_now or save_now:
                     self._check_finite(state, step)
                 if log_now:
                     now = time.perf_counter()
-                    dt = (now - t_last) / max(step - step_last, 1)
-                    wait = (self.data.wait_s - wait_last) / max(step - step_last, 1)
+                    n = step - step_last
+                    dt = (now - t_last) / n if n else compile_s  # logged at the session's first step
+                    wait = (self.data.wait_s - wait_last) / max(n, 1)
                     record = self._record(step, samples, out, dt, wait)
+                    if compile_s is not None and "compile_s" not in self._logged:
+                        record["compile_s"] = compile_s
+                        self._logged.add("compile_s")
                     self.metrics.write(record)
                     self.tb.write(step, record)
-                    progress.update(step, record)
+                    progress.update(step, **{"samples": f"{samples:,}", "loss": f"{record['loss']:.4f}",
+                                             "samples/s": f"{record['samples_per_s']:,.0f}" if n else None})
                     t_last, step_last, wait_last = now, step, self.data.wait_s
                     self._check_data(state, step, samples)
                 if self.evaluate is not None and int(self.config.eval_every) and step % int(self.config.eval_every) == 0:
@@ -263,7 +275,7 @@ class _Trainer:
         final = {"step": step, "samples_seen": samples, "loss": self._last_loss(),
                  "params_sha256": checkpoint.sha256_of_params(state.params)}
         if self.is_main:
-            checkpoint.write_json(self.workdir / FINAL_JSON, final)
+            files.atomic_write_json(self.workdir / FINAL_JSON, final)
             print(f"vlscale train: finished {run_json['run']}: loss {final['loss']:.4f} after {samples:,} samples; "
                   f"metrics {self.workdir / METRICS_JSONL}, checkpoints {self.workdir / 'checkpoints'}", flush=True)
         self.mngr.close()
@@ -372,7 +384,6 @@ class _Trainer:
 
     def _write_run_json(self, how: str) -> dict:
         from vlscale.train import run_info
-        from vlscale.runtime import checkpoint
 
         run_json = run_info.build_run_json(self.config, total_steps=self.total_steps,
                                            data_fingerprint=self.fingerprint)
@@ -382,19 +393,18 @@ class _Trainer:
             run_json["provenance_history"] = list(self.saved.get("provenance_history", []))
             run_json["provenance_history"].append(self.saved.get("provenance"))
         if self.is_main:
-            checkpoint.write_json(self.workdir / run_info.RUN_JSON, run_json)
+            files.atomic_write_json(self.workdir / run_info.RUN_JSON, run_json)
         return run_json
 
     def _update_run_json(self, run_json: dict, elapsed: float) -> None:
         import jax
 
         from vlscale.train import run_info
-        from vlscale.runtime import checkpoint
 
         run_json["wall_time_s"] = float(run_json.get("wall_time_s", 0.0)) + elapsed
         run_json["device_hours"] = float(run_json.get("device_hours", 0.0)) + elapsed * jax.device_count() / 3600
         if self.is_main:
-            checkpoint.write_json(self.workdir / run_info.RUN_JSON, run_json)
+            files.atomic_write_json(self.workdir / run_info.RUN_JSON, run_json)
         # A later resume adds its own time to what this session measured.
         self.saved = dict(run_json)
         self.saved.pop("provenance_history", None)

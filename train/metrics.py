@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from vlscale.runtime import files
 
 # Dense bf16 peak FLOP/s per chip (vendor data sheets; no sparsity). MFU = achieved training FLOP/s / peak.
 PEAK_BF16_FLOPS = {
@@ -51,9 +51,7 @@ class MetricsLog:
             if int(rec.get("step", 0)) > step:
                 break
             keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        tmp.replace(self.path)
+        files.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -100,47 +98,3 @@ class TensorBoard:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-class Progress:
-    """A one-line progress bar on a terminal, plain periodic lines otherwise (logs, CI, notebooks)."""
-
-    def __init__(self, total_steps: int, start_step: int, enabled: bool = True, stream=None):
-        self.stream = stream or sys.stderr
-        self.total, self.enabled = total_steps, enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0, self.s0 = time.perf_counter(), start_step
-
-    def update(self, step: int, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        done = step - self.s0
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-        parts = [f"step {step}/{self.total}", f"samples {record['samples_seen']:,}", f"loss {record['loss']:.4f}"]
-        if "samples_per_s" in record:
-            parts.append(f"{record['samples_per_s']:,.0f} samples/s")
-        if math.isfinite(eta):
-            parts.append(f"ETA {_hms(eta)}")
-        line = "  ".join(parts)
-        if self.tty:
-            frac = step / max(self.total, 1)
-            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-            self.stream.write(f"\r[{bar}] {line}\033[K")
-            if step >= self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

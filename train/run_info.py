@@ -34,23 +34,24 @@ def pretrain_dataset(config) -> str:
     return str(config.data.source)
 
 
+def name_of(model: str, dataset: str, samples: int, bs: int, lr: float, warmup: int, schedule: str, seed: int = 0,
+            from_samples: int | None = None) -> str:
+    """The one run-name scheme (the paper's run identity: model, samples seen, data, batch, lr, warm-up, schedule),
+    used by ``vlscale train`` and the study: ``ViT-B-32_s1280000000_datacomp_1b_bs90624_lr0.001_w3000_cosine``;
+    a cooldown branched off a constant-LR run adds ``_from<samples>``, a non-zero seed ``_seed<n>``."""
+    name = f"{model}_s{int(samples)}_{dataset}_bs{int(bs)}_lr{float(lr):g}_w{int(warmup)}_{schedule}"
+    if from_samples is not None:
+        name += f"_from{int(from_samples)}"
+    return name + (f"_seed{int(seed)}" if int(seed) else "")
+
+
 def run_name(config) -> str:
-    """e.g. ``mammut_tiny_s20000_synth_bs64_lr0.001_cosine_warmup50`` (the paper's naming, shortened)."""
+    """``config.run_name`` if set, else ``name_of`` the config's fields."""
     if config.run_name:
         return str(config.run_name)
-    from vlscale.models.config import get_config
-
-    family = get_config(config.model).family
-    model = str(config.model)
-    short = model[len(family) + 1:] if model.startswith(family + "_") else model.replace(f"-{family}", "")
-    short = short.replace(f"{family}-", "")
-    name = (f"{family}_{short}_s{int(config.total_samples)}_{pretrain_dataset(config)}_bs{int(config.global_batch_size)}"
-            f"_lr{config.lr:g}_{config.schedule}_warmup{int(config.warmup)}")
-    if config.schedule == "const-cooldown":
-        name += f"_cooldown{int(config.cooldown_steps) or config.cooldown_fraction:g}"
-    if int(config.seed):
-        name += f"_seed{int(config.seed)}"
-    return name
+    return name_of(str(config.model), pretrain_dataset(config), int(config.total_samples),
+                   int(config.global_batch_size), float(config.lr), int(config.warmup), str(config.schedule),
+                   int(config.seed))
 
 
 def identity(config) -> dict[str, Any]:

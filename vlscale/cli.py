@@ -150,11 +150,20 @@ def _main(argv: list[str] | None) -> int:
 
     parser = build_parser()
     # ml_collections-style ``--config.FIELD=VALUE`` overrides (train, study) are collected before argparse sees them.
-    argv, overrides = _split_config_overrides(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides: list[tuple[str, str]] = []
     try:
+        if any(a.startswith("--config.") for a in argv):
+            from vlscale.configs.loading import split_overrides
+
+            try:
+                argv, overrides = split_overrides(argv)
+            except UserError as e:
+                parser.error(str(e))
         args = parser.parse_args(argv)
         if overrides and not getattr(args, "_config_overrides", False):
-            parser.error(f"unrecognized arguments: {' '.join(overrides)} (only train and study take --config.FIELD)")
+            given = " ".join(f"--config.{k}={v}" for k, v in overrides)
+            parser.error(f"unrecognized arguments: {given} (only train and study take --config.FIELD)")
     except SystemExit as e:  # bad flags (2) or --help/--version (0): return the code, as for every other outcome
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     args.config_overrides = overrides
@@ -189,26 +198,6 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a report
         return _crash(prog, e, argv, args)
     return int(rc or 0)
-
-
-def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the other arguments, the ``--config.X=V`` / ``--config.X V`` items, in order)."""
-    rest, overrides = [], []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--":
-            rest.extend(argv[i:])
-            break
-        if a.startswith("--config."):
-            overrides.append(a)
-            if "=" not in a and i + 1 < len(argv):
-                overrides.append(argv[i + 1])
-                i += 1
-        else:
-            rest.append(a)
-        i += 1
-    return rest, overrides
 
 
 def _fail(prog: str, message: str) -> int:

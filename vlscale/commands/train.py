@@ -55,12 +55,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_config(spec: str, overrides: list[str]):
+def build_config(spec: str, overrides):
+    """The config file's ``get_config(arg)`` with the overrides applied: ``(FIELD, VALUE)`` pairs, or the
+    ``--config.FIELD=VALUE`` arguments themselves."""
     from vlscale.configs.loading import apply_overrides, load_config, split_overrides
 
-    cfg = load_config(spec)
-    _, pairs = split_overrides(overrides)
-    return apply_overrides(cfg, pairs)
+    if overrides and isinstance(overrides[0], str):
+        _, overrides = split_overrides(overrides)
+    return apply_overrides(load_config(spec), overrides)
 
 
 def handle(args) -> int:

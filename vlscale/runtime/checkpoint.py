@@ -17,8 +17,7 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import jax
 import numpy as np
@@ -189,27 +188,3 @@ def sha256_of_params(params) -> str:
     for leaf in jax.tree.leaves(params):
         h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
     return h.hexdigest()
-
-
-def write_json(path, obj: Any) -> None:
-    """Atomic JSON write (temp file + rename) on local paths; a direct write elsewhere (object stores)."""
-    p = epath.Path(path)
-    text = json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n"
-    if isinstance(p, Path) or str(p).startswith("/"):
-        tmp = Path(str(p) + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(str(p))
-    else:
-        p.write_text(text)
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

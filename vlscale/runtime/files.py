@@ -22,7 +22,8 @@ A command that adds to a folder others also write to (eval's OUT, a study's DIR,
 file on its own, atomically, and never removes anything::
 
     atomic_write_text(path, text)             # temp file in the same folder, then os.replace
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)            # (an object store: one whole-object write)
+    atomic_write_json(path, obj)
     with atomic_path(path) as tmp:            # for writers that want a path: np.savez, torch.save, savefig
         np.savez(tmp, ...)
     append_rows(results_csv, rows)            # CSV rows added under a lock; the header grows if needed
@@ -183,13 +184,27 @@ def _commit_dir(tmp: Path, target: Path, owned: Sequence[str]) -> None:
     tmp.rmdir()
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """An object-store or other URL path (``gs://bucket/x``), read and written through ``etils.epath``."""
+    return "://" in os.fspath(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary file path in ``path``'s folder (created if needed); on success it replaces ``path``.
 
     For writers that take a path (``np.savez``, ``torch.save``, ``savefig``). On an exception the temporary
-    file is removed and ``path`` keeps its old content (or stays absent).
+    file is removed and ``path`` keeps its old content (or stays absent). For an object-store ``path`` the
+    temporary file is local and is uploaded in one write (an object is replaced whole: readers never see a
+    prefix).
     """
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="vlscale-upload-") as folder:
+            tmp = Path(folder) / Path(os.fspath(path)).name
+            yield tmp
+            signals.raise_if_pending()
+            _write_remote(path, tmp.read_bytes())
+        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX + target.suffix, dir=target.parent)
@@ -205,8 +220,22 @@ def atomic_path(path: str | os.PathLike):
             tmp.unlink()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (readers never see a prefix)."""
+def _write_remote(path: str | os.PathLike, data: bytes) -> None:
+    from etils import epath
+
+    p = epath.Path(os.fspath(path))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str | Path:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a prefix: a temporary
+    file in the same folder, fsync, then ``os.replace`` on a local disk; one whole-object write on an object store.
+    This is the one atomic write of vlscale: every file a command publishes goes through it (or ``atomic_path``)."""
+    if is_remote(path):
+        signals.raise_if_pending()
+        _write_remote(path, data)
+        return os.fspath(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -215,8 +244,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> str | Path:
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 1, sort_keys: bool = False) -> str | Path:
+    """``obj`` as JSON (numpy scalars and arrays as numbers and lists), written with ``atomic_write_bytes``."""
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    import numpy as np
+
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (tuple, set, frozenset)):
+        return list(x)
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 @contextlib.contextmanager
