@@ -15,11 +15,13 @@ so re-running adds nothing and a killed evaluation never leaves a torn table.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from vlscale.errors import UserError
+from vlscale.runtime.paths import resolve
 from vlscale.runtime.files import append_new_rows
 from vlscale.runtime.results_schema import IDENTITY_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
@@ -89,11 +91,11 @@ def _key(row: Mapping) -> tuple:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.is_file() or p.stat().st_size == 0:
+    p = resolve(path)
+    if not p.is_file():
         return []
-    with open(p, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    text = p.read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text, newline=""))) if text else []
 
 
 def _check_table(target: Path):
@@ -110,7 +112,7 @@ def append_rows(path: str | Path, rows: Iterable[Mapping]) -> int:
     ``vlscale.runtime.files.append_new_rows`` does the locked read-merge-rewrite; this adds the schema's column order,
     the cell formatting, the identity key and the check that an existing file is a results table.
     """
-    target = Path(path)
+    target = resolve(path)
     if target.exists() and target.is_dir():
         raise UserError(f"--results {target}: is a folder; give a CSV file name")
     cells = [{c: _cell(v) for c, v in dict(r).items()} for r in rows]

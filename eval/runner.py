@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from vlscale.errors import UserError
+from vlscale.runtime.paths import resolve
 
 TASKS = ("zeroshot", "retrieval", "generative")
 DEFAULT_BATCH = 256
@@ -119,8 +120,8 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def default_out_dir(ckpt) -> Path:
     if ckpt.workdir is not None:
-        return Path(ckpt.workdir) / "eval" / f"step_{ckpt.step}"
-    return Path(ckpt.path) / "eval"
+        return resolve(ckpt.workdir) / "eval" / f"step_{ckpt.step}"
+    return resolve(ckpt.path) / "eval"
 
 
 def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=None, batch_size: int = DEFAULT_BATCH,
@@ -152,8 +153,8 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
         check_batch_size(gen_batch, em.mesh)
     ident = results_lib.checkpoint_identity(ckpt, identity)
     if results is None and ckpt.workdir is not None:
-        results = Path(ckpt.workdir) / "results.csv"
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(ckpt)
+        results = resolve(ckpt.workdir) / "results.csv"
+    out_dir = resolve(out_dir) if out_dir is not None else default_out_dir(ckpt)
     classifiers = _Classifiers()
     records = []
     for spec in specs:
@@ -228,12 +229,12 @@ def evaluate_run(workdir, suite: str = "synth", *, results=None, all_checkpoints
     from vlscale.eval.suites import suite_tasks
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    workdir = Path(workdir)
+    workdir = resolve(workdir)
     run = checkpoints.read_json(workdir / checkpoints.RUN_JSON)
     if run is None:
         raise UserError(f"{workdir}: no run.json; evaluate_run needs a training workdir")
     tasks = suite_tasks(suite) if isinstance(suite, str) else [as_task(t) for t in suite]
-    results = Path(results) if results is not None else workdir / "results.csv"
+    results = resolve(results) if results is not None else workdir / "results.csv"
     records = []
     for entry in protocol_checkpoints(workdir, run, all_checkpoints):
         todo = [t for t in tasks
@@ -244,7 +245,7 @@ def evaluate_run(workdir, suite: str = "synth", *, results=None, all_checkpoints
         if ckpt.samples_seen is not None and ckpt.samples_seen <= 0:
             log(f"skipped step {entry.step}: it has seen no samples")
             continue
-        out = Path(out_dir) / f"step_{entry.step}" if out_dir is not None else None
+        out = resolve(out_dir) / f"step_{entry.step}" if out_dir is not None else None
         records += evaluate_checkpoint(ckpt, todo, out_dir=out, results=results, batch_size=batch_size, dtype=dtype,
                                        mesh=mesh, log=log)
     return records

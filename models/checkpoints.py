@@ -16,6 +16,7 @@ from typing import Any
 
 from vlscale.errors import UserError
 from vlscale.runtime import checkpoint as orbax_io
+from vlscale.runtime.paths import resolve
 
 RUN_JSON = "run.json"
 FINAL_JSON = "final.json"
@@ -59,7 +60,7 @@ def is_workdir(path: Path) -> bool:
 
 def list_checkpoints(workdir: str | Path) -> list[Entry]:
     """Complete checkpoints of a run, oldest first (trainer checkpoints and converted step directories)."""
-    workdir = Path(workdir)
+    workdir = resolve(workdir)
     run = read_json(workdir / RUN_JSON) or {}
     found: dict[int, Entry] = {}
     for c in orbax_io.list_checkpoints(workdir):
@@ -74,7 +75,7 @@ def list_checkpoints(workdir: str | Path) -> list[Entry]:
 
 
 def final_step(workdir: str | Path) -> int | None:
-    final = read_json(Path(workdir) / FINAL_JSON)
+    final = read_json(resolve(workdir) / FINAL_JSON)
     return int(final["step"]) if final and "step" in final else None
 
 
@@ -86,7 +87,7 @@ def _check_model(run: dict | None, model_name: str, where: str) -> None:
 
 def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
     """A workdir (its latest checkpoint), a step directory ``WORKDIR/checkpoints/N``, or a converted directory."""
-    p = Path(path)
+    p = resolve(path)
     if not p.exists():
         raise UserError(f"checkpoint {p} does not exist")
     if is_workdir(p):
@@ -114,7 +115,7 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
 
 def _load_step(workdir: Path, entry: Entry) -> Checkpoint:
     run = read_json(workdir / RUN_JSON)
-    step_dir = Path(entry.path)
+    step_dir = resolve(entry.path)
     if (step_dir / CONVERTED_META).is_file():
         from vlscale.models import convert
 
@@ -130,7 +131,7 @@ def _load_step(workdir: Path, entry: Entry) -> Checkpoint:
 
 def is_training_checkpoint(path) -> bool:
     """A training workdir or one of its step directories (as opposed to a ``vlscale convert`` output)."""
-    p = Path(path)
+    p = resolve(path)
     return p.exists() and ((p / CHECKPOINTS).exists() or ((p / "meta").exists() and (p / "state").exists()))
 
 
@@ -140,7 +141,7 @@ def _load_training_step(path) -> Checkpoint:
 
     workdir, step_dir = orbax_io.resolve_step_dir(path)
     meta = orbax_io.read_meta(step_dir)
-    run = read_json(Path(workdir) / RUN_JSON)
+    run = read_json(resolve(workdir) / RUN_JSON)
     _check_model(run, meta["model"], str(step_dir))
     params = convert.to_layout(orbax_io.restore_params(step_dir), meta["model"], scan_layers=False)
     return Checkpoint(meta["model"], params, str(step_dir), int(meta["step"]), int(meta["samples_seen"]), run)

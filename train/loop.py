@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vlscale.runtime import files, signals
+from vlscale.runtime import files, paths, signals
 from vlscale.errors import UserError
 
 FINAL_JSON = "final.json"
@@ -30,12 +30,6 @@ class NonFiniteError(UserError):
 # In-training evaluation (``eval_every``) is a callback the composer passes in (``vlscale.eval.in_training``): it gets
 # the parameters in the per-block layout as host arrays, and returns metric values keyed "<dataset>/<metric>".
 Evaluator = Callable[..., "dict[str, float]"]
-
-
-def _epath(path):
-    from etils import epath
-
-    return epath.Path(path)
 
 
 def resolve_config(config):
@@ -76,7 +70,8 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
 
     config = resolve_config(config)
     # Orbax wants absolute paths; remote paths (gs://...) go through etils.epath as they are.
-    workdir = Path(workdir).absolute() if "://" not in str(workdir) else _epath(workdir)
+    workdir = paths.resolve(workdir)
+    workdir = workdir.absolute() if paths.is_local(workdir) else workdir  # Orbax wants absolute paths
     validate.check_config(config, device_count=jax.device_count(), process_count=jax.process_count())
     if int(config.eval_every) and evaluate is None:
         raise UserError(f"--config.eval_every={config.eval_every}: in-training evaluation needs an evaluator; pass "

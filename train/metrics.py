@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from vlscale.runtime import files
+from vlscale.runtime import files, paths
 
 # Dense bf16 peak FLOP/s per chip (vendor data sheets; no sparsity). MFU = achieved training FLOP/s / peak.
 PEAK_BF16_FLOPS = {
@@ -32,11 +31,16 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` that can be cut back to a checkpoint's step."""
+    """Append-only ``metrics.jsonl`` that can be cut back to a checkpoint's step.
 
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = Path(path)
+    On a local disk each record is appended to the file. An object store has no append: the log is kept in
+    memory and the whole object rewritten per record (one write; a reader sees the previous version or this one).
+    """
+
+    def __init__(self, path, enabled: bool = True):
+        self.path = paths.resolve(path)
         self.enabled = enabled
+        self._remote_text: str | None = None  # the object's content, when the log lives in an object store
 
     def truncate_after(self, step: int) -> None:
         """Keeps only complete lines with ``step <= step`` (drops a torn last line too)."""
@@ -51,13 +55,20 @@ class MetricsLog:
             if int(rec.get("step", 0)) > step:
                 break
             keep.append(line)
+        self._remote_text = None
         files.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(dumps(record) + "\n")
+        if paths.is_local(self.path):
+            with self.path.open("a") as f:
+                f.write(dumps(record) + "\n")
+            return
+        if self._remote_text is None:
+            self._remote_text = self.path.read_text() if self.path.exists() else ""
+        self._remote_text += dumps(record) + "\n"
+        files.atomic_write_text(self.path, self._remote_text)
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -78,7 +89,7 @@ def dumps(record: dict[str, Any]) -> str:
 class TensorBoard:
     """Scalars into ``WORKDIR/tb`` through tensorboardX (no TensorFlow runtime); a no-op when unavailable."""
 
-    def __init__(self, logdir: Path, enabled: bool = True):
+    def __init__(self, logdir, enabled: bool = True):
         self._writer = None
         if enabled:
             try:

@@ -63,7 +63,9 @@ def identity(config) -> dict[str, Any]:
 
 def check_resume(workdir: Path, config) -> dict | None:
     """The existing run.json if the workdir holds a run; an error naming the fields that differ."""
-    path = Path(workdir) / RUN_JSON
+    from vlscale.runtime.paths import resolve
+
+    path = resolve(workdir) / RUN_JSON
     if not path.exists():
         return None
     import json

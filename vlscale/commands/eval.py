@@ -138,7 +138,9 @@ def _run_eval(args) -> int:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
     tasks = _task_specs(args)
     ident = _identity(args)
-    path = Path(args.checkpoint)
+    from vlscale.runtime.paths import resolve
+
+    path = resolve(args.checkpoint)
     if not path.exists():
         raise UserError(f"--checkpoint {path}: does not exist")
     _check_outputs(args)

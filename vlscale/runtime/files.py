@@ -310,37 +310,46 @@ def append_new_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, object]
 
 def _append(path, rows, columns, key, check) -> tuple[int, int]:
     """(rows in the file afterwards, rows added)."""
-    target = Path(path)
     rows = [dict(r) for r in rows]
+    if is_remote(path):  # an object store: no lock (one writer per table, see docs/security.md), one whole write
+        from etils import epath
+
+        return _merge_and_write(epath.Path(os.fspath(path)), rows, columns, key, check)
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target):
-        header: list[str] = []
-        old: list[dict] = []
-        if target.exists() and target.stat().st_size > 0:
-            with open(target, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                header = list(reader.fieldnames or [])
-                old = list(reader)
-            if check is not None:
-                check(header)
-        if key is not None:
-            seen = {key(r) for r in old}
-            new = []
-            for r in rows:
-                k = key(r)
-                if k not in seen:
-                    seen.add(k)
-                    new.append(r)
-            rows = new
-        if not rows:
-            return len(old), 0
-        for name in list(columns or []) + [k for r in rows for k in r]:
-            if name not in header:
-                header.append(name)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", restval="")
-        writer.writeheader()
-        writer.writerows(old)
-        writer.writerows(rows)
-        atomic_write_text(target, buf.getvalue())
+        return _merge_and_write(target, rows, columns, key, check)
+
+
+def _merge_and_write(target, rows, columns, key, check) -> tuple[int, int]:
+    """Reads the table at ``target`` (a local ``Path`` or an ``epath``), adds ``rows``, writes it back whole."""
+    header: list[str] = []
+    old: list[dict] = []
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
+    if text:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = list(reader.fieldnames or [])
+        old = list(reader)
+        if check is not None:
+            check(header)
+    if key is not None:
+        seen = {key(r) for r in old}
+        new = []
+        for r in rows:
+            k = key(r)
+            if k not in seen:
+                seen.add(k)
+                new.append(r)
+        rows = new
+    if not rows:
+        return len(old), 0
+    for name in list(columns or []) + [k for r in rows for k in r]:
+        if name not in header:
+            header.append(name)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(old)
+    writer.writerows(rows)
+    atomic_write_text(target if isinstance(target, Path) else os.fspath(target), buf.getvalue())
     return len(old) + len(rows), len(rows)

@@ -100,3 +100,18 @@ def resolve_results_table(user_path: str | os.PathLike | None = None) -> Results
 def find_results_table(user_path: str | os.PathLike | None = None) -> Path:
     """The path of ``resolve_results_table(user_path)`` (kept for scripts that only need the path)."""
     return resolve_results_table(user_path).path
+
+
+def resolve(path: str | os.PathLike):
+    """A path the user gave, ready to read and write: a local one as a ``pathlib.Path`` (as given); an object-store
+    URL (``gs://bucket/dir``) as an ``etils.epath.Path`` (gcsfs underneath; see ``runtime.object_store``)."""
+    text = os.fspath(path)
+    if "://" in text:
+        from etils import epath
+
+        return epath.Path(text)
+    return Path(text)
+
+
+def is_local(path) -> bool:
+    return isinstance(path, Path) and "://" not in os.fspath(path)
