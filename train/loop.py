@@ -112,7 +112,7 @@ class _Trainer:
                  evaluate: Evaluator | None = None):
         import jax
 
-        from vlscale.data.pipeline import make_iterator
+        from vlscale.data.iterator import make_iterator
         from vlscale.train import metrics, step as step_lib, validate
         from vlscale.runtime import checkpoint
         from vlscale.runtime import sharding

@@ -4,7 +4,7 @@ import json
 
 
 from vlscale.cli import main
-from vlscale.data import pipeline, synth, webdataset
+from vlscale.data import iterator, synth, webdataset
 from vlscale.configs import data as data_config
 
 
@@ -29,7 +29,7 @@ def test_synth_writes_shards_eval_sets_and_stats(tmp_path, capsys):
     config = data_config.get_config("webdataset")
     config.shards = str(out / "{00000..00002}.tar")
     config.update(image_size=32, context_length=16, batch_size=5, num_epochs=1, train=False)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         n = sum(len(b["text"]) for b in it)
         assert n == 30 and it.counter.bad_samples == 0
 
