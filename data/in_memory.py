@@ -132,8 +132,8 @@ def in_memory_batches(config, process_index: int, process_count: int) -> grain.I
     log.info("holding %d samples in memory (%.1f MB); skipped at load: %s", len(images),
              (images.nbytes + tokens.nbytes) / 1e6, {r: int(n) for r, n in zip(samples_lib.BAD_REASONS, skipped) if n})
     source = ArrayBatches(images, tokens, batch_size=per_host_batch_size(int(config.batch_size), process_count),
-                           seed=int(config.seed), shuffle=bool(config.shuffle), num_epochs=config.get("num_epochs", None),
-                           normalize=str(config.get("image_dtype", "uint8")) == "float32")
+                          seed=int(config.seed), shuffle=bool(config.shuffle), num_epochs=config.get("num_epochs", None),
+                          normalize=str(config.get("image_dtype", "uint8")) == "float32")
     out = grain.MapDataset.source(source).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=1))
     out.load_counts = (len(images), skipped)  # DataIterator's bad-sample accounting is the load pass
     out.array_batches = source  # to remap the position when a run resumes with another batch size
