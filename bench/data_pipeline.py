@@ -38,7 +38,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from vlscale.configs import data as data_config  # noqa: E402
-from vlscale.data import iterator, normalize, synth, webdataset  # noqa: E402
+from vlscale.data import iterator, normalize, synth, synth_eval_sets, synth_scene, synth_shards, webdataset  # noqa: E402
 
 SHARD_IMAGE_SIZE = 256  # the issue's benchmark shards: 256-px JPEG
 MODEL_IMAGE_SIZE = 224  # every model in the paper's profile table (models/transforms.py IMAGE_SIZE)
@@ -50,8 +50,8 @@ def warmup_batches(workers: int) -> int:
 
 
 def write_shards(out_dir: str, samples: int, shards: int) -> list[str]:
-    cfg = synth.SynthConfig(image_size=SHARD_IMAGE_SIZE)
-    return synth.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
+    cfg = synth_scene.SynthConfig(image_size=SHARD_IMAGE_SIZE)
+    return synth_shards.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
 
 
 def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_dtype: str = "uint8") -> float:
@@ -224,8 +224,8 @@ def pixel_probe(train_sizes=(1000, 4000, 16000), image_size: int = 32, test_per_
 
     Accuracy should rise with samples and stay well below 100% for shape and count.
     """
-    cfg = synth.SynthConfig(image_size=image_size)
-    tasks = synth.make_zeroshot_tasks(cfg, test_per_task, seed=0, tasks=("colour", "shape", "count"))
+    cfg = synth_scene.SynthConfig(image_size=image_size)
+    tasks = synth_eval_sets.make_zeroshot_tasks(cfg, test_per_task, seed=0, tasks=("colour", "shape", "count"))
 
     def features(images):
         x = images.reshape(len(images), 16, image_size // 16, 16, image_size // 16, 3).mean(axis=(2, 4))

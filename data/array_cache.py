@@ -33,7 +33,8 @@ _MEMO: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict
 
 # The data modules that decide the pixels and tokens of an in-memory synthetic set (read as files: importing
 # them here would make a cycle, since in_memory uses this cache).
-CODE_FILES = ("synth.py", "records.py", "decode.py", "in_memory.py")
+CODE_FILES = ("synth.py", "synth_scene.py", "synth_render.py", "synth_captions.py", "records.py", "decode.py",
+              "in_memory.py")
 
 
 def _code_hash() -> str:

@@ -17,9 +17,9 @@ SOURCES = ("synth", "webdataset", "tfds", "folder")
 
 def synth_source(config, length: int | None = None):
     """The synthetic stream ``config.synth`` describes (``length`` records; default endless)."""
-    from vlscale.data import synth
+    from vlscale.data import synth, synth_scene
 
-    cfg = synth.SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.synth.knobs.items()})
+    cfg = synth_scene.SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.synth.knobs.items()})
     kw = {} if length is None else {"length": int(length)}
     return synth.SynthSource(cfg, seed=int(config.synth.seed), split=config.synth.split, **kw)
 

@@ -160,23 +160,23 @@ def _from_pixels(cls, name, spec, pixels, **kw):
 
 def synth_config(knobs: dict | None = None):
     """The ``SynthConfig`` of a training run's ``data.synth.knobs`` (so a run is scored on its own distribution)."""
-    from vlscale.data import synth
+    from vlscale.data import synth_scene
 
-    return synth.SynthConfig.from_dict(dict(knobs or {}))
+    return synth_scene.SynthConfig.from_dict(dict(knobs or {}))
 
 
 @functools.lru_cache(maxsize=8)
 def _synth_tasks(cfg, n: int, seed: int):
-    from vlscale.data import synth
+    from vlscale.data import synth_eval_sets
 
-    return synth.make_zeroshot_tasks(cfg, n, seed)
+    return synth_eval_sets.make_zeroshot_tasks(cfg, n, seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _synth_retrieval(cfg, n: int, seed: int):
-    from vlscale.data import synth
+    from vlscale.data import synth_eval_sets
 
-    return synth.make_retrieval_split(cfg, n, seed)
+    return synth_eval_sets.make_retrieval_split(cfg, n, seed)
 
 
 _SYNTH_SETS: dict = {}

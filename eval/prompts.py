@@ -82,11 +82,11 @@ def openai_templates() -> list[str]:
 
 
 def synth_prompts(task: str, synth_config=None) -> Prompts:
-    """Class names and templates of a synthetic task for a run's config (``vlscale.data.synth.task_classnames``,
-    which reads the shipped files)."""
-    from vlscale.data import synth
+    """Class names and templates of a synthetic task for a run's config
+    (``vlscale.data.synth_eval_sets.task_classnames``, which reads the shipped files)."""
+    from vlscale.data import synth_eval_sets, synth_scene
 
-    names = synth.task_classnames(synth_config or synth.SynthConfig())
+    names = synth_eval_sets.task_classnames(synth_config or synth_scene.SynthConfig())
     if task not in names:
         raise UserError(f"unknown synthetic task {task!r}; choose one of {', '.join(names)} or retrieval")
     classnames, templates = names[task]

@@ -7,13 +7,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from vlscale.data import iterator, samples, synth, webdataset
+from vlscale.data import iterator, samples, synth, synth_shards, webdataset
 
 from .conftest import TINY, make_config
 
 
 def _jpeg(i):
-    return synth.encode_image(synth.generate(TINY, 0, "train", i)["image"])
+    return synth_shards.encode_image(synth.generate(TINY, 0, "train", i)["image"])
 
 
 def _write(path, samples_):

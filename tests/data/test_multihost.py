@@ -6,13 +6,13 @@ import threading
 import numpy as np
 import pytest
 
-from vlscale.data import hosts, iterator, samples, synth, webdataset
+from vlscale.data import hosts, iterator, samples, synth, synth_shards, webdataset
 
 from .conftest import NUM_SHARDS, PER_SHARD, TINY, make_config
 
 
 def _jpeg(i):
-    return synth.encode_image(synth.generate(TINY, 0, "train", i)["image"])
+    return synth_shards.encode_image(synth.generate(TINY, 0, "train", i)["image"])
 
 
 @pytest.fixture(scope="module")

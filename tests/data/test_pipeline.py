@@ -7,7 +7,7 @@ import orbax.checkpoint as ocp
 import grain
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlscale.data import iterator, normalize, records, synth, webdataset
+from vlscale.data import iterator, normalize, records, synth, synth_shards, webdataset
 from vlscale.models import tokenizer as tokenizer_lib
 
 from .conftest import NUM_SHARDS, PER_SHARD, TINY, make_config
@@ -226,8 +226,8 @@ def test_in_memory_synth_and_load_time_bad_counts(tmp_path):
     assert {tuple(r) for r in b["text"]} <= drawn
     # A bad sample after the last good one is still counted (reported on a blank row that is dropped).
     with tarfile.open(tmp_path / "00000.tar", "w") as tar:
-        webdataset.write_tar_sample(tar, "good", {"jpg": synth.encode_image(synth.generate(TINY, 0, "train", 0)["image"]),
-                                                  "txt": "fine"})
+        good = synth_shards.encode_image(synth.generate(TINY, 0, "train", 0)["image"])
+        webdataset.write_tar_sample(tar, "good", {"jpg": good, "txt": "fine"})
         webdataset.write_tar_sample(tar, "bad", {"jpg": b"junk", "txt": "broken"})
     with iterator.make_iterator(make_config(shards=str(tmp_path), in_memory=True, batch_size=1)) as it:
         next(it)
@@ -239,7 +239,7 @@ def test_random_access_sources_split_disjoint_complete_and_reshuffle_per_epoch()
     keys = []
     for host in range(2):
         ds = records.random_access_records(src, process_index=host, process_count=2, seed=3, shuffle=True,
-                                            num_epochs=2)
+                                           num_epochs=2)
         keys.append([r["__key__"] for r in ds])
     first = [k[:15] for k in keys]
     assert not set(first[0]) & set(first[1])

@@ -125,10 +125,10 @@ def _asset_file(name):
 
 
 def test_shipped_synth_names_and_templates_are_what_the_tasks_use():
-    from vlscale.data import synth
+    from vlscale.data import synth_eval_sets, synth_scene
 
     sizes = {"colour": 12, "shape": 8, "count": 9, "colour_shape": 96}
-    default = synth.task_classnames(synth.SynthConfig())
+    default = synth_eval_sets.task_classnames(synth_scene.SynthConfig())
     for task, n in sizes.items():
         names, templates = _asset_file(f"synth_{task}_classnames.txt"), _asset_file(f"synth_{task}_templates.txt")
         assert len(names) == n == len(set(names)) and all("{c}" in t for t in templates), task
@@ -137,13 +137,13 @@ def test_shipped_synth_names_and_templates_are_what_the_tasks_use():
         p = prompts.synth_prompts(task)  # what synth:<task> evaluates with
         assert list(p.classnames) == default[task][0] and p.templates == tuple(templates)
     assert _asset_file("synth_colour_shape_classnames.txt")[9] == "orange square"  # colour-major: 1 * 8 + 1
-    tasks = synth.make_zeroshot_tasks(synth.SynthConfig(image_size=16), 4, seed=0)
+    tasks = synth_eval_sets.make_zeroshot_tasks(synth_scene.SynthConfig(image_size=16), 4, seed=0)
     assert tasks["colour"].classnames == _asset_file("synth_colour_classnames.txt")
     assert tasks["colour"].templates == _asset_file("synth_colour_templates.txt")
     assert tasks["colour"].prompts(2)[0] == "a photo of a yellow shape."
     # A run's knobs pick its subset of the files' names, in the run's order.
-    sub = synth.SynthConfig(colours=("blue", "red"), shapes=("star", "circle"), max_count=2)
-    got = synth.task_classnames(sub)
+    sub = synth_scene.SynthConfig(colours=("blue", "red"), shapes=("star", "circle"), max_count=2)
+    got = synth_eval_sets.task_classnames(sub)
     assert got["colour"][0] == ["blue", "red"] and got["count"][0] == ["a single shape", "two shapes"]
     assert got["colour_shape"][0] == ["blue star", "blue circle", "red star", "red circle"]
     assert prompts.synth_prompts("count", sub).classnames == ("a single shape", "two shapes")
