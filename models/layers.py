@@ -402,7 +402,7 @@ class Transformer(nn.Module):
     """A homogeneous stack of ``layers`` blocks named ``resblocks_{i}``.
 
     With ``scan_layers`` the stack is one ``nn.scan`` named ``resblocks`` whose parameters carry a leading
-    ``layers`` axis (``vlscale.models.convert.stack_layers`` / ``unstack_layers`` convert between the layouts).
+    ``layers`` axis (``vlscale.models.layer_layout.stack_layers`` / ``unstack_layers`` convert between the layouts).
     ``remat``: "none" | "block" | "full" (see ``REMAT_POLICIES``).
     """
 

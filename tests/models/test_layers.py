@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from vlscale.models import convert, layers, registry
+from vlscale.models import layer_layout, layers, registry
 from vlscale.models.config import INIT_LOGIT_SCALE, get_config, with_depth
 
 
@@ -132,12 +132,12 @@ def tiny_reference(tiny_inputs):
 def test_scan_and_unrolled_give_the_same_outputs(tiny_inputs, tiny_reference):
     params, ref = tiny_reference
     scanned = registry.build_model("tiny-clip-ls", scan_layers=True)
-    stacked = convert.to_layout(params, "tiny-clip-ls", scan_layers=True)
+    stacked = layer_layout.to_layout(params, "tiny-clip-ls", scan_layers=True)
     assert jax.tree.map(np.shape, stacked) == jax.tree.map(lambda s: s.shape, registry.param_shapes(scanned))
     out = jax.jit(scanned.apply)({"params": stacked}, *tiny_inputs)
     for k in ("image_features", "text_features"):
         np.testing.assert_allclose(out[k], ref[k], atol=1e-5)
-    back = convert.to_layout(stacked, "tiny-clip-ls", scan_layers=False)
+    back = layer_layout.to_layout(stacked, "tiny-clip-ls", scan_layers=False)
     assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
 
 
