@@ -4,7 +4,7 @@ What is timed: read 256-px JPEG webdataset shards -> decode -> RandomResizedCrop
 tokenise -> batch, i.e. the per-sample work of open_clip's training loader (``get_wds_dataset``), at
 worker counts 0, 1, 2 (``--workers``). "per core" divides by the processes doing the work
 (max(1, workers)). Start-up (two batches from every worker) is not timed. vlscale's default is uint8
-(normalised later on the device, ``pipeline.normalize_images``); the f32 row normalises on the host.
+(normalised later on the device, ``normalize.normalize_images``); the f32 row normalises on the host.
 
 Worker processes: grain spawns its workers, so the vlscale rows run in this process, which holds an
 initialised JAX runtime like the trainer does. open_clip's loader forks its workers (torch's default), and
@@ -38,7 +38,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from vlscale.configs import data as data_config  # noqa: E402
-from vlscale.data import pipeline, synth, webdataset  # noqa: E402
+from vlscale.data import iterator, normalize, synth, synth_eval_sets, synth_scene, synth_shards, webdataset  # noqa: E402
 
 SHARD_IMAGE_SIZE = 256  # the issue's benchmark shards: 256-px JPEG
 MODEL_IMAGE_SIZE = 224  # every model in the paper's profile table (models/transforms.py IMAGE_SIZE)
@@ -50,8 +50,8 @@ def warmup_batches(workers: int) -> int:
 
 
 def write_shards(out_dir: str, samples: int, shards: int) -> list[str]:
-    cfg = synth.SynthConfig(image_size=SHARD_IMAGE_SIZE)
-    return synth.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
+    cfg = synth_scene.SynthConfig(image_size=SHARD_IMAGE_SIZE)
+    return synth_shards.write_synth_shards(out_dir, shards, samples // shards, cfg=cfg, seed=0, quality=90)
 
 
 def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_dtype: str = "uint8") -> float:
@@ -60,7 +60,7 @@ def time_vlscale(shard_dir: str, samples: int, batch: int, workers: int, image_d
     config.update(image_size=MODEL_IMAGE_SIZE, batch_size=batch, train=True, worker_count=workers,
                   shuffle_window=256, worker_buffer_size=2, image_dtype=image_dtype)
     n_batches = samples // batch
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         for _ in range(warmup_batches(workers)):
             next(it)
         t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefet
     @jax.jit
     def step(params, images, tokens):
         if images.dtype == jnp.uint8:
-            images = pipeline.normalize_images(images)
+            images = normalize.normalize_images(images)
 
         def loss_fn(p):
             return model_loss(model.apply({"params": p}, images, tokens), cfg.family)[0]
@@ -201,7 +201,7 @@ def time_data_wait(model_name: str, batch: int, steps: int, workers: int, prefet
                   worker_count=workers, prefetch=prefetch, in_memory=in_memory, image_dtype=image_dtype,
                   in_memory_samples=max(4096, 4 * batch))
     config.synth.knobs.image_size = cfg.image_size
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         b = next(it)
         params, loss = step(params, b["image"], b["text"])  # compile
         jax.block_until_ready(loss)
@@ -224,8 +224,8 @@ def pixel_probe(train_sizes=(1000, 4000, 16000), image_size: int = 32, test_per_
 
     Accuracy should rise with samples and stay well below 100% for shape and count.
     """
-    cfg = synth.SynthConfig(image_size=image_size)
-    tasks = synth.make_zeroshot_tasks(cfg, test_per_task, seed=0, tasks=("colour", "shape", "count"))
+    cfg = synth_scene.SynthConfig(image_size=image_size)
+    tasks = synth_eval_sets.make_zeroshot_tasks(cfg, test_per_task, seed=0, tasks=("colour", "shape", "count"))
 
     def features(images):
         x = images.reshape(len(images), 16, image_size // 16, 16, image_size // 16, 3).mean(axis=(2, 4))

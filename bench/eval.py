@@ -56,7 +56,7 @@ def _timed(fn, repeats: int = 2) -> float:
 def bench_classify(model_name: str, n: int, batch: int, device: str) -> list[tuple]:
     import torch
 
-    from vlscale.eval import datasets, zeroshot
+    from vlscale.eval import synth_sets, zeroshot
     from vlscale.eval.encoders import EvalModel
     from vlscale.models import convert
 
@@ -64,7 +64,7 @@ def bench_classify(model_name: str, n: int, batch: int, device: str) -> list[tup
     state = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
     em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name))
     size = em.config.image_size
-    ds = datasets.synth_dataset("colour", n, knobs={"image_size": size})
+    ds = synth_sets.synth_dataset("colour", n, knobs={"image_size": size})
     ds.loader(size)(np.arange(1))  # pre-process once: the rows time the model, not PIL
     classifier = zeroshot.build_classifier(em, ds.prompts, batch, progress=None)
     zeroshot.classify(em, ds, classifier, batch)  # compile
@@ -165,7 +165,8 @@ def _eval_compute(model: str, tasks: list[dict], knobs: dict) -> float:
     """The forward FLOPs of one checkpoint's evaluation in training samples' worth (training FLOPs per sample,
     fwd + bwd): divided by a budget's samples it is the smallest share of training evaluation can cost, whatever
     the implementation (the "(x %)" beside each measured share)."""
-    from vlscale.eval.datasets import RetrievalSet, open_dataset
+    from vlscale.eval.datasets import open_dataset
+    from vlscale.eval.image_sets import RetrievalSet
     from vlscale.models import flops
 
     fwd = flops.forward_flops(model, contrastive_lm_head=False)

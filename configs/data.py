@@ -1,4 +1,4 @@
-"""The data pipeline's ConfigDict (``vlscale.data.pipeline.make_iterator`` reads it).
+"""The data pipeline's ConfigDict (``vlscale.data.iterator.make_iterator`` reads it).
 
 ``get_config("synth")`` (the default), ``"webdataset"``, ``"tfds"`` or ``"folder"`` pick the source; every
 field is overridable from the command line in the usual ml_collections way.
@@ -43,7 +43,7 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.train = True  # RandomResizedCrop (train) or resize + centre crop (eval)
     c.train_scale = TRAIN_SCALE
     # uint8 (default): resized/cropped pixels; the consumer normalises them on the device with
-    # vlscale.data.pipeline.normalize_images (the same float32 arithmetic), which keeps the loader faster
+    # vlscale.data.normalize.normalize_images (the same float32 arithmetic), which keeps the loader faster
     # than open_clip's per core. "float32": normalised on the host, the models' input as it is.
     c.image_dtype = "uint8"
 

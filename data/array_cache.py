@@ -31,14 +31,20 @@ CACHE_ENV = "VLSCALE_DATA_CACHE"
 _MEMO: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
 
+# The data modules that decide the pixels and tokens of an in-memory synthetic set (read as files: importing
+# them here would make a cycle, since in_memory uses this cache).
+CODE_FILES = ("synth.py", "synth_scene.py", "synth_render.py", "synth_captions.py", "records.py", "decode.py",
+              "in_memory.py")
+
+
 def _code_hash() -> str:
     """Hash of the modules that decide the pixels and tokens of an in-memory synthetic set."""
-    from vlscale.data import pipeline, synth
     from vlscale.models import tokenizer, transforms
 
     h = hashlib.sha256()
-    for module in (synth, transforms, tokenizer, pipeline):
-        h.update(Path(module.__file__).read_bytes())
+    here = Path(__file__).parent
+    for path in [here / name for name in CODE_FILES] + [Path(transforms.__file__), Path(tokenizer.__file__)]:
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

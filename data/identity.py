@@ -52,10 +52,10 @@ def shard_summary(shards: list[str]) -> dict[str, Any]:
 
 def synth_knobs(config) -> dict[str, Any]:
     """The generator's full knob set (defaults filled in), so an explicit default equals an omitted one."""
-    from vlscale.data import synth
+    from vlscale.data import synth_scene
 
     knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in _plain(config.synth.knobs).items()}
-    return _plain(synth.SynthConfig(**knobs).to_dict())
+    return _plain(synth_scene.SynthConfig(**knobs).to_dict())
 
 
 def data_identity(config, shards: list[str] | None = None) -> dict[str, Any]:

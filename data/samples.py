@@ -1,7 +1,7 @@
 """Decode and validate raw records, and account for the bad ones without stopping the run.
 
 A record from any source becomes ``(PIL image, caption)`` or a ``BadSample(reason)``. The decode stage
-(``pipeline.DecodeIterDataset``) skips bad records and attaches the skip counts to the next good sample
+(``decode.DecodeIterDataset``) skips bad records and attaches the skip counts to the next good sample
 as a small int vector, so the counts travel through worker processes and batching with the data and
 the main process can sum them exactly (``BadSampleCounter``). Above a configurable bad fraction the
 main process stops with ``BadDataError`` instead of training on garbage.

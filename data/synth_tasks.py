@@ -2,8 +2,8 @@
 
 ``data/assets/synth_<task>_classnames.txt`` lists the generator's whole vocabulary for a task in its order (the
 colours, the shapes, counts 1..9, colour x shape pairs colour-major) and ``synth_<task>_templates.txt`` its prompt
-templates (``{c}`` = class name). A run's config picks its subset (``vlscale.data.synth.task_classnames``); the
-evaluator reads them through ``vlscale.eval.prompts``.
+templates (``{c}`` = class name). A run's config picks its subset
+(``vlscale.data.synth_eval_sets.task_classnames``); the evaluator reads them through ``vlscale.eval.prompts``.
 """
 
 from __future__ import annotations

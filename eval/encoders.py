@@ -71,7 +71,7 @@ class EvalModel:
     @classmethod
     def create(cls, model_name: str, params: Any, mesh=None, dtype: str = "float32") -> "EvalModel":
         from vlscale.models.config import get_config
-        from vlscale.models.convert import to_layout
+        from vlscale.models.layer_layout import to_layout
         from vlscale.runtime import sharding
 
         if dtype not in DTYPES:

@@ -15,7 +15,7 @@ WNID = re.compile(r"^n\d{8}$")  # a WordNet synset id, as ImageNet names its cla
 
 def folder_classes(root: str, folder_names: list[str], classnames, canonical: str):
     """(class names, folder -> label) for the ImageNet layouts, else None (folders are class names).
-    ``canonical``: the dataset's canonical name (``datasets.CANONICAL_NAMES``, else its own).
+    ``canonical``: the dataset's canonical name (``image_sets.CANONICAL_NAMES``, else its own).
 
     * WordNet ids (``n01440764``): the shipped ImageNet-1k names (or 1000 ``--classnames`` in its label
       order). When the folders are exactly ImageNet-R's or -A's 200 classes (or a part of them in a folder named

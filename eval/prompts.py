@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from vlscale.data.synth_tasks import ZEROSHOT_TASKS as SYNTH_TASKS  # noqa: F401
-from vlscale.data.synth_tasks import task_lists as synth_task_lists  # noqa: F401 (the shipped synthetic lists)
 from vlscale.errors import UserError
 
 ASSETS = "assets"
@@ -82,11 +80,11 @@ def openai_templates() -> list[str]:
 
 
 def synth_prompts(task: str, synth_config=None) -> Prompts:
-    """Class names and templates of a synthetic task for a run's config (``vlscale.data.synth.task_classnames``,
-    which reads the shipped files)."""
-    from vlscale.data import synth
+    """Class names and templates of a synthetic task for a run's config
+    (``vlscale.data.synth_eval_sets.task_classnames``, which reads the shipped files)."""
+    from vlscale.data import synth_eval_sets, synth_scene
 
-    names = synth.task_classnames(synth_config or synth.SynthConfig())
+    names = synth_eval_sets.task_classnames(synth_config or synth_scene.SynthConfig())
     if task not in names:
         raise UserError(f"unknown synthetic task {task!r}; choose one of {', '.join(names)} or retrieval")
     classnames, templates = names[task]
@@ -121,7 +119,7 @@ def read_list_file(path: str | Path, what: str, flag: str) -> tuple[list[str], s
 
 def read_classnames(path: str | Path) -> tuple[list[str], str | None]:
     # A name may repeat (OpenAI's ImageNet list has "missile" and "sunglasses" twice): labels are positions.
-    # Only matching folders by name needs unique names (``datasets.folder_dataset`` checks that).
+    # Only matching folders by name needs unique names (``file_sets.folder_dataset`` checks that).
     return read_list_file(path, "classnames", "--classnames")
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from vlscale.errors import UserError
+from vlscale.models.saved_params import METADATA_FILE
 from vlscale.runtime import checkpoint as orbax_io
 from vlscale.runtime.paths import resolve
 
 RUN_JSON = "run.json"
 FINAL_JSON = "final.json"
 CHECKPOINTS = "checkpoints"
-CONVERTED_META = "vlscale_model.json"
 
 
 @dataclass
@@ -68,7 +68,7 @@ def list_checkpoints(workdir: str | Path) -> list[Entry]:
     root = workdir / CHECKPOINTS
     if root.is_dir():
         for d in root.iterdir():
-            if d.name.isdigit() and (d / CONVERTED_META).is_file() and int(d.name) not in found:
+            if d.name.isdigit() and (d / METADATA_FILE).is_file() and int(d.name) not in found:
                 step = int(d.name)
                 found[step] = Entry(step, step * int(run.get("global_batch_size") or 0), str(d))
     return [found[s] for s in sorted(found)]
@@ -102,10 +102,10 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
         if not match:
             raise UserError(f"{p}: not a complete checkpoint of {workdir}")
         return _load_step(workdir, match[0])
-    if (p / CONVERTED_META).is_file():
-        from vlscale.models import convert
+    if (p / METADATA_FILE).is_file():
+        from vlscale.models import saved_params
 
-        params, meta = convert.load_params(p)
+        params, meta = saved_params.load_params(p)
         return Checkpoint(meta["model"], params, str(p))
     if is_training_checkpoint(p):
         return _load_training_step(p)
@@ -116,10 +116,10 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
 def _load_step(workdir: Path, entry: Entry) -> Checkpoint:
     run = read_json(workdir / RUN_JSON)
     step_dir = resolve(entry.path)
-    if (step_dir / CONVERTED_META).is_file():
-        from vlscale.models import convert
+    if (step_dir / METADATA_FILE).is_file():
+        from vlscale.models import saved_params
 
-        params, meta = convert.load_params(step_dir)
+        params, meta = saved_params.load_params(step_dir)
         model_name = meta["model"]
     else:
         loaded = _load_training_step(step_dir)
@@ -137,11 +137,11 @@ def is_training_checkpoint(path) -> bool:
 
 def _load_training_step(path) -> Checkpoint:
     """A training workdir (its latest checkpoint) or step directory, parameters in the per-block layout."""
-    from vlscale.models import convert
+    from vlscale.models import layer_layout
 
     workdir, step_dir = orbax_io.resolve_step_dir(path)
     meta = orbax_io.read_meta(step_dir)
     run = read_json(resolve(workdir) / RUN_JSON)
     _check_model(run, meta["model"], str(step_dir))
-    params = convert.to_layout(orbax_io.restore_params(step_dir), meta["model"], scan_layers=False)
+    params = layer_layout.to_layout(orbax_io.restore_params(step_dir), meta["model"], scan_layers=False)
     return Checkpoint(meta["model"], params, str(step_dir), int(meta["step"]), int(meta["samples_seen"]), run)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlscale.models.attention import causal_mask
 from vlscale.models.config import ModelConfig, RuntimeOptions
 from vlscale.models.layers import (
     BATCH,
@@ -20,9 +21,7 @@ from vlscale.models.layers import (
     PROJ,
     TOKEN_EMBED_STD,
     VOCAB,
-    Transformer,
     boxed,
-    causal_mask,
     compute_dtype,
     constant_init,
     constrain,
@@ -31,6 +30,7 @@ from vlscale.models.layers import (
     layer_norm,
     normal_init,
 )
+from vlscale.models.transformer import Transformer
 from vlscale.models.vit import VisionTransformer
 
 

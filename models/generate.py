@@ -101,10 +101,10 @@ def _decode_model(config: ModelConfig, runtime: RuntimeOptions):
 
 
 def _per_block_params(params):
-    from vlscale.models import convert, mammut
+    from vlscale.models import layer_layout, mammut
 
-    if "layer_groups" in params["text"] or convert.is_stacked(params):
-        return convert.unstack_layers(mammut.to_checkpoint_layout(params))
+    if "layer_groups" in params["text"] or layer_layout.is_stacked(params):
+        return layer_layout.unstack_layers(mammut.to_checkpoint_layout(params))
     return params
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlscale.models.attention import causal_mask
 from vlscale.models.config import ModelConfig, RuntimeOptions, TextConfig
 from vlscale.models.layers import (
     BATCH,
@@ -37,12 +38,9 @@ from vlscale.models.layers import (
     LENGTH,
     POSITION_EMBED_STD,
     PROJ,
-    REMAT_POLICIES,
     TOKEN_EMBED_STD,
     VOCAB,
-    ResidualAttentionBlock,
     boxed,
-    causal_mask,
     compute_dtype,
     constant_init,
     constrain,
@@ -51,6 +49,7 @@ from vlscale.models.layers import (
     layer_norm,
     normal_init,
 )
+from vlscale.models.transformer import REMAT_POLICIES, ResidualAttentionBlock
 from vlscale.models.vit import VisionTransformer
 
 # MultimodalTransformer.init_parameters (reference §4): embeddings as CLIP's text tower (layers.py), LM head zeros.

@@ -19,13 +19,13 @@ from vlscale.models.layers import (
     EMBED,
     LENGTH,
     PROJ,
-    Transformer,
     boxed,
     constrain,
     layer_norm,
     normal_init,
     uniform_init,
 )
+from vlscale.models.transformer import Transformer
 
 
 def patchify(images: jax.Array, patch: int) -> jax.Array:

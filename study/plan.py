@@ -13,6 +13,7 @@ import math
 
 from vlscale.errors import UserError
 from vlscale.train.run_info import name_of as run_name  # the one run-name scheme (also vlscale train's)
+from vlscale.runtime.resources import format_bytes
 
 # Bytes a kept checkpoint holds per parameter: float32 params plus AdamW's two float32 moments (cooldowns resume
 # the optimizer, so milestones keep its state).
@@ -102,15 +103,15 @@ class Plan:
     def table(self) -> str:
         """The plan as the text `vlscale study plan` prints."""
         lines = [f"study {self.name}: {len(self.runs)} runs"]
-        head = f"{'run':<58} {'samples':>11} {'GFLOPs':>9} {'est.':>7} {'disk':>8}"
+        head = f"{'run':<58} {'samples':>11} {'GFLOPs':>9} {'est.':>7} {'disk':>9}"
         lines += [head, "-" * len(head)]
         for r in self.runs:
             lines.append(f"{r.name:<58} {r.samples:>11.4g} {r.compute_gflops:>9.3g} "
-                         f"{fmt_seconds(r.est_train_s + r.est_eval_s):>7} {fmt_bytes(r.disk_bytes):>8}")
+                         f"{fmt_seconds(r.est_train_s + r.est_eval_s):>7} {format_bytes(r.disk_bytes):>9}")
         n_shapes = len({(r.model, r.global_batch_size) for r in self.runs})
         lines.append(f"total: {self.total_gflops:.3g} GFLOPs trained (paper convention), estimated "
                      f"{fmt_seconds(self.total_est_s)} incl. {n_shapes} compilations, disk "
-                     f"{fmt_bytes(self.total_disk_bytes)}")
+                     f"{format_bytes(self.total_disk_bytes)}")
         return "\n".join(lines)
 
 
@@ -124,12 +125,6 @@ def fmt_seconds(s: float) -> str:
     return f"{s / 86400:.1f}d"
 
 
-def fmt_bytes(b: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if b < 1000 or unit == "TB":
-            return f"{b:.0f}{unit}" if unit == "B" else f"{b:.1f}{unit}"
-        b /= 1000.0
-    return f"{b:.1f}PB"
 
 
 def _get(d, key, default=None):

@@ -107,7 +107,7 @@ class _Trainer:
                  evaluate: Evaluator | None = None):
         import jax
 
-        from vlscale.data.pipeline import make_iterator
+        from vlscale.data.iterator import make_iterator
         from vlscale.train import metrics, step as step_lib, validate
         from vlscale.runtime import checkpoint
         from vlscale.runtime import sharding
@@ -317,11 +317,11 @@ class _Trainer:
         import jax
         from jax.experimental import multihost_utils
 
-        from vlscale.models import convert
+        from vlscale.models import layer_layout
 
         params = state.params if jax.process_count() == 1 else multihost_utils.process_allgather(state.params,
                                                                                                    tiled=True)
-        params = convert.to_layout(jax.device_get(params), str(self.config.model), scan_layers=False)
+        params = layer_layout.to_layout(jax.device_get(params), str(self.config.model), scan_layers=False)
         values = self.evaluate(params, step=step, samples=samples, mesh=self.mesh, workdir=self.workdir)
         record: dict[str, Any] = {"step": step, "samples_seen": samples}
         record.update({f"eval/{k}": float(v) for k, v in values.items()})

@@ -85,7 +85,7 @@ def family_of(model_name: str) -> str:
 
 def _normalize(images: jax.Array) -> jax.Array:
     if images.dtype == jnp.uint8:
-        from vlscale.data.pipeline import normalize_images
+        from vlscale.data.normalize import normalize_images
 
         return normalize_images(images)
     return images

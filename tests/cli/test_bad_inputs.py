@@ -267,7 +267,7 @@ def files(tmp_path_factory):
     import torch
     from PIL import Image
 
-    from vlscale.models import convert
+    from vlscale.models import convert, saved_params
 
     root = tmp_path_factory.mktemp("bad")
     v = {"tmp": str(root)}
@@ -316,7 +316,7 @@ def files(tmp_path_factory):
     rng = np.random.default_rng(0)
     state = {k: rng.normal(0, 0.02, s).astype(np.float32)
              for k, s in convert.expected_state_dict_shapes("tiny-clip").items()}
-    convert.save_params(root / "ckpt", convert.torch_to_flax(state, "tiny-clip"), "tiny-clip")
+    saved_params.save_params(root / "ckpt", convert.torch_to_flax(state, "tiny-clip"), "tiny-clip")
     v["ckpt"] = str(root / "ckpt")
     return Files(v)
 

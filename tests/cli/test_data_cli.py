@@ -4,7 +4,7 @@ import json
 
 
 from vlscale.cli import main
-from vlscale.data import pipeline, synth, webdataset
+from vlscale.data import iterator, synth, synth_eval_sets, synth_scene, webdataset
 from vlscale.configs import data as data_config
 
 
@@ -18,10 +18,10 @@ def test_synth_writes_shards_eval_sets_and_stats(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     meta = json.loads((out / "synth.json").read_text())
     assert meta["config"]["max_count"] == 3 and meta["seed"] == 5
-    cfg = synth.SynthConfig.from_dict(meta["config"])
+    cfg = synth_scene.SynthConfig.from_dict(meta["config"])
     rec = next(webdataset.iter_tar_samples(str(out / "00001.tar")))
     assert rec["txt"].decode() == synth.generate(cfg, 5, "train", 10)["caption"]
-    tasks, (images, captions) = synth.load_eval_sets(out / "zeroshot")
+    tasks, (images, captions) = synth_eval_sets.load_eval_sets(out / "zeroshot")
     assert tasks["count"].classnames == ["a single shape", "two shapes", "three shapes"]
     assert images.shape == (4, 32, 32, 3) and len(captions[3]) == 5
     assert json.loads((out / "stats.json").read_text())["samples"] == 30
@@ -29,7 +29,7 @@ def test_synth_writes_shards_eval_sets_and_stats(tmp_path, capsys):
     config = data_config.get_config("webdataset")
     config.shards = str(out / "{00000..00002}.tar")
     config.update(image_size=32, context_length=16, batch_size=5, num_epochs=1, train=False)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         n = sum(len(b["text"]) for b in it)
         assert n == 30 and it.counter.bad_samples == 0
 

@@ -102,12 +102,12 @@ def test_trust_pickle_loads_a_legacy_file_with_a_warning(tmp_path, capsys):
 def test_image_dir_skips_and_counts_bad_files(tmp_path, capsys):
     from PIL import Image
 
-    from vlscale.models import convert
+    from vlscale.models import convert, saved_params
 
     rng = np.random.default_rng(0)
     state = {k: rng.normal(0, 0.02, s).astype(np.float32)
              for k, s in convert.expected_state_dict_shapes("tiny-clip").items()}
-    convert.save_params(tmp_path / "ckpt", convert.torch_to_flax(state, "tiny-clip"), "tiny-clip")
+    saved_params.save_params(tmp_path / "ckpt", convert.torch_to_flax(state, "tiny-clip"), "tiny-clip")
     d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(d / "a.png")

@@ -107,14 +107,14 @@ def test_mammut_safetensors_convert_and_embed(tiny_checkpoint, tmp_path, capsys)
     pooling: the vlscale embeddings equal the model's own normalised encode_image / encode_text."""
     import jax
 
-    from vlscale.models import convert, registry
+    from vlscale.models import convert, registry, state_dict_files
     from vlscale.models.tokenizer import Tokenizer
 
     _, root = tiny_checkpoint
     rng = np.random.default_rng(0)
     state = {k: rng.normal(0, 0.1, s).astype(np.float32)
              for k, s in convert.expected_state_dict_shapes("tiny-mammut").items()}
-    convert.save_state_dict_file(state, tmp_path / "mammut.safetensors")
+    state_dict_files.save_state_dict_file(state, tmp_path / "mammut.safetensors")
     assert main(["convert", "--from-open-clip", str(tmp_path / "mammut.safetensors"), "--model", "tiny-mammut",
                  "--out", str(tmp_path / "ckpt")]) == 0
     out = tmp_path / "m.npz"

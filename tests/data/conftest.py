@@ -3,9 +3,9 @@
 import pytest
 
 from vlscale.configs import data as data_config
-from vlscale.data import synth
+from vlscale.data import synth_scene, synth_shards
 
-TINY = synth.SynthConfig(image_size=32)
+TINY = synth_scene.SynthConfig(image_size=32)
 NUM_SHARDS = 4
 PER_SHARD = 12
 
@@ -13,7 +13,7 @@ PER_SHARD = 12
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    paths = synth.write_synth_shards(out, NUM_SHARDS, PER_SHARD, cfg=TINY, seed=7)
+    paths = synth_shards.write_synth_shards(out, NUM_SHARDS, PER_SHARD, cfg=TINY, seed=7)
     return out, paths
 
 

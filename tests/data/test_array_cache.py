@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vlscale.data import array_cache, pipeline
+from vlscale.data import array_cache, in_memory, iterator
 
 from .conftest import make_config
 
@@ -16,7 +16,7 @@ def _fresh_memo():
 
 
 def _first_batches(config, n=3):
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         return [next(it) for _ in range(n)]
 
 
@@ -30,7 +30,7 @@ def test_in_memory_synth_set_is_rendered_once_and_reused(tmp_path, monkeypatch):
     def no_render(*args, **kwargs):
         raise AssertionError("rendered again")
 
-    monkeypatch.setattr(pipeline, "_read_arrays", no_render)
+    monkeypatch.setattr(in_memory, "_read_arrays", no_render)
     again = _first_batches(config)  # this process: the arrays it already holds
     array_cache.clear_memo()
     from_file = _first_batches(config)  # a new process: the .npz

@@ -7,13 +7,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from vlscale.data import pipeline, samples, synth, webdataset
+from vlscale.data import iterator, samples, synth, synth_shards, webdataset
 
 from .conftest import TINY, make_config
 
 
 def _jpeg(i):
-    return synth.encode_image(synth.generate(TINY, 0, "train", i)["image"])
+    return synth_shards.encode_image(synth.generate(TINY, 0, "train", i)["image"])
 
 
 def _write(path, samples_):
@@ -82,7 +82,7 @@ def test_decode_record_names_each_reason():
 def test_pipeline_skips_and_counts_every_kind(bad_shards, caplog):
     config = make_config(shards=str(bad_shards), num_epochs=1, shuffle=False, train=False, batch_size=2,
                          drop_remainder=False)
-    with caplog.at_level(logging.WARNING), pipeline.make_iterator(config) as it:
+    with caplog.at_level(logging.WARNING), iterator.make_iterator(config) as it:
         batches = list(it)
         metrics = it.metrics()
     tokens = np.concatenate([b["text"] for b in batches])
@@ -99,14 +99,14 @@ def test_pipeline_skips_and_counts_every_kind(bad_shards, caplog):
 def test_bad_fraction_above_the_limit_stops_with_a_clear_error(bad_shards):
     config = make_config(shards=str(bad_shards), num_epochs=1, shuffle=False, train=False, batch_size=2,
                          max_bad_fraction=0.01, bad_fraction_min_samples=10)
-    with pipeline.make_iterator(config) as it, pytest.raises(samples.BadDataError, match="above the limit of 1.00%"):
+    with iterator.make_iterator(config) as it, pytest.raises(samples.BadDataError, match="above the limit of 1.00%"):
         list(it)
 
 
 def test_all_bad_input_stops_instead_of_spinning(tmp_path):
     _write(tmp_path / "00000.tar", [(f"k{i}", {"jpg": b"junk", "txt": "x"}) for i in range(5)])
     config = make_config(shards=str(tmp_path), max_consecutive_bad=20)  # endless repeat of an all-bad shard
-    with pipeline.make_iterator(config) as it, pytest.raises(samples.BadDataError, match="in a row were bad"):
+    with iterator.make_iterator(config) as it, pytest.raises(samples.BadDataError, match="in a row were bad"):
         next(it)
 
 
@@ -143,7 +143,7 @@ def test_bad_records_at_the_very_end_are_still_counted(tmp_path):
     _write(tmp_path / "00000.tar", [("a", {"jpg": _jpeg(1), "txt": "one"}), ("b", {"jpg": _jpeg(2), "txt": "two"}),
                                     ("c", {"jpg": b"", "txt": "empty"}), ("d", {"txt": "no image"})])
     config = make_config(shards=str(tmp_path), num_epochs=1, shuffle=False, batch_size=4, drop_remainder=False)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         batches = list(it)
         m = it.metrics()
     assert [len(b["text"]) for b in batches] == [2]  # the blank row that carried the counts is dropped

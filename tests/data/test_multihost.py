@@ -6,13 +6,13 @@ import threading
 import numpy as np
 import pytest
 
-from vlscale.data import hosts, pipeline, samples, synth, webdataset
+from vlscale.data import hosts, iterator, samples, synth, synth_shards, webdataset
 
 from .conftest import NUM_SHARDS, PER_SHARD, TINY, make_config
 
 
 def _jpeg(i):
-    return synth.encode_image(synth.generate(TINY, 0, "train", i)["image"])
+    return synth_shards.encode_image(synth.generate(TINY, 0, "train", i)["image"])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def uneven_bad(tmp_path_factory):
 
 
 def _run_hosts(config, n_hosts=2):
-    its = [pipeline.make_iterator(config, process_index=h, process_count=n_hosts) for h in range(n_hosts)]
+    its = [iterator.make_iterator(config, process_index=h, process_count=n_hosts) for h in range(n_hosts)]
     for it in its:
         for _ in it:  # no host stops on its own counts: the guard waits for the all-host check
             pass
@@ -61,9 +61,9 @@ def test_bad_sample_guard_decides_on_the_counts_of_all_hosts(uneven_bad):
 def test_one_process_still_stops_on_its_own_counts(uneven_bad):
     config = make_config(shards=str(uneven_bad / "00000.tar"), num_epochs=1, batch_size=4, train=False,
                          drop_remainder=False, max_bad_fraction=0.10)
-    with pipeline.make_iterator(config) as it, pytest.raises(samples.BadDataError, match="14.29% of 14 samples are"):
+    with iterator.make_iterator(config) as it, pytest.raises(samples.BadDataError, match="14.29% of 14 samples are"):
         list(it)
-    with pipeline.make_iterator(make_config(shards=str(uneven_bad), num_epochs=1, batch_size=4, train=False,
+    with iterator.make_iterator(make_config(shards=str(uneven_bad), num_epochs=1, batch_size=4, train=False,
                                             drop_remainder=False, max_bad_fraction=0.10)) as it:
         list(it)
         it.check_bad_fraction()  # the default reduce with one process: its own counts (7.7 % < 10 %)
@@ -101,7 +101,7 @@ def _padded_pass(config, n_hosts=2):
 
     def host(h):
         try:
-            with pipeline.make_iterator(config, process_index=h, process_count=n_hosts) as it:
+            with iterator.make_iterator(config, process_index=h, process_count=n_hosts) as it:
                 out[h] = list(it.padded_batches(reduce_for(h)))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
@@ -131,22 +131,22 @@ def test_finite_pass_gives_every_host_the_same_number_of_padded_batches(tiny_sha
             assert not b["image"][~b["valid"]].any() and not b["text"][~b["valid"]].any()
     # The valid rows are exactly the 36 samples of the three shards.
     rows = sorted(tuple(r) for batches in per_host for b in batches for r in b["text"][b["valid"]])
-    with pipeline.make_iterator(make_config(shards=str(out / "{00000..00002}.tar"), num_epochs=1, batch_size=36,
+    with iterator.make_iterator(make_config(shards=str(out / "{00000..00002}.tar"), num_epochs=1, batch_size=36,
                                             train=False, shuffle=False)) as it:
         assert rows == sorted(tuple(r) for r in next(it)["text"])
     assert 3 * PER_SHARD == 36 < NUM_SHARDS * PER_SHARD
 
 
 def test_padded_pass_with_one_process_and_the_endless_stream_refused(monkeypatch):
-    with pipeline.make_iterator(make_config("synth", batch_size=4)) as it, pytest.raises(Exception, match="num_epochs"):
+    with iterator.make_iterator(make_config("synth", batch_size=4)) as it, pytest.raises(Exception, match="num_epochs"):
         next(it.padded_batches())
     # A finite random-access source of 10 records, one host, batches of 4: 4, 4, then 2 valid + 2 padding.
     src = synth.SynthSource(TINY, seed=0, length=10)
     monkeypatch.setattr(synth, "SynthSource", lambda cfg, seed, split: src)
-    with pipeline.make_iterator(make_config("synth", num_epochs=1, batch_size=4, train=False)) as it, \
+    with iterator.make_iterator(make_config("synth", num_epochs=1, batch_size=4, train=False)) as it, \
             pytest.raises(Exception, match="drop_remainder=False"):
         next(it.padded_batches())
-    with pipeline.make_iterator(make_config("synth", num_epochs=1, batch_size=4, train=False,
+    with iterator.make_iterator(make_config("synth", num_epochs=1, batch_size=4, train=False,
                                             drop_remainder=False)) as it:
         batches = list(it.padded_batches())
     assert [int(b["valid"].sum()) for b in batches] == [4, 4, 2]

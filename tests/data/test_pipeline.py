@@ -7,7 +7,7 @@ import orbax.checkpoint as ocp
 import grain
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlscale.data import pipeline, synth, webdataset
+from vlscale.data import iterator, normalize, records, synth, synth_shards, webdataset
 from vlscale.models import tokenizer as tokenizer_lib
 
 from .conftest import NUM_SHARDS, PER_SHARD, TINY, make_config
@@ -15,7 +15,7 @@ from .conftest import NUM_SHARDS, PER_SHARD, TINY, make_config
 
 def _keys_in_order(config, n_batches, **kw):
     """Runs the pipeline and returns the token rows as tuples (a fingerprint of each sample)."""
-    with pipeline.make_iterator(config, **kw) as it:
+    with iterator.make_iterator(config, **kw) as it:
         return [[tuple(row) for row in next(it)["text"]] for _ in range(n_batches)]
 
 
@@ -24,7 +24,7 @@ def test_webdataset_batches_have_right_shapes_and_real_captions(tiny_shards):
     config = make_config(shards=str(out / "{00000..00003}.tar"), shuffle=False, num_epochs=1, train=False)
     tok = tokenizer_lib.get_tokenizer(16)
     expected = {tuple(tok(synth.generate(TINY, 7, "train", i)["caption"])[0]) for i in range(NUM_SHARDS * PER_SHARD)}
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         batches = list(it)
         assert it.samples_seen == len(batches) * 4 == NUM_SHARDS * PER_SHARD
         assert it.metrics()["data/samples_good"] == NUM_SHARDS * PER_SHARD
@@ -43,7 +43,7 @@ def test_two_hosts_see_disjoint_complete_shares(tiny_shards):
     shares = []
     for host in range(2):
         config = make_config(shards=str(out), num_epochs=1, batch_size=4, train=False)
-        with pipeline.make_iterator(config, process_index=host, process_count=2) as it:
+        with iterator.make_iterator(config, process_index=host, process_count=2) as it:
             rows = [tuple(r) for b in it for r in b["text"]]
             assert it.samples_seen == len(rows) * 2  # global samples: both hosts' batches
         shares.append(rows)
@@ -52,7 +52,7 @@ def test_two_hosts_see_disjoint_complete_shares(tiny_shards):
     config = make_config(shards=str(out), num_epochs=1, shuffle=False, train=False, batch_size=2)
     keys = []
     for host in range(2):
-        ds = pipeline.source_records(config, host, 2)
+        ds = records.source_records(config, host, 2)
         keys.append([r["__key__"] for r in ds])
     assert not set(keys[0]) & set(keys[1])
     assert sorted(keys[0] + keys[1]) == [f"{i:09d}" for i in range(NUM_SHARDS * PER_SHARD)]
@@ -61,7 +61,7 @@ def test_two_hosts_see_disjoint_complete_shares(tiny_shards):
 def test_shard_order_and_window_shuffle_change_per_epoch(tiny_shards):
     out, _ = tiny_shards
     config = make_config(shards=str(out), num_epochs=2, shuffle=True, batch_size=2)
-    keys = [r["__key__"] for r in pipeline.source_records(config, 0, 1)]
+    keys = [r["__key__"] for r in records.source_records(config, 0, 1)]
     n = NUM_SHARDS * PER_SHARD
     assert len(keys) == 2 * n
     epoch0, epoch1 = keys[:n], keys[n:]
@@ -74,14 +74,14 @@ def test_resume_gives_exactly_the_uninterrupted_batches(tiny_shards):
     out, _ = tiny_shards
     # Endless, augmented, shuffled, with the main-process prefetch thread running ahead.
     config = make_config(shards=str(out), shuffle=True, train=True, prefetch=2)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         full = [next(it) for _ in range(30)]  # > 2 epochs of 48 samples
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         for _ in range(11):
             next(it)
         state = it.get_state()
     json.loads(state)  # the state is plain JSON
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         it.set_state(state)
         assert it.samples_seen == 11 * 4
         resumed = [next(it) for _ in range(19)]
@@ -94,7 +94,7 @@ def test_resume_with_a_worker_process_and_orbax_checkpoint(tiny_shards, tmp_path
     out, _ = tiny_shards
     config = make_config(shards=str(out), worker_count=1, shuffle=True)
     params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         for _ in range(5):
             next(it)
         with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
@@ -102,7 +102,7 @@ def test_resume_with_a_worker_process_and_orbax_checkpoint(tiny_shards, tmp_path
                                                  data=grain.checkpoint.CheckpointSave(it)))
             mngr.wait_until_finished()
         expected = [next(it) for _ in range(6)]
-    with pipeline.make_iterator(config) as it2:
+    with iterator.make_iterator(config) as it2:
         with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
             restored = mngr.restore(5, args=ocp.args.Composite(params=ocp.args.StandardRestore(params),
                                                                data=grain.checkpoint.CheckpointRestore(it2)))
@@ -117,12 +117,12 @@ def test_resume_with_a_worker_process_and_orbax_checkpoint(tiny_shards, tmp_path
 
 def test_synth_stream_resumes_and_splits_across_hosts():
     config = make_config("synth", train=True)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         full = [next(it) for _ in range(6)]
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         next(it), next(it)
         state = it.get_state()
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         it.set_state(state)
         for a in full[2:]:
             np.testing.assert_array_equal(a["image"], next(it)["image"])
@@ -137,8 +137,8 @@ def test_global_batch_on_eight_devices(tiny_shards):
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
     sharding = NamedSharding(mesh, P(("data", "fsdp")))
     config = make_config(shards=str(out), batch_size=8, train=False, shuffle=False)
-    with pipeline.make_iterator(config) as it:
-        host = next(pipeline.make_iterator(config))
+    with iterator.make_iterator(config) as it:
+        host = next(iterator.make_iterator(config))
         batch = it.global_batch(sharding)
     assert batch["image"].shape == (8, 32, 32, 3) and batch["text"].shape == (8, 16)
     assert batch["image"].sharding == sharding
@@ -150,10 +150,10 @@ def test_global_batch_on_eight_devices(tiny_shards):
 def test_state_from_another_host_count_is_refused(tiny_shards):
     out, _ = tiny_shards
     config = make_config(shards=str(out))
-    with pipeline.make_iterator(config, process_index=0, process_count=2) as it:
+    with iterator.make_iterator(config, process_index=0, process_count=2) as it:
         next(it)
         state = it.get_state()
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         try:
             it.set_state(state)
         except Exception as e:  # noqa: BLE001
@@ -181,29 +181,29 @@ def test_uint8_images_normalised_on_device_match_the_host_path(tiny_shards):
     for train in (True, False):
         host = make_config(shards=str(out), train=train)
         raw = make_config(shards=str(out), train=train, image_dtype="uint8")
-        with pipeline.make_iterator(host) as a, pipeline.make_iterator(raw) as b:
+        with iterator.make_iterator(host) as a, iterator.make_iterator(raw) as b:
             for _ in range(3):
                 x, y = next(a), next(b)
                 assert y["image"].dtype == np.uint8
                 np.testing.assert_array_equal(x["text"], y["text"])
-                np.testing.assert_allclose(np.asarray(pipeline.normalize_images(y["image"])), x["image"], atol=1e-6)
+                np.testing.assert_allclose(np.asarray(normalize.normalize_images(y["image"])), x["image"], atol=1e-6)
 
 
 def test_in_memory_batches_resume_and_split_hosts(tiny_shards):
     out, _ = tiny_shards
     config = make_config(shards=str(out), in_memory=True, batch_size=8, prefetch=2)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         full = [next(it) for _ in range(14)]  # 48 samples -> 6 batches per epoch: > 2 epochs
         assert it.samples_seen == 14 * 8
     epoch0 = {tuple(r) for b in full[:6] for r in b["text"]}
-    with pipeline.make_iterator(make_config(shards=str(out), batch_size=48, train=False)) as it:
+    with iterator.make_iterator(make_config(shards=str(out), batch_size=48, train=False)) as it:
         assert epoch0 == {tuple(r) for r in next(it)["text"]}  # one epoch = every sample once
     assert not np.array_equal(full[0]["text"], full[6]["text"])  # a fresh permutation each epoch
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         for _ in range(5):
             next(it)
         state = it.get_state()
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         it.set_state(state)
         for a in full[5:]:
             b = next(it)
@@ -211,14 +211,14 @@ def test_in_memory_batches_resume_and_split_hosts(tiny_shards):
             np.testing.assert_array_equal(a["text"], b["text"])
     shares = []
     for host in range(2):
-        with pipeline.make_iterator(config, process_index=host, process_count=2) as it:
+        with iterator.make_iterator(config, process_index=host, process_count=2) as it:
             shares.append({tuple(r) for _ in range(6) for r in next(it)["text"]})
     assert not shares[0] & shares[1] and shares[0] | shares[1] == epoch0
 
 
 def test_in_memory_synth_and_load_time_bad_counts(tmp_path):
     config = make_config("synth", in_memory=True, in_memory_samples=20, batch_size=5, image_dtype="uint8")
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         b = next(it)
     assert b["image"].dtype == np.uint8 and b["image"].shape == (5, 32, 32, 3)
     tok = tokenizer_lib.get_tokenizer(16)
@@ -226,10 +226,10 @@ def test_in_memory_synth_and_load_time_bad_counts(tmp_path):
     assert {tuple(r) for r in b["text"]} <= drawn
     # A bad sample after the last good one is still counted (reported on a blank row that is dropped).
     with tarfile.open(tmp_path / "00000.tar", "w") as tar:
-        webdataset.write_tar_sample(tar, "good", {"jpg": synth.encode_image(synth.generate(TINY, 0, "train", 0)["image"]),
-                                                  "txt": "fine"})
+        good = synth_shards.encode_image(synth.generate(TINY, 0, "train", 0)["image"])
+        webdataset.write_tar_sample(tar, "good", {"jpg": good, "txt": "fine"})
         webdataset.write_tar_sample(tar, "bad", {"jpg": b"junk", "txt": "broken"})
-    with pipeline.make_iterator(make_config(shards=str(tmp_path), in_memory=True, batch_size=1)) as it:
+    with iterator.make_iterator(make_config(shards=str(tmp_path), in_memory=True, batch_size=1)) as it:
         next(it)
         assert it.metrics()["data/bad/corrupt_image"] == 1
 
@@ -238,8 +238,8 @@ def test_random_access_sources_split_disjoint_complete_and_reshuffle_per_epoch()
     src = synth.SynthSource(TINY, seed=0, length=30)
     keys = []
     for host in range(2):
-        ds = pipeline.random_access_records(src, process_index=host, process_count=2, seed=3, shuffle=True,
-                                            num_epochs=2)
+        ds = records.random_access_records(src, process_index=host, process_count=2, seed=3, shuffle=True,
+                                           num_epochs=2)
         keys.append([r["__key__"] for r in ds])
     first = [k[:15] for k in keys]
     assert not set(first[0]) & set(first[1])
@@ -260,7 +260,7 @@ def test_config_mistakes_are_one_line_user_errors(tiny_shards):
     ]
     for config, message in cases:
         try:
-            pipeline.make_iterator(config)
+            iterator.make_iterator(config)
         except UserError as e:
             assert message in str(e) and "\n" not in str(e)
         else:
@@ -276,8 +276,8 @@ def test_host_normalisation_is_bit_identical_to_the_per_sample_transform():
     images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     images[0, 0, :, 0] = images[0, 1, :, 1] = images[0, 2, :, 2] = np.arange(256)[:16]
     images[1].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value in every channel
-    got = pipeline.normalize_host(images)
+    got = normalize.normalize_host(images)
     want = np.stack([to_normalized_array(Image.fromarray(x)) for x in images])
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_allclose(np.asarray(pipeline.normalize_images(images)), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(normalize.normalize_images(images)), want, atol=1e-6)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vlscale.data import identity, pipeline
+from vlscale.data import identity, iterator
 from vlscale.errors import UserError
 
 from .conftest import make_config
@@ -15,14 +15,14 @@ def _rows(batches):
 
 def test_samples_seen_is_restored_not_recomputed_when_the_batch_size_changes():
     small = make_config("synth", train=False, batch_size=4)
-    with pipeline.make_iterator(small) as it:
+    with iterator.make_iterator(small) as it:
         uninterrupted = _rows([next(it) for _ in range(5)])  # stream rows 0..19
-    with pipeline.make_iterator(small) as it:
+    with iterator.make_iterator(small) as it:
         for _ in range(3):
             next(it)
         state = it.get_state()
         assert it.samples_seen == 12
-    with pipeline.make_iterator(make_config("synth", train=False, batch_size=8)) as it:
+    with iterator.make_iterator(make_config("synth", train=False, batch_size=8)) as it:
         it.set_state(state)
         assert it.samples_seen == 12 and it.batches == 3  # not 3 batches x 8
         b = next(it)
@@ -33,10 +33,10 @@ def test_samples_seen_is_restored_not_recomputed_when_the_batch_size_changes():
 
 def test_in_memory_resume_with_another_batch_size_repeats_no_sample_of_the_epoch():
     config = make_config("synth", in_memory=True, in_memory_samples=24, batch_size=4, image_dtype="uint8")
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         seen = [next(it)["image"] for _ in range(3)]  # half of epoch 0 (6 batches of 4)
         state = it.get_state()
-    with pipeline.make_iterator(make_config("synth", in_memory=True, in_memory_samples=24, batch_size=8,
+    with iterator.make_iterator(make_config("synth", in_memory=True, in_memory_samples=24, batch_size=8,
                                             image_dtype="uint8")) as it:
         it.set_state(state)
         assert it.samples_seen == 12
@@ -64,15 +64,15 @@ def test_fingerprint_ignores_throughput_settings_and_follows_the_data(tiny_shard
     assert len(prints) == 1
     fewer = identity.fingerprint(identity.data_identity(make_config(shards=str(out / "{00000..00002}.tar"))))
     assert fewer not in prints
-    with pipeline.make_iterator(make_config("synth")) as it:
+    with iterator.make_iterator(make_config("synth")) as it:
         assert it.fingerprint() == base and it.identity()["synth"]["seed"] == 0
 
 
 def _refusal(saved_config, resumed_config):
-    with pipeline.make_iterator(saved_config) as it:
+    with iterator.make_iterator(saved_config) as it:
         next(it)
         state = it.get_state()
-    with pipeline.make_iterator(resumed_config) as it, pytest.raises(UserError) as e:
+    with iterator.make_iterator(resumed_config) as it, pytest.raises(UserError) as e:
         it.set_state(state)
     assert "\n" not in str(e.value)
     return str(e.value)
@@ -87,23 +87,23 @@ def test_resume_on_other_data_is_refused_naming_what_differs(tiny_shards):
     msg = _refusal(make_config("synth"), make_config("synth", worker_count=1))
     assert "set data.worker_count=0" in msg
     # What is not the data resumes: another prefetch depth and batch size.
-    with pipeline.make_iterator(make_config("synth")) as it:
+    with iterator.make_iterator(make_config("synth")) as it:
         next(it)
         state = it.get_state()
-    with pipeline.make_iterator(make_config("synth", prefetch=2, batch_size=8)) as it:
+    with iterator.make_iterator(make_config("synth", prefetch=2, batch_size=8)) as it:
         it.set_state(state)
         assert it.samples_seen == 4
 
 
 def test_version_1_states_still_restore():
     config = make_config("synth", train=False)
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         next(it), next(it)
         state = it.state_dict()
         expected = next(it)
     old = {k: state[k] for k in ("process_index", "process_count", "batches", "samples_seen", "counter", "grain")}
     old["version"] = 1
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         it.set_state(old)
         assert it.samples_seen == 8
         np.testing.assert_array_equal(next(it)["text"], expected["text"])

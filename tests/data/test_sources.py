@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlscale.data import folder, pipeline, synth
+from vlscale.data import folder, iterator, synth
 from vlscale.errors import UserError
 from vlscale.models import tokenizer as tokenizer_lib
 
@@ -34,7 +34,7 @@ def image_folder(tmp_path):
 def test_folder_source_reads_good_rows_and_counts_bad_ones(image_folder, name):
     config = make_config("folder", num_epochs=1, train=False, batch_size=2, drop_remainder=False,
                          **{"folder.captions_file": str(image_folder / name)})
-    with pipeline.make_iterator(config) as it:
+    with iterator.make_iterator(config) as it:
         rows = {tuple(r) for b in it for r in b["text"]}
         m = it.metrics()
     tok = tokenizer_lib.get_tokenizer(16)
@@ -85,13 +85,13 @@ def test_tfds_source_by_label_template_and_by_caption(tmp_path):
     tok = tokenizer_lib.get_tokenizer(16)
     by_label = make_config("tfds", num_epochs=1, train=False, batch_size=3, shuffle=False,
                            **{"tfds.name": name, "tfds.data_dir": str(tmp_path)})
-    with pipeline.make_iterator(by_label) as it:
+    with iterator.make_iterator(by_label) as it:
         rows = [tuple(r) for b in it for r in b["text"]]
     classes = ["red circle", "blue square", "green star"]
     assert sorted(rows) == sorted(tuple(tok(f"a photo of a {c}.")[0]) for c in classes for _ in range(3))
     by_caption = make_config("tfds", num_epochs=1, train=False, batch_size=9, process_index=1, process_count=3,
                              **{"tfds.name": name, "tfds.data_dir": str(tmp_path), "tfds.caption_key": "caption"})
-    with pipeline.make_iterator(by_caption) as it:
+    with iterator.make_iterator(by_caption) as it:
         batch = next(it)
     assert batch["image"].shape == (3, 32, 32, 3)
     captions = {tuple(tok(f"tfds caption {i}")[0]) for i in range(9)}
@@ -101,4 +101,4 @@ def test_tfds_source_by_label_template_and_by_caption(tmp_path):
 def test_tfds_source_names_a_missing_dataset(tmp_path):
     config = make_config("tfds", **{"tfds.name": "no_such_dataset_here", "tfds.data_dir": str(tmp_path)})
     with pytest.raises(UserError, match="prepare it there"):
-        pipeline.make_iterator(config)
+        iterator.make_iterator(config)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlscale.data import synth, webdataset
+from vlscale.data import synth, synth_eval_sets, synth_scene, synth_stats, webdataset
 
 from .conftest import NUM_SHARDS, PER_SHARD, TINY
 
@@ -34,19 +34,19 @@ def test_captions_name_the_shape_count_and_usually_the_colour():
         s = synth.generate(TINY, 0, "train", i)
         text, lab = s["caption"].lower(), s["labels"]
         shape = TINY.shapes[lab["shape"]]
-        assert any(syn in text for syn in synth.SHAPE_SYNONYMS[shape]), text
+        assert any(syn in text for syn in synth_scene.SHAPE_SYNONYMS[shape]), text
         count = lab["count"] + 1
-        count_forms = {synth.COUNT_WORDS[count], str(count)} | ({"a", "an", "single"} if count == 1 else set())
+        count_forms = {synth_scene.COUNT_WORDS[count], str(count)} | ({"a", "an", "single"} if count == 1 else set())
         count_forms |= {"pair"} if count == 2 else set()
         assert _words(text) & count_forms, text
         colour = TINY.colours[lab["colour"]]
-        colour_hits += bool(_words(text) & set(synth.COLOUR_SYNONYMS.get(colour, [colour])))
+        colour_hits += bool(_words(text) & set(synth_scene.COLOUR_SYNONYMS.get(colour, [colour])))
     # Colour is left out of ~5% of captions on purpose (p_mention_colour = 0.95).
     assert 0.88 < colour_hits / n <= 1.0
 
 
 def test_captions_vary_and_labels_are_balanced():
-    stats = synth.dataset_stats(TINY, num_samples=1500, seed=0)
+    stats = synth_stats.dataset_stats(TINY, num_samples=1500, seed=0)
     assert stats["unique_caption_fraction"] > 0.9
     assert stats["vocabulary"] > 80
     assert stats["label_combinations"] > 0.9 * len(TINY.colours) * len(TINY.shapes) * TINY.max_count
@@ -56,7 +56,7 @@ def test_captions_vary_and_labels_are_balanced():
 
 
 def test_zeroshot_tasks_are_balanced_with_clip_style_prompts():
-    tasks = synth.make_zeroshot_tasks(TINY, num_per_task=24, seed=1)
+    tasks = synth_eval_sets.make_zeroshot_tasks(TINY, num_per_task=24, seed=1)
     assert set(tasks) == {"colour", "shape", "count", "colour_shape"}
     shape = tasks["shape"]
     assert shape.images.shape == (24, 32, 32, 3)
@@ -70,18 +70,18 @@ def test_zeroshot_tasks_are_balanced_with_clip_style_prompts():
 
 
 def test_retrieval_split_has_five_distinct_captions_per_image():
-    images, captions = synth.make_retrieval_split(TINY, 6, seed=2)
+    images, captions = synth_eval_sets.make_retrieval_split(TINY, 6, seed=2)
     assert images.shape == (6, 32, 32, 3)
     assert all(len(c) == 5 for c in captions)
     assert np.mean([len(set(c)) for c in captions]) > 4.0
 
 
 def test_eval_sets_roundtrip(tmp_path):
-    synth.write_eval_sets(tmp_path, TINY, num_per_task=8, num_retrieval=3, seed=0)
-    tasks, (images, captions) = synth.load_eval_sets(tmp_path / "zeroshot")
-    fresh = synth.make_zeroshot_tasks(TINY, 8, seed=0)
+    synth_eval_sets.write_eval_sets(tmp_path, TINY, num_per_task=8, num_retrieval=3, seed=0)
+    tasks, (images, captions) = synth_eval_sets.load_eval_sets(tmp_path / "zeroshot")
+    fresh = synth_eval_sets.make_zeroshot_tasks(TINY, 8, seed=0)
     assert np.array_equal(tasks["shape"].images, fresh["shape"].images)
-    assert tasks["colour"].templates == list(synth.COLOUR_TEMPLATES)
+    assert tasks["colour"].templates == list(synth_eval_sets.COLOUR_TEMPLATES)
     assert images.shape[0] == 3 and len(captions[0]) == 5
 
 
@@ -106,6 +106,6 @@ def test_shards_read_back_with_correct_captions(tiny_shards):
 
 def test_config_rejects_unknown_knobs():
     with pytest.raises(ValueError, match="unknown"):
-        synth.SynthConfig(shapes=("circle", "blob"))
-    cfg = synth.SynthConfig.from_dict(synth.SynthConfig(max_count=3).to_dict())
+        synth_scene.SynthConfig(shapes=("circle", "blob"))
+    cfg = synth_scene.SynthConfig.from_dict(synth_scene.SynthConfig(max_count=3).to_dict())
     assert cfg.max_count == 3 and isinstance(cfg.shapes, tuple)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlscale.data import pipeline
+from vlscale.data import iterator
 
 from .conftest import make_config
 
@@ -22,11 +22,11 @@ def test_worker_processes_start_without_forking_an_initialised_jax():
     assert xla_bridge.backends_are_initialized()
     forks_before = len(_FORKS)
     inline = make_config("synth", train=True, batch_size=4, image_dtype="uint8")
-    with pipeline.make_iterator(inline) as it:
+    with iterator.make_iterator(inline) as it:
         expected = [next(it) for _ in range(3)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pipeline.make_iterator(make_config("synth", train=True, batch_size=4, image_dtype="uint8",
+        with iterator.make_iterator(make_config("synth", train=True, batch_size=4, image_dtype="uint8",
                                                 worker_count=1)) as it:
             got = [next(it) for _ in range(3)]
     assert len(_FORKS) == forks_before, "a worker was started with os.fork"

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from vlscale.models import convert, registry
+from vlscale.models import registry, saved_params
 from vlscale.models.flops import gflops
 
 # Evaluations turn on the persistent compilation cache (vlscale.eval.runner.use_compilation_cache): in tests it is
@@ -30,14 +30,14 @@ def perturbed_params(name, seed=0, scale=0.02):
 @pytest.fixture(scope="session")
 def clip_ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("clip") / "ckpt"
-    convert.save_params(d, perturbed_params("tiny-clip"), "tiny-clip")
+    saved_params.save_params(d, perturbed_params("tiny-clip"), "tiny-clip")
     return d
 
 
 @pytest.fixture(scope="session")
 def mammut_ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("mammut") / "ckpt"
-    convert.save_params(d, perturbed_params("tiny-mammut", seed=1), "tiny-mammut")
+    saved_params.save_params(d, perturbed_params("tiny-mammut", seed=1), "tiny-mammut")
     return d
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vlscale.errors import UserError
-from vlscale.eval import batches, datasets, prompts, results
+from vlscale.eval import batches, datasets, file_sets, prompts, results
 from vlscale.scaling.results import load_results
 
 RUN = {"run": "r1", "model": "tiny-clip", "model_type": "clip", "pretrain_dataset": "synth", "lr_scheduler": "cosine",
@@ -125,30 +125,30 @@ def _asset_file(name):
 
 
 def test_shipped_synth_names_and_templates_are_what_the_tasks_use():
-    from vlscale.data import synth
+    from vlscale.data import synth_eval_sets, synth_scene, synth_tasks
 
     sizes = {"colour": 12, "shape": 8, "count": 9, "colour_shape": 96}
-    default = synth.task_classnames(synth.SynthConfig())
+    default = synth_eval_sets.task_classnames(synth_scene.SynthConfig())
     for task, n in sizes.items():
         names, templates = _asset_file(f"synth_{task}_classnames.txt"), _asset_file(f"synth_{task}_templates.txt")
         assert len(names) == n == len(set(names)) and all("{c}" in t for t in templates), task
-        assert prompts.synth_task_lists(task) == (names, tuple(templates))
+        assert synth_tasks.task_lists(task) == (names, tuple(templates))
         assert default[task] == (names if task != "count" else names[:4], tuple(templates)), task
         p = prompts.synth_prompts(task)  # what synth:<task> evaluates with
         assert list(p.classnames) == default[task][0] and p.templates == tuple(templates)
     assert _asset_file("synth_colour_shape_classnames.txt")[9] == "orange square"  # colour-major: 1 * 8 + 1
-    tasks = synth.make_zeroshot_tasks(synth.SynthConfig(image_size=16), 4, seed=0)
+    tasks = synth_eval_sets.make_zeroshot_tasks(synth_scene.SynthConfig(image_size=16), 4, seed=0)
     assert tasks["colour"].classnames == _asset_file("synth_colour_classnames.txt")
     assert tasks["colour"].templates == _asset_file("synth_colour_templates.txt")
     assert tasks["colour"].prompts(2)[0] == "a photo of a yellow shape."
     # A run's knobs pick its subset of the files' names, in the run's order.
-    sub = synth.SynthConfig(colours=("blue", "red"), shapes=("star", "circle"), max_count=2)
-    got = synth.task_classnames(sub)
+    sub = synth_scene.SynthConfig(colours=("blue", "red"), shapes=("star", "circle"), max_count=2)
+    got = synth_eval_sets.task_classnames(sub)
     assert got["colour"][0] == ["blue", "red"] and got["count"][0] == ["a single shape", "two shapes"]
     assert got["colour_shape"][0] == ["blue star", "blue circle", "red star", "red circle"]
     assert prompts.synth_prompts("count", sub).classnames == ("a single shape", "two shapes")
     with pytest.raises(UserError, match="unknown synthetic task"):
-        prompts.synth_task_lists("texture")
+        synth_tasks.task_lists("texture")
 
 
 def _image(path, colour):
@@ -162,14 +162,14 @@ def test_folder_dataset_label_order_matching_and_corrupt_images(tmp_path):
     (tmp_path / "tabby cat" / "broken.jpg").write_bytes(b"not a jpeg")
     ds = datasets.open_dataset(f"folder:{tmp_path}", "zeroshot")
     assert ds.prompts.classnames == ("golden retriever", "tabby cat") and ds.labels.tolist() == [0, 1, 1]
-    ds = datasets.folder_dataset(str(tmp_path), ["tabby cat", "dog", "golden retriever"])
+    ds = file_sets.folder_dataset(str(tmp_path), ["tabby cat", "dog", "golden retriever"])
     assert ds.labels.tolist() == [2, 0, 0] and ds.name == tmp_path.name
     load = ds.loader(32)
     out = load(np.array([0, 1, 2, -1]))
     assert out["valid"].tolist() == [True, True, False, False]  # the broken file (index 2) is skipped, padding too
     assert out["image"].shape == (4, 32, 32, 3) and out["label"].tolist() == [2, 0, 0, -1]
     with pytest.raises(UserError, match="matches no class name"):
-        datasets.folder_dataset(str(tmp_path), ["tabby cat"])
+        file_sets.folder_dataset(str(tmp_path), ["tabby cat"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no class sub-folders|no images"):
         datasets.open_dataset(f"folder:{tmp_path / 'empty'}", "zeroshot")
@@ -185,9 +185,9 @@ def test_karpathy_layout_split_and_name(tmp_path):
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries}))
     ds = datasets.open_dataset(f"karpathy:{tmp_path / 'dataset_coco.json'}:{tmp_path}", "retrieval")
     assert ds.name == "mscoco_captions" and ds.num_images == 2 and ds.captions[1][0] == "caption 2 0"
-    assert datasets.karpathy_dataset(f"{tmp_path / 'dataset_coco.json'}:{tmp_path}", split="train").num_images == 1
+    assert file_sets.karpathy_dataset(f"{tmp_path / 'dataset_coco.json'}:{tmp_path}", split="train").num_images == 1
     with pytest.raises(UserError, match="no images in split"):
-        datasets.karpathy_dataset(f"{tmp_path / 'dataset_coco.json'}:{tmp_path}", split="val")
+        file_sets.karpathy_dataset(f"{tmp_path / 'dataset_coco.json'}:{tmp_path}", split="val")
 
 
 def test_spec_errors_and_names():
@@ -358,7 +358,7 @@ def test_folders_named_by_wordnet_id_are_imagenet_classes(tmp_path):
     assert len(wnids) == 1000 == len(set(wnids)) and wnids == sorted(wnids) and wnids[0] == "n01440764"
     names = prompts.imagenet_classnames()
     # A part of ImageNet-1k (val unpacked by WordNet id): scored among all 1000 classes.
-    ds = datasets.folder_dataset(str(_class_folders(tmp_path / "val", [wnids[5], wnids[0], wnids[999]])))
+    ds = file_sets.folder_dataset(str(_class_folders(tmp_path / "val", [wnids[5], wnids[0], wnids[999]])))
     assert ds.num_classes == 1000 and ds.prompts.classnames[0] == names[0] == "tench"
     assert ds.labels.tolist() == [0, 5, 999] and ds.name == "val"
     # Exactly ImageNet-R's 200 classes (its tar unpacks this way): its own 200 classes, in its label order.
@@ -366,7 +366,7 @@ def test_folders_named_by_wordnet_id_are_imagenet_classes(tmp_path):
     root = _class_folders(tmp_path / "renditions", [wnids[i] for i in r_idx], images=())
     _image(root / wnids[r_idx[0]] / "x.png", 1)
     _image(root / wnids[r_idx[199]] / "y.png", 2)
-    ds = datasets.folder_dataset(str(root))
+    ds = file_sets.folder_dataset(str(root))
     assert ds.num_classes == 200 and ds.labels.tolist() == [0, 199]
     assert list(ds.prompts.classnames) == prompts.imagenet_subset_classnames("imagenet-r")
     # A part of ImageNet-A's classes in a folder named imagenet-a: still ImageNet-A's 200-class benchmark.
@@ -376,25 +376,25 @@ def test_folders_named_by_wordnet_id_are_imagenet_classes(tmp_path):
     assert ds.num_classes == 200 and ds.labels.tolist() == [0, 3]
     # 1000 names of the user's, in ImageNet's label order, are matched by WordNet id too.
     own = [f"class {i}" for i in range(1000)]
-    ds = datasets.folder_dataset(str(tmp_path / "val"), own)
+    ds = file_sets.folder_dataset(str(tmp_path / "val"), own)
     assert ds.labels.tolist() == [0, 5, 999] and ds.prompts.classnames[5] == "class 5"
     _class_folders(tmp_path / "odd", ["n99999999"])
     with pytest.raises(UserError, match="n99999999.*no ImageNet-1k class"):
-        datasets.folder_dataset(str(tmp_path / "odd"))
+        file_sets.folder_dataset(str(tmp_path / "odd"))
 
 
 def test_folders_named_by_label_index_need_names_or_imagenetv2(tmp_path):
     root = _class_folders(tmp_path / "imagenetv2-matched-frequency-format-val", ["0", "10", "999"])
-    ds = datasets.folder_dataset(str(root))
+    ds = file_sets.folder_dataset(str(root))
     assert ds.num_classes == 1000 and ds.labels.tolist() == [0, 10, 999]
     assert ds.prompts.classnames[999] == prompts.imagenet_classnames()[999]
     other = _class_folders(tmp_path / "digits", ["0", "1", "2"])
     with pytest.raises(UserError, match="label indices.*--classnames"):
-        datasets.folder_dataset(str(other))
-    assert datasets.folder_dataset(str(other), ["zero", "one", "two", "three"]).labels.tolist() == [0, 1, 2]
-    assert datasets.folder_dataset(str(other), name="imagenetv2").num_classes == 1000
+        file_sets.folder_dataset(str(other))
+    assert file_sets.folder_dataset(str(other), ["zero", "one", "two", "three"]).labels.tolist() == [0, 1, 2]
+    assert file_sets.folder_dataset(str(other), name="imagenetv2").num_classes == 1000
     with pytest.raises(UserError, match="'2' is past the 2 class names"):
-        datasets.folder_dataset(str(other), ["zero", "one"])
+        file_sets.folder_dataset(str(other), ["zero", "one"])
 
 
 def test_classnames_may_repeat_but_a_folder_must_match_a_unique_one(tmp_path):
@@ -403,7 +403,7 @@ def test_classnames_may_repeat_but_a_folder_must_match_a_unique_one(tmp_path):
     names, _ = prompts.read_classnames(shipped)  # OpenAI's list repeats "missile" and "sunglasses"
     assert len(names) == 1000 and names.count("missile") == 2
     root = _class_folders(tmp_path / "val", [prompts.imagenet_wnids()[657]])
-    assert datasets.folder_dataset(str(root), names).labels.tolist() == [657]  # by WordNet id: fine
+    assert file_sets.folder_dataset(str(root), names).labels.tolist() == [657]  # by WordNet id: fine
     _class_folders(tmp_path / "named", ["missile"])
     with pytest.raises(UserError, match="'missile' matches a class name that --classnames lists twice"):
-        datasets.folder_dataset(str(tmp_path / "named"), ["missile", "tank", "missile"])
+        file_sets.folder_dataset(str(tmp_path / "named"), ["missile", "tank", "missile"])

@@ -10,7 +10,7 @@ import portpicker
 import pytest
 
 from tests.eval.conftest import perturbed_params
-from vlscale.models import convert
+from vlscale.models import saved_params
 
 # One worker: evaluates the checkpoint on padded sets (40 and 24 examples, global batch 16) and writes its metrics.
 WORKER = """
@@ -40,7 +40,7 @@ def _env(devices):
 def test_two_processes_give_the_metrics_of_one(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ckpt = tmp_path / "ckpt"
-    convert.save_params(ckpt, perturbed_params("tiny-clip"), "tiny-clip")
+    saved_params.save_params(ckpt, perturbed_params("tiny-clip"), "tiny-clip")
     cmd = lambda out, n, pid, addr="": [sys.executable, "-c", WORKER, str(ckpt), str(out), str(n), str(pid), addr]  # noqa: E731
     one = subprocess.run(cmd(tmp_path / "one", 1, 0), cwd=root, env=_env(8), capture_output=True, text=True,
                          timeout=600)

@@ -11,7 +11,7 @@ from tests.eval.conftest import BATCH
 from tests.models.test_clip_parity import open_clip_model, perturb_
 from vlscale.eval import datasets, evaluate_checkpoint, zeroshot
 from vlscale.eval.encoders import EvalModel
-from vlscale.models import convert
+from vlscale.models import convert, saved_params
 from vlscale.models.config import get_config
 
 pytestmark = pytest.mark.parity
@@ -25,7 +25,7 @@ def models(tmp_path_factory):
     tm = perturb_(open_clip_model(cfg).eval(), seed=3)
     state = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
     path = tmp_path_factory.mktemp("parity") / "ckpt"
-    convert.save_params(path, convert.torch_to_flax(state, cfg), MODEL)
+    saved_params.save_params(path, convert.torch_to_flax(state, cfg), MODEL)
     return tm, path
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlscale.errors import UserError
-from vlscale.models import convert
+from vlscale.models import convert, layer_layout, saved_params, state_dict_files
 from vlscale.models.config import PAPER_MODELS, get_config
 
 # Tensor counts of the open_clip / fork state dicts (reference §1.5 and §3.2).
@@ -22,7 +22,7 @@ def synthetic_state_dict(name, seed=0):
 
 
 def assert_trees_equal(a, b):
-    fa, fb = convert._flatten(a), convert._flatten(b)
+    fa, fb = layer_layout.flatten_tree(a), layer_layout.flatten_tree(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         assert np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])), k
@@ -61,7 +61,7 @@ def test_every_open_clip_file_layout_gives_the_same_params(tmp_path, tiny_state)
     custom = open_clip.model.convert_to_custom_text_state_dict(dict(tensors))
     assert "text.token_embedding.weight" in custom
     torch.save({"state_dict": custom}, tmp_path / "custom_text.pt")
-    convert.save_state_dict_file(tiny_state, tmp_path / "model.safetensors")
+    state_dict_files.save_state_dict_file(tiny_state, tmp_path / "model.safetensors")
     for f in ("epoch_3.pt", "bare.pt", "custom_text.pt", "model.safetensors"):
         assert_trees_equal(convert.from_open_clip(tmp_path / f, "tiny-clip"), params)
     # bf16 tensors are widened to float32.
@@ -100,9 +100,9 @@ def test_pt_without_torch_says_what_to_install(tmp_path, monkeypatch, tiny_state
     torch.save(tiny_state, tmp_path / "x.pt")
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(UserError, match=r"pip install 'vlscale\[torch\]'.*safetensors needs no torch"):
-        convert.load_state_dict_file(tmp_path / "x.pt")
+        state_dict_files.load_state_dict_file(tmp_path / "x.pt")
     with pytest.raises(UserError, match="does not exist"):
-        convert.load_state_dict_file(tmp_path / "missing.safetensors")
+        state_dict_files.load_state_dict_file(tmp_path / "missing.safetensors")
 
 
 def test_mammut_round_trip_in_both_layouts():
@@ -120,13 +120,13 @@ def test_mammut_round_trip_in_both_layouts():
 
 def test_orbax_save_and_load(tmp_path, tiny_state):
     params = convert.torch_to_flax(tiny_state, "tiny-clip", scan_layers=True)
-    convert.save_params(tmp_path / "ckpt", params, "tiny-clip")
-    loaded, meta = convert.load_params(tmp_path / "ckpt")
+    saved_params.save_params(tmp_path / "ckpt", params, "tiny-clip")
+    loaded, meta = saved_params.load_params(tmp_path / "ckpt")
     assert meta["model"] == "tiny-clip"
     assert "resblocks_1" in loaded["transformer"]  # stored unstacked
-    assert_trees_equal(loaded, convert.unstack_layers(params))
-    stacked, _ = convert.load_params(tmp_path / "ckpt", scan_layers=True)
+    assert_trees_equal(loaded, layer_layout.unstack_layers(params))
+    stacked, _ = saved_params.load_params(tmp_path / "ckpt", scan_layers=True)
     assert_trees_equal(stacked, params)
     with pytest.raises(UserError, match="not a vlscale checkpoint"):
-        convert.load_params(tmp_path)
+        saved_params.load_params(tmp_path)
     assert get_config(meta["model"]).family == "clip"

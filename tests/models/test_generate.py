@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.models.test_mammut import random_params
-from vlscale.models import convert, generate, mammut, registry
+from vlscale.models import generate, layer_layout, mammut, registry
 from vlscale.models.tokenizer import get_tokenizer
 
 SOT, EOS, PAD = 49406, 49407, 0
@@ -161,7 +161,7 @@ def test_beam_search_is_sorted_distinct_and_its_scores_are_exact():
 def test_scanned_parameters_generate_the_same_captions():
     model, params, images, _ = setup()
     scan_model = registry.build_model("tiny-mammut", scan_layers=True, remat="block")
-    scan_params = convert.stack_layers(mammut.to_scan_layout(params))
+    scan_params = layer_layout.stack_layers(mammut.to_scan_layout(params))
     seqs, _ = generate.greedy_search(model, params, images, seq_len=SEQ_LEN, min_seq_len=MIN_LEN)
     scan_seqs = generate.generate(scan_model, scan_params, images, "greedy", seq_len=SEQ_LEN, min_seq_len=MIN_LEN)
     np.testing.assert_array_equal(scan_seqs, seqs)

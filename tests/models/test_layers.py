@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from vlscale.models import convert, layers, registry
+from vlscale.models import attention, layer_layout, layers, registry, transformer
 from vlscale.models.config import INIT_LOGIT_SCALE, get_config, with_depth
 
 
@@ -50,7 +50,7 @@ def test_mlp_uses_exact_gelu():
 
 
 def test_causal_mask_allows_only_the_past():
-    m = np.asarray(layers.causal_mask(4))[0, 0]
+    m = np.asarray(attention.causal_mask(4))[0, 0]
     assert m.tolist() == [[True, False, False, False], [True, True, False, False],
                           [True, True, True, False], [True, True, True, True]]
 
@@ -62,13 +62,13 @@ def module_params(module, *args, seed=0, **kwargs):
 
 
 def test_self_attention_kv_cache_matches_the_causal_forward():
-    block = layers.ResidualAttentionBlock(32, 4)
+    block = transformer.ResidualAttentionBlock(32, 4)
     x = jax.random.normal(jax.random.key(1), (2, 6, 32))
     v = module_params(block, x)
 
     @jax.jit
     def run(v, x):
-        full = block.apply(v, x, mask=layers.causal_mask(6))
+        full = block.apply(v, x, mask=attention.causal_mask(6))
         _, cache = block.apply(v, jnp.zeros_like(x), decode=True, mutable=["cache"])  # allocate [B, 6, H, hd]
         outs = []
         for chunk in (x[:, :3], x[:, 3:4], x[:, 4:5], x[:, 5:]):  # a 3-token prefill, then single steps
@@ -82,7 +82,7 @@ def test_self_attention_kv_cache_matches_the_causal_forward():
 
 
 def test_cross_attention_caches_image_keys_once():
-    block = layers.ResidualAttentionBlock(32, 4, is_cross=True)
+    block = transformer.ResidualAttentionBlock(32, 4, is_cross=True)
     x = jax.random.normal(jax.random.key(1), (2, 5, 32))
     img = jax.random.normal(jax.random.key(2), (2, 9, 32))
     v = module_params(block, x, kv=img)
@@ -103,8 +103,8 @@ def test_cross_attention_caches_image_keys_once():
 
 def test_block_without_mlp_and_with_layer_scale():
     x = jnp.ones((1, 3, 16))
-    assert set(module_params(layers.ResidualAttentionBlock(16, 2, has_mlp=False), x)["params"]) == {"ln_1", "attn"}
-    ls = module_params(layers.ResidualAttentionBlock(16, 2, ls_init_value=1e-4), x)["params"]
+    assert set(module_params(transformer.ResidualAttentionBlock(16, 2, has_mlp=False), x)["params"]) == {"ln_1", "attn"}
+    ls = module_params(transformer.ResidualAttentionBlock(16, 2, ls_init_value=1e-4), x)["params"]
     assert set(ls) == {"ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2"}
     gamma = nn.meta.unbox(layers.LayerScale(1e-4).init(jax.random.key(0), x))["params"]["gamma"]
     assert np.all(np.asarray(gamma) == np.float32(1e-4))
@@ -132,12 +132,12 @@ def tiny_reference(tiny_inputs):
 def test_scan_and_unrolled_give_the_same_outputs(tiny_inputs, tiny_reference):
     params, ref = tiny_reference
     scanned = registry.build_model("tiny-clip-ls", scan_layers=True)
-    stacked = convert.to_layout(params, "tiny-clip-ls", scan_layers=True)
+    stacked = layer_layout.to_layout(params, "tiny-clip-ls", scan_layers=True)
     assert jax.tree.map(np.shape, stacked) == jax.tree.map(lambda s: s.shape, registry.param_shapes(scanned))
     out = jax.jit(scanned.apply)({"params": stacked}, *tiny_inputs)
     for k in ("image_features", "text_features"):
         np.testing.assert_allclose(out[k], ref[k], atol=1e-5)
-    back = convert.to_layout(stacked, "tiny-clip-ls", scan_layers=False)
+    back = layer_layout.to_layout(stacked, "tiny-clip-ls", scan_layers=False)
     assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
 
 
@@ -145,7 +145,7 @@ def test_remat_keeps_the_gradients():
     x = jax.random.normal(jax.random.key(1), (2, 5, 32))
     grads = []
     for remat in ("none", "full"):
-        stack = layers.Transformer(32, 2, 4, remat=remat)
+        stack = transformer.Transformer(32, 2, 4, remat=remat)
         if remat == "none":
             params = module_params(stack, x)
         grads.append(jax.jit(jax.grad(lambda p: jnp.sum(stack.apply(p, x) ** 2)))(params))
@@ -248,9 +248,9 @@ def test_param_dtype_and_attention_runtime_options():
     # The attention implementations agree in float32 on a causal and an unmasked case.
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 6, 2, 8)), jnp.float32) for _ in range(3))
-    for mask in (None, layers.causal_mask(6)):
-        want = layers.dot_product_attention(q, k, v, mask=mask)
-        got = layers.dot_product_attention(q, k, v, mask=mask, implementation="dot_product")
+    for mask in (None, attention.causal_mask(6)):
+        want = attention.dot_product_attention(q, k, v, mask=mask)
+        got = attention.dot_product_attention(q, k, v, mask=mask, implementation="dot_product")
         np.testing.assert_allclose(got, want, atol=1e-6)
     # A whole MaMMUT forward (self, causal and cross attention) gives the same outputs with either. Its context (13)
     # is not a multiple of 8, so the fused path pads both text passes; the bidirectional one masks the pad keys.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.models import mammut_reference as ref
-from vlscale.models import convert, mammut, registry
+from vlscale.models import convert, layer_layout, mammut, registry
 from vlscale.models.config import PAPER_MODELS, get_config
 from vlscale.train import losses
 
@@ -118,7 +118,7 @@ def checkpoint_shapes_via_scan(name):
     """torch key -> shape of the model built with scan_layers (fast to trace), unstacked to the per-block layout."""
     model = registry.build_model(name, scan_layers=True)
     shapes = registry.param_shapes(model)
-    as_torch = lambda p: to_torch_state_dict(convert.unstack_layers(mammut.to_checkpoint_layout(p)))  # noqa: E731
+    as_torch = lambda p: to_torch_state_dict(layer_layout.unstack_layers(mammut.to_checkpoint_layout(p)))  # noqa: E731
     return {k: tuple(s.shape) for k, s in jax.eval_shape(as_torch, shapes).items()}
 
 
@@ -340,7 +340,7 @@ def test_eval_forward_skips_contrastive_pass_and_keeps_all_positions(tiny):
 def test_scan_and_remat_layouts_compute_the_same_function(tiny):
     name, params = tiny["name"], tiny["params"]
     scanned = registry.build_model(name, scan_layers=True, remat="block")
-    stacked = convert.stack_layers({"visual": params["visual"]})["visual"]
+    stacked = layer_layout.stack_layers({"visual": params["visual"]})["visual"]
     scan_params = dict(mammut.to_scan_layout(params), visual=stacked)
 
     fwd = lambda p: scanned.apply({"params": p}, tiny["images"], tiny["tokens"])  # noqa: E731
@@ -351,7 +351,7 @@ def test_scan_and_remat_layouts_compute_the_same_function(tiny):
     # Both passes differentiate through the rematerialised scans (traced only: compiling it is slow on CPU).
     grad = jax.eval_shape(jax.grad(lambda p: fwd(p)["text_features"].sum() + fwd(p)["logits"].sum()), scan_params)
     assert jax.tree.map(lambda g: g.shape, grad) == jax.tree.map(np.shape, scan_params)
-    back = convert.unstack_layers(mammut.to_checkpoint_layout(scan_params))
+    back = layer_layout.unstack_layers(mammut.to_checkpoint_layout(scan_params))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, params)
 
 

@@ -52,7 +52,7 @@ def _parse_knobs(items: list[str]) -> dict:
     import dataclasses
     import json
 
-    from vlscale.data.synth import SynthConfig
+    from vlscale.data.synth_scene import SynthConfig
     from vlscale.errors import UserError
 
     fields = {f.name: f for f in dataclasses.fields(SynthConfig)}
@@ -80,7 +80,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from vlscale.data import synth, webdataset  # noqa: F401 - import before timing the writer
+    # webdataset: imported before timing the writer
+    from vlscale.data import synth_eval_sets, synth_scene, synth_shards, synth_stats, webdataset  # noqa: F401
     from vlscale.errors import UserError
     from vlscale.runtime.files import atomic_output_dir, check_output_dir
 
@@ -91,7 +92,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     per_task, n_retrieval = _eval_sizes(args)
     check_output_dir(args.out)
     try:
-        cfg = synth.SynthConfig(image_size=args.image_size, **_parse_knobs(args.set))
+        cfg = synth_scene.SynthConfig(image_size=args.image_size, **_parse_knobs(args.set))
     except ValueError as e:
         if isinstance(e, UserError):
             raise
@@ -102,15 +103,15 @@ def _run_synth(args: argparse.Namespace) -> int:
     lines = []
     with atomic_output_dir(args.out, owned=SYNTH_OUTPUTS) as tmp:
         t0 = time.perf_counter()
-        paths = synth.write_synth_shards(tmp, args.shards, args.samples_per_shard, cfg=cfg, seed=args.seed,
-                                         image_format=args.format, quality=args.quality)
+        paths = synth_shards.write_synth_shards(tmp, args.shards, args.samples_per_shard, cfg=cfg, seed=args.seed,
+                                                image_format=args.format, quality=args.quality)
         dt = time.perf_counter() - t0
         lines.append(f"wrote {len(paths)} shards, {n} samples ({n / max(dt, 1e-9):.0f} samples/s) to {args.out}")
         if per_task > 0:
-            synth.write_eval_sets(tmp, cfg, per_task, n_retrieval, seed=args.seed)
+            synth_eval_sets.write_eval_sets(tmp, cfg, per_task, n_retrieval, seed=args.seed)
             lines.append(f"wrote zero-shot tasks and retrieval split to {os.path.join(args.out, 'zeroshot')}")
         if args.stats:
-            stats = synth.dataset_stats(cfg, num_samples=min(n, 5000), seed=args.seed)
+            stats = synth_stats.dataset_stats(cfg, num_samples=min(n, 5000), seed=args.seed)
             lines.append(json.dumps(stats, indent=1))
             with open(os.path.join(tmp, "stats.json"), "w") as f:
                 json.dump(stats, f, indent=1)

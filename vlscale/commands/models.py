@@ -92,7 +92,7 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
 
 def _run_convert(args) -> int:
     from vlscale.errors import UserError
-    from vlscale.models import convert
+    from vlscale.models import convert, saved_params, state_dict_files
     from vlscale.models.config import get_config
     from vlscale.models.registry import count_params
 
@@ -107,7 +107,7 @@ def _run_convert(args) -> int:
             print(f"warning: --trust-pickle: {args.from_open_clip} is unpickled in full and can run code it holds",
                   file=sys.stderr)
         params = convert.from_open_clip(args.from_open_clip, cfg.name, trust_pickle=args.trust_pickle)
-        out = convert.save_params(args.out, params, cfg.name)
+        out = saved_params.save_params(args.out, params, cfg.name)
         print(f"converted {args.from_open_clip} -> {out} ({cfg.name}, {count_params(params):,} parameters)")
         return 0
     out = check_output_file(args.out, suffixes=(".safetensors", ".pt", ".pth", ".bin"))
@@ -115,7 +115,7 @@ def _run_convert(args) -> int:
     if args.model and args.model != meta["model"]:
         raise UserError(f"--model {args.model} does not match the checkpoint's model {meta['model']}")
     state = convert.flax_to_torch(params, meta["model"], text_prefix=args.text_prefix)
-    convert.save_state_dict_file(state, out)
+    state_dict_files.save_state_dict_file(state, out)
     print(f"exported {args.to_open_clip} ({meta['model']}) -> {out} ({len(state)} tensors)")
     return 0
 
@@ -223,7 +223,7 @@ def embed_all(checkpoint: str | Path, image_paths=(), texts=(), model_name: str 
     import numpy as np
 
     from vlscale.errors import UserError
-    from vlscale.models import convert, registry
+    from vlscale.models import registry
     from vlscale.models.tokenizer import get_tokenizer
 
     if batch_size < 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from vlscale.commands.argtypes import positive_int
+
 DESCRIPTION = """\
 Train (or resume) one CLIP or MaMMUT run. The config argument picks the model and the data source; every other
 field is set with --config.FIELD=VALUE (see configs/train.py for all fields and their defaults).
@@ -30,29 +32,19 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="config file and its argument, e.g. configs/train.py:model=tiny-clip,data=synth "
                         f"(default {DEFAULT_CONFIG})")
     p.add_argument("--workdir", help="run directory (local path or anything etils.epath reads, e.g. gs://)")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="stop after this step (a clean boundary; the run stays resumable)")
     p.add_argument("--dry-run", action="store_true",
                    help="build the mesh, compile the step with the real shardings, print per-device memory and "
                         "FLOPs, then exit")
-    p.add_argument("--dry-run-devices", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--dry-run-devices", type=positive_int, default=None, metavar="N",
                    help="with --dry-run: simulate N CPU devices (no accelerator needed)")
     p.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
                    help="multi-host: the coordinator (process 0); auto-detected on TPU pods and under SLURM")
-    p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: number of processes")
+    p.add_argument("--num-processes", type=positive_int, default=None, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     p.add_argument("--no-progress", action="store_true", help="plain log lines only")
     p.set_defaults(_config_overrides=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
 
 
 def build_config(spec: str, overrides):
