@@ -34,8 +34,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vlscale-layers-") as tmp:
         stage(Path(tmp))
         env = dict(os.environ, PYTHONPATH=tmp)
-        lint = Path(sys.executable).with_name("lint-imports")
-        return subprocess.call([str(lint), "--no-cache", str(ROOT / "layers.ini")], cwd=tmp, env=env)
+        run = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+        return subprocess.call([sys.executable, "-c", run, "--no-cache", str(ROOT / "layers.ini")], cwd=tmp, env=env)
 
 
 if __name__ == "__main__":
