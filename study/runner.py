@@ -79,7 +79,11 @@ def load_study(study_dir: str | Path) -> tuple[ml_collections.ConfigDict, Plan]:
 def _apply(target: ml_collections.ConfigDict, overrides, where: str) -> None:
     for key, value in dict(overrides).items():
         if key not in target:
-            raise UserError(f"study config: {where}{key} is not a training config field (configs/train.py)")
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(target.keys()), n=1)
+            hint = f"; did you mean {' or '.join(where + c for c in close)}?" if close else ""
+            raise UserError(f"study config: {where}{key} is not a training config field (configs/train.py){hint}")
         if isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
             _apply(target[key], value, f"{where}{key}.")
         else:

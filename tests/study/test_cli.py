@@ -68,3 +68,35 @@ def test_launch_print_lists_train_commands(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert sum(ln.startswith("vlscale train --config configs/train.py:model=shapes-") for ln in lines) == 2
     assert lines[-1].startswith("vlscale study collect ")
+
+
+def test_every_synth_knob_is_a_training_config_field_and_a_typo_exits_2_at_plan(tmp_path, capsys):
+    """docs/study.md and configs/data.py promise every SynthConfig knob as `data.synth.knobs.X`."""
+    import dataclasses
+
+    from vlscale.configs import train as train_config
+    from vlscale.configs.loading import apply_overrides
+    from vlscale.data.synth import SynthConfig
+    from vlscale.errors import UserError
+
+    tc = train_config.get_config("model=shapes-clip-XS,data=synth")
+    assert set(tc.data.synth.knobs.keys()) == {f.name for f in dataclasses.fields(SynthConfig)}
+    apply_overrides(tc, [("data.synth.knobs.p_mention_colour", "0.5"), ("data.synth.knobs.noise_max", "3")])
+    assert SynthConfig.from_dict(tc.data.synth.knobs.to_dict()).p_mention_colour == 0.5
+    with pytest.raises(UserError, match="did you mean p_mention_colour"):
+        apply_overrides(tc, [("data.synth.knobs.p_mention_color", "0.5")])
+    bad = tmp_path / "bad.py"
+    bad.write_text("from vlscale.configs.study import micro_datasets\n\n\ndef get_config():\n"
+                   "    c = micro_datasets.get_config()\n"
+                   "    c.datasets.synth_noisy.overrides.data.synth.knobs = {'p_mention_color': 0.5}\n    return c\n")
+    assert main(["study", "plan", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("vlscale study: error: study config: datasets.synth_noisy.overrides.data.synth.knobs."
+                   "p_mention_color is not a training config field (configs/train.py); did you mean "
+                   "datasets.synth_noisy.overrides.data.synth.knobs.p_mention_colour?")
+    bad.write_text("from vlscale.configs.study import micro_datasets\n\n\ndef get_config():\n"
+                   "    c = micro_datasets.get_config()\n"
+                   "    c.datasets.synth_noisy.overrides.data.synth.knobs = {'colours': ['red', 'mauve']}\n"
+                   "    return c\n")
+    assert main(["study", "plan", "--config", str(bad)]) == 2
+    assert "datasets.synth_noisy: data.synth.knobs: unknown shapes/colours/sizes ['mauve']" in capsys.readouterr().err
