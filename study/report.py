@@ -372,7 +372,7 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
     out, in_table, in_list = [], False, False
     for line in md.splitlines():
         if in_table and not line.startswith("|"):
-            out.append("</table>")
+            out.append("</table></div>")
             in_table = False
         if in_list and not line.startswith(("- ", "  - ")):
             out.append("</ul>")
@@ -390,7 +390,7 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
             if set(line) <= set("|-"):
                 continue
             if not in_table:
-                out.append("<table>")
+                out.append('<div class="table"><table>')
                 in_table = True
                 out.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
             else:
@@ -404,11 +404,14 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
         elif line.strip():
             out.append(f"<p>{_inline(line)}</p>")
     if in_table:
-        out.append("</table>")
+        out.append("</table></div>")
     if in_list:
         out.append("</ul>")
+    # Tables stay inside the page: a wide one scrolls in its own box, long cells (run names) wrap.
     style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "div.table{max-width:100%;overflow-x:auto}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px;"
+             "overflow-wrap:anywhere;max-width:24em}"
              "img{max-width:100%}li.sub{margin-left:2em}code{font-size:90%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
