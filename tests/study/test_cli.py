@@ -34,7 +34,7 @@ def test_train_only_then_status_then_collect(tmp_path, capsys, fake_backends):
     assert not (tmp_path / "s" / "results.csv").exists()
     assert main(["study", "status", d]) == 0
     out = capsys.readouterr().out
-    assert "trained 2 (of 2)" in out and "256/256" in out
+    assert "trained 2 (of 2)" in out and "32768/32768" in out
     # collect evaluates what is missing, fits and reports; the config comes from DIR/study.json.
     assert main(["study", "collect", d]) == 0
     out = capsys.readouterr().out
@@ -52,13 +52,13 @@ def test_one_run_by_name_as_launched_jobs_do(tmp_path, capsys, fake_backends):
 
 
 def test_a_failed_run_gives_exit_1_and_status_says_why(tmp_path, capsys, monkeypatch):
-    trainer = fakes.FakeTrainer(fail=["shapes-clip-XS_s256_synth_bs32_lr0.002_w2_const"])
+    trainer = fakes.FakeTrainer(fail=["shapes-clip-XS_s32768_synth_bs64_lr0.002_w8_const"])
     monkeypatch.setattr(runner, "default_train_fn", lambda: trainer)
     monkeypatch.setattr(runner, "default_eval_fn", lambda: fakes.fake_eval)
     d = str(tmp_path / "s")
     assert main(["study", *MICRO, "--dir", d]) == 1
     err = capsys.readouterr().err
-    assert "1 run(s) failed: shapes-clip-XS_s256_synth_bs32_lr0.002_w2_const" in err
+    assert "1 run(s) failed: shapes-clip-XS_s32768_synth_bs64_lr0.002_w8_const" in err
     assert main(["study", "status", d]) == 1
     assert "RuntimeError: loss is NaN at step 3" in capsys.readouterr().out
 
@@ -86,16 +86,16 @@ def test_every_synth_knob_is_a_training_config_field_and_a_typo_exits_2_at_plan(
     with pytest.raises(UserError, match="did you mean p_mention_colour"):
         apply_overrides(tc, [("data.synth.knobs.p_mention_color", "0.5")])
     bad = tmp_path / "bad.py"
-    bad.write_text("from vlscale.configs.study import micro_datasets\n\n\ndef get_config():\n"
-                   "    c = micro_datasets.get_config()\n"
+    bad.write_text("from vlscale.configs.study import micro_shapes\n\n\ndef get_config():\n"
+                   "    c = micro_shapes.get_config()\n"
                    "    c.datasets.synth_noisy.overrides.data.synth.knobs = {'p_mention_color': 0.5}\n    return c\n")
     assert main(["study", "plan", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("vlscale study: error: study config: datasets.synth_noisy.overrides.data.synth.knobs."
                    "p_mention_color is not a training config field (configs/train.py); did you mean "
                    "datasets.synth_noisy.overrides.data.synth.knobs.p_mention_colour?")
-    bad.write_text("from vlscale.configs.study import micro_datasets\n\n\ndef get_config():\n"
-                   "    c = micro_datasets.get_config()\n"
+    bad.write_text("from vlscale.configs.study import micro_shapes\n\n\ndef get_config():\n"
+                   "    c = micro_shapes.get_config()\n"
                    "    c.datasets.synth_noisy.overrides.data.synth.knobs = {'colours': ['red', 'mauve']}\n"
                    "    return c\n")
     assert main(["study", "plan", "--config", str(bad)]) == 2
