@@ -392,7 +392,9 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
             if not in_table:
                 out.append('<div class="table"><table>')
                 in_table = True
-                out.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
+                # long benchmark names in headers may break after "/" and "_" (not inside words)
+                out.append("<tr>" + "".join(f"<th>{_inline(c).replace('/', '/<wbr>').replace('_', '_<wbr>')}</th>"
+                                            for c in cells) + "</tr>")
             else:
                 out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
         elif line.startswith(("- ", "  - ")):
@@ -410,8 +412,8 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
     # Tables stay inside the page: a wide one scrolls in its own box, long cells (run names) wrap.
     style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
              "div.table{max-width:100%;overflow-x:auto}"
-             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px;"
-             "overflow-wrap:anywhere;max-width:24em}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "td code{overflow-wrap:anywhere}td{max-width:30em}"
              "img{max-width:100%}li.sub{margin-left:2em}code{font-size:90%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
