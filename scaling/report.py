@@ -317,6 +317,8 @@ def _clean(o):
         return {k: _clean(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
     if isinstance(o, (float, np.floating)) and not math.isfinite(float(o)):
         return None
     return o

@@ -435,7 +435,10 @@ def write_report(cfg, plan: Plan, study_dir: str | Path, *, wall_s: float | None
     layout.write_text(study_dir / "report.md", md)
     layout.write_text(study_dir / "report.html", markdown_to_html(md, study_dir, f"study {cfg.name}"))
     fit_json = {k: (v if isinstance(v, str) else v.to_json()) for k, v in fits.items()}
-    layout.write_text(study_dir / "fit.json", json.dumps(fit_json, indent=1, default=_json_default) + "\n")
+    from vlscale.scaling.report import _clean  # NaN (no interval) -> null: strict JSON
+
+    layout.write_text(study_dir / "fit.json",
+                      json.dumps(_clean(fit_json), indent=1, default=_json_default, allow_nan=False) + "\n")
     return study_dir / "report.md"
 
 
