@@ -42,15 +42,15 @@ def test_measured_runs_calibrate_the_plan_and_the_progress_line(tmp_path):
     cfg = study_config.load("micro_shapes")
     plan = runner.open_study(cfg, tmp_path)
     first, second = plan.runs
-    # 40 samples/s after a first logged line that held the compilation (2 samples/s), 20 s of training in all
-    _measured_run(tmp_path, first, rates=[2.0, 40.0, 40.0, 40.0], train_s=20.0, eval_s=6.0)
+    # 2000 samples/s after a first logged line that held the compilation (50 samples/s), 30 s of training in all
+    _measured_run(tmp_path, first, rates=[50.0, 2000.0, 2000.0, 2000.0], train_s=30.0, eval_s=6.0)
     tm = timing.calibrated(cfg, plan, tmp_path)
     assert tm.source == "measured: 1 run on this machine"
-    assert tm.train_gflops_per_s == pytest.approx(40.0 * first.train_gflops_per_sample)
-    assert tm.startup_s == pytest.approx(20.0 - first.samples / 40.0)
+    assert tm.train_gflops_per_s == pytest.approx(2000.0 * first.train_gflops_per_sample)
+    assert tm.startup_s == pytest.approx(30.0 - first.samples / 2000.0)
     assert tm.eval_s == pytest.approx(6.0 / len(first.budgets))
     timed = make_plan(cfg, tm)
-    assert timed.run(first.name).est_train_s == pytest.approx(20.0)  # the model reproduces what it measured
+    assert timed.run(first.name).est_train_s == pytest.approx(30.0)  # the model reproduces what it measured
     want = timed.run(second.name)
     lines = []
     runner.run_study(cfg, tmp_path, train_fn=fakes.FakeTrainer(), eval_fn=fakes.fake_eval,
@@ -67,6 +67,9 @@ def test_status_shows_a_running_runs_samples_from_its_latest_metrics_line(tmp_pa
     run = plan.runs[0]
     wd = layout.run_dir(tmp_path, run.name)
     wd.mkdir(parents=True)
+    layout.update_state(tmp_path, run.name, status="running", owner=layout.here())
+    row = status_lib.run_status(tmp_path, run)  # started, nothing logged yet: not "0 samples"
+    assert row["progress"] == f"-/{run.samples}" and row["note"].endswith("no step logged yet (loading data or compiling)")
     (wd / "metrics.jsonl").write_text(json.dumps({"step": 2, "samples_seen": 64}) + "\n"
                                       + json.dumps({"step": 4, "samples_seen": 128}) + "\n")
     layout.update_state(tmp_path, run.name, status="running", owner=layout.here())
