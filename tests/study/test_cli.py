@@ -79,10 +79,15 @@ def test_every_synth_knob_is_a_training_config_field_and_a_typo_exits_2_at_plan(
     from vlscale.data.synth import SynthConfig
     from vlscale.errors import UserError
 
+    from vlscale.train.cli import build_config
+
     tc = train_config.get_config("model=shapes-clip-XS,data=synth")
     assert set(tc.data.synth.knobs.keys()) == {f.name for f in dataclasses.fields(SynthConfig)}
-    apply_overrides(tc, [("data.synth.knobs.p_mention_colour", "0.5"), ("data.synth.knobs.noise_max", "3")])
-    assert SynthConfig.from_dict(tc.data.synth.knobs.to_dict()).p_mention_colour == 0.5
+    # exactly what `vlscale train --config configs/train.py:... --config.data.synth.knobs.X=V` builds
+    tc = build_config("configs/train.py:model=shapes-clip-XS,data=synth",
+                      ["--config.data.synth.knobs.p_mention_colour=0.5", "--config.data.synth.knobs.noise_max=3"])
+    knobs = SynthConfig.from_dict(tc.data.synth.knobs.to_dict())
+    assert knobs.p_mention_colour == 0.5 and knobs.noise_max == 3.0
     with pytest.raises(UserError, match="did you mean p_mention_colour"):
         apply_overrides(tc, [("data.synth.knobs.p_mention_color", "0.5")])
     bad = tmp_path / "bad.py"
