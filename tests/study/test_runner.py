@@ -199,5 +199,8 @@ def test_a_benchmark_that_cannot_be_fitted_is_listed_and_the_others_are_reported
             "fewer parameters in `fit.form`.") in md
     assert "--" not in md.split("## Runs")[0].replace("---|", "")  # no command-line flags in study advice
     assert len(list((tmp_path / "figures").glob("*.png"))) == 1
-    fit = json.loads((tmp_path / "fit.json").read_text())
+    def strict(token):
+        raise AssertionError(f"fit.json holds {token}")
+
+    fit = json.loads((tmp_path / "fit.json").read_text(), parse_constant=strict)
     assert fit["const"]["benchmarks_fitted"] == 1 and bench in fit["const"]["unfitted"]
