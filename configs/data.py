@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from vlscale.data.samples import DEFAULT_MAX_BAD_FRACTION
+from vlscale.data.synth_scene import SynthConfig
 
 TRAIN_SCALE = (0.9, 1.0)  # open_clip RandomResizedCrop scale used for the paper's runs (models/transforms.py)
 
@@ -22,7 +23,9 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.synth = ml_collections.ConfigDict()
     c.synth.seed = 0
     c.synth.split = "train"
-    c.synth.knobs = ml_collections.ConfigDict({"image_size": 64})  # any SynthConfig field (docs/data.md)
+    # Every SynthConfig field with its default (docs/data.md), so each is a real, typed config field:
+    # `vlscale train --config.data.synth.knobs.p_mention_colour=0.5`, study `datasets.<name>.overrides`.
+    c.synth.knobs = ml_collections.ConfigDict(SynthConfig().to_dict())
     c.tfds = ml_collections.ConfigDict()
     c.tfds.name = ""  # e.g. "coco_captions" or "imagenet2012" (prepared locally as array_record)
     c.tfds.data_dir = ml_collections.FieldReference(None, field_type=str)

@@ -30,7 +30,7 @@ from vlscale.scaling.options import (  # noqa: F401 (the API's constants)
 from vlscale.scaling.prepare import as_table, parse_benchmark, prepare, selection
 from vlscale.scaling.results import ResultsError, Selection
 
-__all__ = ["fit", "compare", "compare_benchmarks", "Options", "FitReport", "GroupFit", "Comparison",
+__all__ = ["fit", "compare", "compare_benchmarks", "fitted_counts", "Options", "FitReport", "GroupFit", "Comparison",
            "ComparisonSet", "consistency_row", "parse_benchmark", "bootstrap_stream"]
 
 
@@ -125,6 +125,19 @@ def compare_benchmarks(data, *, options: Options | None = None, **kwargs) -> Com
         comparisons.append(compare_fitted(rep, p.names[0], p.names[1], opts.predict, used))
     consistent, text = consistency(comparisons, opts.level)
     return ComparisonSet(comparisons, consistent, text, secs, comp)
+
+
+def fitted_counts(data, *, options: Options | None = None, **kwargs) -> dict[str, int]:
+    """How many frontier points each group of one selection would fit (no fit): what a caller choosing a law
+    by its number of parameters (``form_choice.fallback``) needs. Keywords as for ``compare``."""
+    opts = Options.build(COMPARE_DEFAULTS if options is None else vars_of(options), **kwargs)
+    df = as_table(data)
+    two = pair(opts.groups)
+    types = two if (two and opts.group_by == "model_type") else opts.model_types
+    sel = selection(opts, benchmark=opts.benchmark, metric=opts.metric, model_types=types,
+                    pretrain_dataset=None if opts.group_by == "pretrain_dataset" else opts.pretrain_dataset)
+    prep = prepare(df, sel, opts, groups=two, n_params=0, form_label="")
+    return {name: int(prep.fitted[name].sum()) for name in prep.names}
 
 
 def vars_of(options: Options) -> dict:

@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+from statistics import NormalDist
+
 import numpy as np
 
 from vlscale.scaling import uncertainty
@@ -139,18 +141,40 @@ def crossings_boot(grid: np.ndarray, diffs: np.ndarray) -> np.ndarray:
 
 
 def _diff_interval(a, b, level: float, kind: str):
-    """[len(grid)] lo, hi of b - a: bootstrap pairs (independent streams; quartile-scaled about the point
-    difference, see ``uncertainty.quartile_interval``), else the delta method, else NaN."""
+    """[len(grid)] lo, hi of b - a and how they were made: bootstrap pairs (independent streams; quartile-scaled
+    about the point difference, see ``uncertainty.quartile_interval``), else the delta method, else NaN."""
     if a.grid_boot is not None and b.grid_boot is not None:
         lo, hi = uncertainty.quartile_interval(b.grid_boot - a.grid_boot, b.grid_pred - a.grid_pred, level)
+        n = min(int(np.all(np.isfinite(g.grid_boot), axis=1).sum()) for g in (a, b))
+        method = (f"{100 * level:.0f}% bootstrap interval of the difference (quartile-scaled, {n} resample "
+                  "pairs or more)")
     elif a.grid_se is not None and b.grid_se is not None:
         half = uncertainty.difference_half_width(a.grid_se, a.grid_dof, b.grid_se, b.grid_dof, level)
         diff = b.grid_pred - a.grid_pred
         lo, hi = diff - half, diff + half
+        method = (f"{100 * level:.0f}% delta-method interval of the difference (Welch-Satterthwaite dof from "
+                  f"{a.grid_dof} and {b.grid_dof})")
     else:
-        return np.full(a.grid.shape, np.nan), np.full(a.grid.shape, np.nan)
+        why = [f"{g.name}: {g.undetermined}" for g in (a, b) if g.undetermined]
+        method = "none (" + ("; ".join(why) if why else
+                             f"{a.name} and {b.name} have intervals of different kinds: "
+                             f"{a.interval_method} vs {b.interval_method}") + ")"
+        return np.full(a.grid.shape, np.nan), np.full(a.grid.shape, np.nan), method
     bound = 1.0 if kind == "accuracy" else np.inf  # a difference of two errors in [0, 1] lies in [-1, 1]
-    return np.clip(lo, -bound, bound), np.clip(hi, -bound, bound)
+    return np.clip(lo, -bound, bound), np.clip(hi, -bound, bound), method
+
+
+def noise_floor(a, b, j: int, level: float) -> float:
+    """The narrowest half-width the fitted points' own scatter allows for the difference at grid index ``j``: a
+    curve fitted to n points with residual sd s is not known better than s/sqrt(n) anywhere (the standard error of
+    a mean), so b - a is not known better than z·sqrt(s_a²/n_a + s_b²/n_b) (residuals are multiplicative: s in
+    error units is s_rel times the prediction). NaN when either scatter is unknown."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    var = 0.0
+    for g in (a, b):
+        n = int(g.fitted.sum())
+        var += (g.residual_sd * g.grid_pred[j]) ** 2 / max(n, 1)
+    return float(z * np.sqrt(var))
 
 
 def compare_fitted(rep: FitReport, first: str, second: str, at: Sequence[float], opts: Options) -> Comparison:
@@ -160,7 +184,7 @@ def compare_fitted(rep: FitReport, first: str, second: str, at: Sequence[float],
     judged = float(at.max()) if at.size else float(grid[-1])
     upto = grid <= judged * (1 + 1e-12)
     diff = b.grid_pred - a.grid_pred
-    d_lo, d_hi = _diff_interval(a, b, level, kind)
+    d_lo, d_hi, interval_method = _diff_interval(a, b, level, kind)
     env_lo = b.grid_spread_lo - a.grid_spread_hi  # the difference over near-optimal solutions of both groups
     env_hi = b.grid_spread_hi - a.grid_spread_lo
     rows = []
@@ -192,14 +216,21 @@ def compare_fitted(rep: FitReport, first: str, second: str, at: Sequence[float],
             crossover["lo"], crossover["hi"] = float(lo), float(hi)
     strength = _strength(rep, a, b, winner, d_star, float(d_lo[j]), float(d_hi[j]), float(env_lo[j]),
                          float(env_hi[j]), threshold, agree, rep.n_boot, judged)
+    strength["interval"] = interval_method
+    floor = noise_floor(a, b, j, level)
+    strength["noise_floor"] = floor if np.isfinite(floor) else None
+    if winner is not None and np.isfinite(d_lo[j]) and np.isfinite(floor) and (d_hi[j] - d_lo[j]) / 2 < floor:
+        strength["reasons"].append(f"interval narrower than the residual noise allows (half-width "
+                                   f"{fmt_diff((d_hi[j] - d_lo[j]) / 2, kind)} < {fmt_diff(floor, kind)})")
+        strength["resolved"] = False
     verdict = _verdict(first, second, winner, d_star, cross, judged, strength, kind, level)
     return Comparison(rep, first, second, rows, crossover, verdict, winner, agree, judged, strength)
 
 
 def _strength(rep, a, b, winner, d, lo, hi, env_lo, env_hi, threshold, agree, n_boot, judged) -> dict:
-    reasons = []
+    reasons = [f"{g.name} {g.undetermined}" for g in (a, b) if g.undetermined]
     excludes_zero = bool(np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0))
-    if winner is not None and not excludes_zero:
+    if winner is not None and not excludes_zero and not reasons:
         reasons.append("intervals overlap" if np.isfinite(lo) else "no interval")
     flips = bool(winner is not None and env_lo <= 0 <= env_hi)
     ill = flips or a.conditioning.get("ill_conditioned", False) or b.conditioning.get("ill_conditioned", False)
@@ -207,7 +238,8 @@ def _strength(rep, a, b, winner, d, lo, hi, env_lo, env_hi, threshold, agree, n_
         reasons.append(f"ill-conditioned: near-optimal fits disagree by {fmt_diff(env_hi - env_lo, rep.metric_kind)}"
                        f" at {fmt_c(judged, 2)}")
     held = [e for e in (a.heldout_error(), b.heldout_error()) if e is not None]
-    return {"resolved": bool(winner is not None and not reasons), "reasons": reasons, "excludes_zero": excludes_zero,
+    return {"resolved": bool(winner is not None and excludes_zero and not reasons), "reasons": reasons,
+            "excludes_zero": excludes_zero,
             "well_conditioned": not ill, "agree": agree, "bootstrap": n_boot,
             "heldout_error": float(np.mean(held)) if held else None, "threshold": float(threshold),
             "diff_spread": [env_lo, env_hi]}

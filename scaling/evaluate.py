@@ -12,6 +12,7 @@ import numpy as np
 
 import vlscale.scaling.fit as fit_lib
 from vlscale.scaling import conditioning as cond_lib
+from vlscale.scaling import forms as forms_lib
 from vlscale.scaling import frontier as frontier_lib
 from vlscale.scaling import metrics as metrics_lib
 from vlscale.scaling import uncertainty
@@ -26,6 +27,9 @@ from vlscale.scaling.results import ResultsError
 # Near-optimal solutions are evaluated as one fixed-size block (the optimum repeated as padding).
 NEAR_PAD = 1024
 NO_INTERVAL = "none"
+# A bootstrap interval needs at least this share of resamples that identify the law (more distinct points than
+# parameters); below it the group falls back to the delta method with its n - p degrees of freedom.
+MIN_IDENTIFIED_SHARE = 0.5
 
 
 def _pad_rows(thetas: np.ndarray, multiple: int = NEAR_PAD) -> np.ndarray:
@@ -74,15 +78,31 @@ def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, n
     point = np.asarray(curve.predict(padded))[:n_eval]
     grid_boot = grid_se = dof = None
     n_boot = 0 if refits.boot is None else len(refits.boot)
-    if refits.boot is not None:
+    n_par = forms_lib.get_form(form).n_params
+    s_rel, res_dof = uncertainty.residual_scale(curve, xf, yf)
+    use_boot = refits.boot is not None
+    note = ""
+    if use_boot:
         uncertainty.check_failed(refits.boot_failed, n_boot, f"{prep.selection.label()} · {name}",
                                  opts.max_failed_refits, error=ResultsError)
+        usable = refits.boot_usable
+        if refits.boot_unidentified:
+            note = (f"; {refits.boot_unidentified} of {n_boot} resamples had no more distinct points than the "
+                    f"{n_par} parameters and were left out")
+        if usable < MIN_IDENTIFIED_SHARE * n_boot:
+            use_boot = False
+            note = (f" (bootstrap undetermined: only {usable} of {n_boot} resamples have more distinct points "
+                    f"than the {n_par} parameters)")
+    undetermined = uncertainty.undetermined_reason(xf, n_par)
+    if undetermined:
+        lo = hi = plo = phi = np.full(n_eval, np.nan)
+        method = undetermined
+    elif use_boot:
         # padded to the near-optimal block's row count: one compiled predict program serves both
         boot = uncertainty.predict_many(form, _pad_rows(refits.boot), padded)[:n_boot, :n_eval]
         lo, hi = uncertainty.percentile_interval(boot, level)
-        s_rel, res_dof = uncertainty.residual_scale(curve, xf, yf)
         plo, phi = uncertainty.prediction_interval(point, lo, hi, s_rel, res_dof, level)
-        method = f"bootstrap ({n_boot} resamples, percentile)"
+        method = f"bootstrap ({refits.boot_usable} of {n_boot} resamples, percentile{note})"
         grid_boot = boot[:, k + h:]
     else:
         d, why = _delta_pieces(curve, xf, yf, padded)
@@ -95,7 +115,7 @@ def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, n
             c = d.centre[:n_eval]
             lo, hi = (c * np.exp(-t * se), c * np.exp(t * se)) if d.log_space else (c - t * se, c + t * se)
             plo, phi = uncertainty.prediction_interval(point, lo, hi, d.s_rel, d.dof, level)
-            method = "delta method"
+            method = "delta method" + note
             grid_se, dof = d.se[k + h:n_eval], d.dof
     lo, hi, plo, phi = (np.clip(a, lo_clip, hi_clip) for a in (lo, hi, plo, phi))
     near_pred = uncertainty.predict_many(form, _pad_rows(near), padded)[:, :n_eval]
@@ -113,8 +133,9 @@ def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, n
             "compute": float(x[i]), "observed": obs, "predicted": pred, "abs_err": abs(pred - obs),
             "abs_err_pp": 100.0 * abs(pred - obs), "rel_err": abs(pred - obs) / obs, **e, "kind": str(kind[i]),
             "model": str(g["model"].iloc[i]), "samples_seen": float(g["samples_seen"].iloc[i]),
-            "inside_interval": bool(e["pred_lo"] <= obs <= e["pred_hi"]),
-            "inside_band": bool(e["lo"] <= obs <= e["hi"]),
+            # None where the group has no interval (undetermined): "not inside" would be a claim
+            "inside_interval": bool(e["pred_lo"] <= obs <= e["pred_hi"]) if np.isfinite(e["pred_lo"]) else None,
+            "inside_band": bool(e["lo"] <= obs <= e["hi"]) if np.isfinite(e["lo"]) else None,
         })
     # Conditioning is judged at the requested computes, else at the held-out points, else at the largest run.
     judged = list(range(k)) if k else list(range(k, k + h)) or [k + h + int(np.argmin(np.abs(prep.grid - x.max())))]
@@ -127,6 +148,8 @@ def finish_group(prep: Prepared, name: str, curve, refits: uncertainty.Refits, n
         grid_lo=lo[k + h:], grid_hi=hi[k + h:], interval_method=method, grid_se=grid_se, grid_dof=dof,
         grid_spread_lo=s_lo[k + h:], grid_spread_hi=s_hi[k + h:], conditioning=conditioning,
         failed_refits=refits.boot_failed, n_refits=n_boot, metric_kind=metric.kind,
+        unidentified_refits=refits.boot_unidentified, undetermined=undetermined, residual_sd=s_rel,
+        residual_dof=res_dof, n_params=n_par,
     )
 
 

@@ -45,6 +45,11 @@ class GroupFit:
     failed_refits: int = 0
     n_refits: int = 0
     metric_kind: str = "accuracy"
+    unidentified_refits: int = 0  # bootstrap resamples with no more distinct points than parameters (left out)
+    undetermined: str | None = None  # why the group has no interval (no more fitted points than parameters)
+    residual_sd: float = float("nan")  # sd of log residuals of the fitted points (n - p dof; NaN without any)
+    residual_dof: int = 0
+    n_params: int = 0
 
     @property
     def n_frontier(self) -> int:
@@ -71,6 +76,10 @@ class GroupFit:
             "at_bound": list(c.at_bound),
             "interval": self.interval_method,
             "failed_refits": int(self.failed_refits),
+            "unidentified_refits": int(self.unidentified_refits),
+            "undetermined": self.undetermined,
+            "residual_sd": float(self.residual_sd) if np.isfinite(self.residual_sd) else None,
+            "residual_dof": int(self.residual_dof),
             "conditioning": self.conditioning,
             "predictions": self.predictions,
             "heldout": self.heldout,

@@ -57,3 +57,40 @@ def choose(preps, opts: Options) -> dict:
     best["note"] = "chosen: lowest leave-future-out error"
     return {"form": best["form"], "loss": best["loss"], "n_future": [len(s[2]) for s in sets],
             "future_share": FUTURE_SHARE, "candidates": rows}
+
+
+# A law tried from a list (``fallback``) should keep this many fitted points beyond its parameters; one is the
+# least that leaves a residual degree of freedom (an interval), two let a bootstrap resample identify it often.
+PREFERRED_SPARE = 2
+
+
+def fallback(forms, counts: dict[str, int]) -> dict:
+    """The first law of ``forms`` (tried in order) whose parameters leave every group ``PREFERRED_SPARE`` fitted
+    points to spare, else the first that leaves one, else none.
+
+    ``counts``: fitted points per group. Returns {"form": name or None, "spare": points to spare in the smallest
+    group, "note": why this law (or why none)}. A law with no spare point would interpolate its points and have
+    no interval, so it is never chosen.
+    """
+    from vlscale.scaling.forms import get_form
+
+    forms = [forms] if isinstance(forms, str) else list(forms)
+    group, n = min(counts.items(), key=lambda kv: kv[1])
+    for need in (PREFERRED_SPARE, 1):
+        for name in forms:
+            p = get_form(name).n_params
+            if n - p >= need:
+                skipped = [f for f in forms[:forms.index(name)]]
+                note = "" if not skipped else (
+                    f"{name} instead of {', '.join(skipped)}: {group} has {n} fitted frontier points, "
+                    f"{'too few' if need == PREFERRED_SPARE else 'not enough'} for "
+                    + ", ".join(f"{f} ({get_form(f).n_params} parameters)" for f in skipped))
+                if need == 1 and n - p < PREFERRED_SPARE:
+                    note = (note + "; " if note else "") + (f"{name} keeps only {n - p} point to spare in {group}: "
+                                                            "the interval is wide")
+                return {"form": name, "spare": n - p, "note": note}
+    smallest = min(forms, key=lambda f: get_form(f).n_params)
+    p = get_form(smallest).n_params
+    return {"form": None, "spare": n - p,
+            "note": (f"{group} has {n} fitted frontier points; the smallest law tried ({smallest}, {p} parameters) "
+                     f"needs at least {p + 1}")}

@@ -124,7 +124,9 @@ def fit_summary(rep, *, title: bool = True) -> str:
     lines.append(table(rows, ["group", "points", "frontier", "fitted", *pnames, "converged", "at bound"]))
     if groups[0].predictions:
         lines.append("")
-        lines.append(f"   predicted error: curve [{100 * rep.level:.0f}% band: {groups[0].interval_method}], "
+        methods = list(dict.fromkeys(g.interval_method for g in groups))
+        method = methods[0] if len(methods) == 1 else "; ".join(f"{g.name}: {g.interval_method}" for g in groups)
+        lines.append(f"   predicted error: curve [{100 * rep.level:.0f}% band: {method}], "
                      f"new observation [{100 * rep.level:.0f}% prediction interval], near-optimal fits "
                      f"[spread within {100 * groups[0].conditioning.get('tolerance', 0):.0f}% of the best objective]")
         rows = []
@@ -134,6 +136,12 @@ def fit_summary(rep, *, title: bool = True) -> str:
                              _fmt_range(p["pred_lo"], p["pred_hi"]), _fmt_range(p["spread_lo"], p["spread_hi"])])
         lines.append(table(rows, ["group", "C [GFLOPs]", "curve [band]", "prediction interval", "near-optimal spread"]))
     for g in groups:
+        if g.undetermined:
+            lines.append(f"   note: {g.name} has no interval: {g.undetermined}")
+        elif g.unidentified_refits:
+            lines.append(f"   note: {g.unidentified_refits} of {g.n_refits} bootstrap resamples of {g.name} had no more "
+                         f"distinct points than the {g.n_params} parameters (they interpolate or do not identify the "
+                         f"law) and were left out; interval: {g.interval_method}")
         if g.failed_refits:
             lines.append(f"   note: {g.failed_refits} of {g.n_refits} bootstrap refits of {g.name} ended with a "
                          "non-finite objective and were left out of the intervals")
@@ -223,7 +231,7 @@ def heldout_summary(rep) -> str:
             rows.append([g.name, h["model"], fmt_c(h["samples_seen"]), fmt_c(h["compute"]), h["kind"],
                          f"{h['observed']:.4f}", f"{h['predicted']:.4f}", _fmt_range(h["pred_lo"], h["pred_hi"]),
                          fmt_diff(h["abs_err"], kind), f"{100 * h['rel_err']:.1f}%",
-                         "yes" if h["inside_interval"] else "no"])
+                         "-" if h["inside_interval"] is None else "yes" if h["inside_interval"] else "no"])
     if not rows:
         return ""
     lim = ", ".join(fmt_c(v) for v in sorted(limits))
@@ -231,8 +239,10 @@ def heldout_summary(rep) -> str:
              else "frontier of all runs (the paper's)")
     head = (f"   held-out validation: fitted on frontier points with C <= {lim} ({scope}); every frontier (and "
             f"best-per-compute) point above it, against the {100 * rep.level:.0f}% prediction interval:")
+    level = f"{100 * rep.level:.0f}%"
     return head + "\n" + table(rows, ["group", "model", "samples", "C [GFLOPs]", "kind", "observed", "predicted",
-                                      "prediction interval", "|err|", "rel err", "in interval"])
+                                      f"{level} prediction interval", "|err|", "rel err",
+                                      "in prediction interval"])
 
 
 def comparison_summary(cmp, *, with_fit: bool = True) -> str:
@@ -259,6 +269,8 @@ def comparison_summary(cmp, *, with_fit: bool = True) -> str:
         lines.append(f"   crossover at C = {fmt_c(cr['compute'])} GFLOPs{ci}{frac}{spread}")
     else:
         lines.append(f"   no crossover between {fmt_c(cr['range'][0])} and {fmt_c(cr['range'][1])} GFLOPs")
+    if cmp.strength.get("interval"):
+        lines.append(f"   the verdict uses the {cmp.strength['interval']}")
     lines.append(f"   verdict: {cmp.verdict}")
     return "\n".join(lines)
 
@@ -305,6 +317,8 @@ def _clean(o):
         return {k: _clean(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
     if isinstance(o, (float, np.floating)) and not math.isfinite(float(o)):
         return None
     return o

@@ -57,6 +57,7 @@ class Bootstrap:
     level: float = DEFAULT_LEVEL
     thetas: np.ndarray | None = None  # [n_boot, n_params] unconstrained vectors (exact, no floor clipping)
     failed: int = 0  # refits that ended with a non-finite objective (NaN rows)
+    unidentified: int = 0  # resamples with no more distinct points than parameters (NaN rows, see ``identifies``)
 
     def interval(self, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the predictions at ``predict_at``."""
@@ -84,19 +85,46 @@ def _natural(form, thetas: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=np.float64) for v in form._to_natural(np.asarray(thetas).T)], axis=1)
 
 
-def resample_weights(n_points: int, n_boot: int, min_distinct: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, n_points] multiplicities of a with-replacement resample; draws with too few distinct points
-    (fewer than the form has parameters) are redrawn."""
-    weights = np.zeros((n_boot, n_points))
-    todo = np.arange(n_boot)
-    for _ in range(100):
-        idx = rng.integers(0, n_points, size=(todo.size, n_points))
-        counts = np.stack([np.bincount(row, minlength=n_points) for row in idx]).astype(np.float64)
-        weights[todo] = counts
-        todo = todo[np.count_nonzero(weights[todo], axis=1) < min_distinct]
-        if todo.size == 0:
-            return weights
-    raise UserError(f"cannot draw resamples with {min_distinct} distinct points from {n_points}; add points")
+def undetermined(n_points: int, n_params: int) -> str:
+    """The one wording for a law that its points cannot test: no residual degrees of freedom, so no interval."""
+    return (f"undetermined: {n_points} points for {n_params} parameters (an interval needs at least "
+            f"{n_params + 1}: the law interpolates its points and the data say nothing about its uncertainty)")
+
+
+def resample_weights(n_points: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n_points] multiplicities of plain with-replacement resamples (never redrawn: redrawing the
+    resamples that cannot identify the law would condition the bootstrap on the lucky ones)."""
+    idx = rng.integers(0, n_points, size=(int(n_boot), n_points))
+    return np.stack([np.bincount(row, minlength=n_points) for row in idx]).astype(np.float64).reshape(int(n_boot), n_points)
+
+
+def identifies(weights: np.ndarray, n_params: int, x=None) -> np.ndarray:
+    """Per resample: can it measure the law's spread? It needs more distinct points than the law has parameters
+    (with exactly as many the law interpolates them: zero residuals) and, where ``x`` is given, at least as many
+    distinct inputs as parameters (points tied in compute pin the curve at one compute only)."""
+    w = np.asarray(weights) > 0
+    ok = np.count_nonzero(w, axis=1) > n_params
+    if x is not None:
+        _, inv = np.unique(np.asarray(x).reshape(len(w[0]), -1), axis=0, return_inverse=True)
+        onehot = np.zeros((w.shape[1], int(inv.max()) + 1))
+        onehot[np.arange(w.shape[1]), inv.reshape(-1)] = 1.0
+        ok &= np.count_nonzero(w.astype(np.float64) @ onehot, axis=1) >= n_params
+    return ok
+
+
+def undetermined_reason(x, n_params: int, weights=None) -> str | None:
+    """Why points (with nonzero weight) cannot give a law an interval, or None when they can: no more points
+    than parameters (no residual degrees of freedom), or fewer distinct inputs than parameters."""
+    x = np.asarray(x)
+    used = np.ones(len(x), dtype=bool) if weights is None else np.asarray(weights) > 0
+    n = int(used.sum())
+    if n <= n_params:
+        return undetermined(n, n_params)
+    k = len(np.unique(x[used].reshape(n, -1), axis=0))
+    if k < n_params:
+        return (f"undetermined: {n} points at only {k} distinct compute values for {n_params} parameters "
+                "(ties in compute do not identify the law)")
+    return None
 
 
 def stream(seed, *names) -> np.random.SeedSequence:
@@ -121,6 +149,11 @@ class Refits:
     loo: np.ndarray | None
     boot_failed: int = 0
     loo_failed: int = 0
+    boot_unidentified: int = 0  # resamples with no more distinct points than parameters (NaN rows, not refits)
+
+    @property
+    def boot_usable(self) -> int:
+        return 0 if self.boot is None else int(np.sum(np.all(np.isfinite(self.boot), axis=1)))
 
 
 def refit_many(items, form, *, n_boot: int, loss: str = "mse", leave_one_out: bool = False,
@@ -128,21 +161,28 @@ def refit_many(items, form, *, n_boot: int, loss: str = "mse", leave_one_out: bo
     """Bootstrap (and leave-one-out) refits of many point sets in ONE batched call.
 
     ``items``: (x, y, full-data theta, stream) per set. Each set's resamples come from its own ``stream`` and
-    start from its own full-data optimum. Sets are padded with zero-weight points to one length.
+    start from its own full-data optimum. Sets are padded with zero-weight points to one length. A set with no
+    more points than parameters gets no refits (``undetermined``); a resample with no more distinct points than
+    parameters is a NaN row counted in ``boot_unidentified`` (``identifies``).
     """
     form = forms_lib.get_form(form)
     length = fit_lib.padded_length(max(len(x) for x, _, _, _ in items))
-    xs, ys, ws, starts, spans = [], [], [], [], []
+    xs, ys, ws, starts, spans, unknown = [], [], [], [], [], []
     for x, y, theta, ss in items:
         n = len(x)
         blocks = []
-        if n_boot > 0:
-            blocks.append(resample_weights(n, n_boot, form.n_params, generator(ss, 0)))
+        do_boot = n_boot > 0 and undetermined_reason(x, form.n_params) is None
+        if do_boot:
+            wb = resample_weights(n, n_boot, generator(ss, 0))
+            unknown.append(~identifies(wb, form.n_params, x))
+            blocks.append(wb)
+        else:
+            unknown.append(np.zeros(0, dtype=bool))
         do_loo = leave_one_out and n > form.n_params
         if do_loo:
             blocks.append(1.0 - np.eye(n))
         w = np.concatenate(blocks) if blocks else np.zeros((0, n))
-        spans.append((len(w), n_boot if n_boot > 0 else 0, n if do_loo else 0))
+        spans.append((len(w), n_boot if do_boot else 0, n if do_loo else 0))
         if not len(w):
             continue
         wp = np.zeros((len(w), length))
@@ -160,10 +200,12 @@ def refit_many(items, form, *, n_boot: int, loss: str = "mse", leave_one_out: bo
     ok = np.isfinite(best["objective"]) & np.all(np.isfinite(best["theta"]), axis=1)
     thetas = np.where(ok[:, None], best["theta"], np.nan)
     out, at = [], 0
-    for total, nb, nl in spans:
-        t, good = thetas[at:at + total], ok[at:at + total]
+    for (total, nb, nl), bad in zip(spans, unknown):
+        t, good = thetas[at:at + total].copy(), ok[at:at + total]
+        if nb:
+            t[:nb][bad] = np.nan  # an interpolating or unidentified refit says nothing about the spread
         out.append(Refits(t[:nb] if nb else None, t[nb:nb + nl] if nl else None,
-                          int(np.sum(~good[:nb])), int(np.sum(~good[nb:nb + nl]))))
+                          int(np.sum(~good[:nb] & ~bad)), int(np.sum(~good[nb:nb + nl])), int(np.sum(bad))))
         at += total
     return out
 
@@ -197,6 +239,9 @@ def bootstrap_fit(
     if int(n_boot) < 1:
         raise UserError(f"n_boot must be >= 1; got {n_boot}")
     x, y, w = fit_lib._check_data(x, y, form)
+    why = undetermined_reason(x, form.n_params)
+    if why:
+        raise UserError(why)
     predict_at = fit_lib._as_inputs(predict_at, form, "predict_at") if np.size(predict_at) else np.zeros((0,) + x.shape[1:])
     if full_fit is None:
         full_fit = fit_lib.fit_curve(x, y, form, loss=loss, huber_delta=huber_delta)
@@ -217,6 +262,7 @@ def bootstrap_fit(
         level=level,
         thetas=thetas,
         failed=refits.boot_failed,
+        unidentified=refits.boot_unidentified,
     )
 
 
@@ -249,17 +295,24 @@ def quartile_interval(samples: np.ndarray, centre: np.ndarray, level: float) -> 
 
 
 def residual_scale(fit: fit_lib.CurveFit, x, y, weights=None) -> tuple[float, int]:
-    """The fitted points' multiplicative scatter: sd of log(y / prediction) with n - p degrees of freedom."""
+    """The fitted points' multiplicative scatter: sd of log(y / prediction) with n - p degrees of freedom.
+    With no degrees of freedom (n <= p) the scatter is unknown: (NaN, n - p), never a made-up 1."""
     w = np.ones(len(y)) if weights is None else np.asarray(weights)
     used = w > 0
+    dof = int(used.sum()) - forms_lib.get_form(fit.form).n_params
+    if dof < 1:
+        return float("nan"), dof
     r = np.log(np.asarray(y)[used] / np.asarray(fit.predict(np.asarray(x)[used])))
-    dof = max(int(used.sum()) - forms_lib.get_form(fit.form).n_params, 1)
     return float(np.sqrt(np.sum(r * r) / dof)), dof
 
 
 def prediction_interval(point, lo, hi, s_rel: float, dof: int, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Where a new observation falls: the curve's band (lo, hi around point) and the scatter of a new point,
-    point·exp(±t·s_rel), added in quadrature on each side (independent errors). Always contains the band."""
+    point·exp(±t·s_rel), added in quadrature on each side (independent errors). Always contains the band.
+    Without residual degrees of freedom (dof < 1) the scatter is unknown and so is the interval (NaN)."""
+    if dof < 1 or not np.isfinite(s_rel):
+        nan = np.full(np.shape(point), np.nan)
+        return nan, nan.copy()
     t = t_quantile(level, dof)
     point, lo, hi = (np.asarray(a, dtype=np.float64) for a in (point, lo, hi))
     down = point * (1.0 - np.exp(-t * s_rel))
@@ -287,8 +340,9 @@ def delta_se(fit: fit_lib.CurveFit, x, y, predict_at, weights=None) -> Delta:
     x, y, w = fit_lib._check_data(x, y, form, weights)
     at = fit_lib._as_inputs(predict_at, form, "predict_at")
     n, p = int(np.count_nonzero(w)), form.n_params
-    if n <= p:
-        raise UserError(f"the delta method needs more points ({n}) than parameters ({p}); use bootstrap_fit")
+    why = undetermined_reason(x, p, w)
+    if why:
+        raise UserError(why)
     log_space = not (fit.loss == "mse" and form.fit_space == "linear")
     with jax.enable_x64(True):
         jac, resid, grad, centre = (

@@ -64,6 +64,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                 model_config(n)
             except Exception:
                 raise UserError(f"study config: unknown model {n!r} (see `vlscale models`)") from None
+    check_overrides(cfg)
     groups = list(cfg.fit.get("groups", []))
     if len(groups) != 2:
         raise UserError(f"study config: fit.groups must name two groups to compare, got {groups}")
@@ -72,3 +73,23 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     unknown = [g for g in groups if g not in have]
     if unknown:
         raise UserError(f"study config: fit.groups {unknown} are not among the study's {by}s ({', '.join(have)})")
+
+
+def check_overrides(cfg: ml_collections.ConfigDict) -> None:
+    """``train`` and every ``datasets.<name>.overrides`` name real training config fields (configs/train.py), and
+    synthetic-data knobs build a valid generator: found at plan time, not when every run fails."""
+    from vlscale.configs import train as train_config
+    from vlscale.study.runner import _apply
+
+    model = next(iter(next(iter(cfg.models.values()))))
+    for name, ds in cfg.datasets.items():
+        tc = train_config.get_config(f"model={model},data={ds.get('data', 'synth')}")
+        _apply(tc, cfg.get("train", {}), "train.")
+        _apply(tc, ds.get("overrides", {}), f"datasets.{name}.overrides.")
+        if tc.data.source == "synth":
+            from vlscale.data.synth_scene import SynthConfig
+
+            try:
+                SynthConfig.from_dict(tc.data.synth.knobs.to_dict())
+            except (ValueError, TypeError) as e:
+                raise UserError(f"study config: datasets.{name}: data.synth.knobs: {e}") from None

@@ -76,7 +76,8 @@ class Run:
 class Plan:
     name: str
     runs: tuple[Run, ...]
-    compile_s: float  # one compile per distinct (model, batch) in the estimate
+    compile_s: float  # start-up (compilation) per distinct (model, batch), in its first run's estimate
+    time_source: str = "config estimate"  # where the time model's numbers come from (study/timing.py)
 
     def run(self, name: str) -> Run:
         for r in self.runs:
@@ -90,8 +91,8 @@ class Plan:
 
     @property
     def total_est_s(self) -> float:
-        shapes = {(r.model, r.global_batch_size) for r in self.runs}
-        return sum(r.est_train_s + r.est_eval_s for r in self.runs) + self.compile_s * len(shapes)
+        """Every run's estimate (each (model, batch) shape's start-up is in its first run's)."""
+        return sum(r.est_train_s + r.est_eval_s for r in self.runs)
 
     @property
     def total_disk_bytes(self) -> int:
@@ -110,7 +111,7 @@ class Plan:
                          f"{fmt_seconds(r.est_train_s + r.est_eval_s):>7} {format_bytes(r.disk_bytes):>9}")
         n_shapes = len({(r.model, r.global_batch_size) for r in self.runs})
         lines.append(f"total: {self.total_gflops:.3g} GFLOPs trained (paper convention), estimated "
-                     f"{fmt_seconds(self.total_est_s)} incl. {n_shapes} compilations, disk "
+                     f"{fmt_seconds(self.total_est_s)} incl. {n_shapes} compilations ({self.time_source}), disk "
                      f"{format_bytes(self.total_disk_bytes)}")
         return "\n".join(lines)
 
@@ -175,11 +176,13 @@ def _model_info(model: str) -> tuple[str, float, float, int]:
     return fam, fwd.paper / 1e9, train, flops.param_counts(model)["total"]
 
 
-def make_plan(cfg) -> Plan:
-    """Every run of the study (see module doc). Raises UserError for grids that cannot be trained."""
-    est = _get(cfg, "estimate", {}) or {}
-    rate = float(_get(est, "train_gflops_per_s", 10.0))
-    eval_s = float(_get(est, "eval_s", 5.0))
+def make_plan(cfg, time_model=None) -> Plan:
+    """Every run of the study (see module doc). Raises UserError for grids that cannot be trained. Times come
+    from ``time_model`` (``study.timing``; default: the config's ``estimate``)."""
+    from vlscale.study import timing
+
+    tm = time_model or timing.from_config(cfg)
+    rate, eval_s = tm.train_gflops_per_s, tm.eval_s
     caps = _get(cfg, "max_samples_seen", {}) or {}
     frac = float(_get(cfg, "cooldown_fraction", 0.0) or 0.0)
     runs: list[Run] = []
@@ -226,7 +229,13 @@ def make_plan(cfg) -> Plan:
         dup = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"study config gives two runs the same identity ({dup[0]}); a model is listed twice?")
     runs.sort(key=lambda r: r.stage)  # stable: stage 0 in config order, then the cooldowns
-    return Plan(str(cfg.name), tuple(runs), float(_get(est, "compile_s", 20.0)))
+    shapes, timed = set(), []
+    for r in runs:  # one time model for every estimate: the plan's and the runner's progress line
+        first = (r.model, r.global_batch_size) not in shapes
+        shapes.add((r.model, r.global_batch_size))
+        timed.append(dataclasses.replace(r, est_train_s=tm.train_s(r, first_of_shape=first),
+                                         est_eval_s=tm.eval_total_s(r)))
+    return Plan(str(cfg.name), tuple(timed), tm.startup_s, tm.source)
 
 
 def _cooldowns(parent: Run, frac: float, rate: float, eval_s: float, ckpt_bytes: int) -> list[Run]:

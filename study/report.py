@@ -10,6 +10,7 @@ to every difference.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -68,9 +69,55 @@ def _groups_max(cfg, df, sched: str) -> dict[str, float]:
     return {g: float(sub[sub[by] == g][_x_column(df)].max()) for g in cfg.fit.groups if (sub[by] == g).any()}
 
 
+@dataclasses.dataclass
+class ProtocolFit:
+    """One schedule protocol's comparisons: the benchmarks that could be fitted (``fitted``, one ComparisonSet
+    with the consistency over them) and the ones that could not, each with the reason in study-config terms."""
+
+    benchmarks: list[str]
+    fitted: object | None  # vlscale.scaling.comparison.ComparisonSet over the fitted benchmarks
+    unfitted: dict[str, str]  # benchmark -> why not, and which study config field to change
+    laws: dict[str, str]  # benchmark -> why its law was chosen from fit.form ("" for the first)
+
+    @property
+    def comparisons(self) -> list:
+        return [] if self.fitted is None else list(self.fitted.comparisons)
+
+    def rests_on(self) -> str:
+        n, k = len(self.benchmarks), len(self.comparisons)
+        return f"verdict on {k} of {n} benchmark{'s' if n != 1 else ''}"
+
+    def to_json(self) -> dict:
+        out = self.fitted.to_json() if self.fitted is not None else {"verdict": None}
+        out.update(unfitted=self.unfitted, laws=self.laws, benchmarks_total=len(self.benchmarks),
+                   benchmarks_fitted=len(self.comparisons))
+        return out
+
+
+def _what_to_change(cfg) -> str:
+    """The study config fields that give a group more fitted frontier points."""
+    frac, cut = cfg.fit.get("fit_fraction", None), cfg.fit.get("fit_max_compute", None)
+    fields = ["add budgets to `samples_seen` or models to `models`"]
+    if frac:
+        fields.append(f"raise `fit.fit_fraction` (now {frac})")
+    elif cut:
+        fields.append(f"raise `fit.fit_max_compute` (now {cut:.3g})")
+    fields.append("or list a law with fewer parameters in `fit.form`")
+    return ", ".join(fields)
+
+
+def _study_terms(msg: str) -> str:
+    """A fitter error without its command-line advice (a study config has no such flags)."""
+    first = str(msg).splitlines()[0]
+    return first.split("; ")[0] if "--" in first else first
+
+
 def fit_protocols(cfg, df, progress=None) -> dict:
-    """{protocol: ComparisonSet or error message} for each schedule protocol in the table."""
-    from vlscale.scaling import api
+    """{protocol: ProtocolFit} for each schedule protocol in the table ({"all": message} when the table has none
+    of the benchmarks). Each benchmark gets the first law of ``fit.form`` that its groups have points to spare
+    for (``form_choice.fallback``); benchmarks that share a law are fitted in one batched call, and one that
+    cannot be fitted is listed with its reason while the others are fitted, reported and drawn."""
+    from vlscale.scaling import api, form_choice
 
     by = cfg.fit.get("group_by", "model_type")
     at = predict_targets(cfg, df)
@@ -80,6 +127,7 @@ def fit_protocols(cfg, df, progress=None) -> dict:
     out = {}
     if not benchmarks:
         return {"all": f"no fit: the table has none of the benchmarks {', '.join(cfg.fit.benchmarks)}"}
+    forms = [cfg.fit.form] if isinstance(cfg.fit.form, str) else list(cfg.fit.form)
     for sched in PROTOCOLS:
         if not (df["lr_scheduler"] == sched).any():
             continue
@@ -92,23 +140,44 @@ def fit_protocols(cfg, df, progress=None) -> dict:
         else:
             datasets = [None]
             model_types = sorted(df["model_type"].unique())
-        forms = [cfg.fit.form] if isinstance(cfg.fit.form, str) else list(cfg.fit.form)
-        reasons = []
-        for form in forms:
+        common = dict(groups=list(cfg.fit.groups), group_by=by, at=at, lr_scheduler=sched, model_types=model_types,
+                      frontier=cfg.fit.frontier, min_compute=None, max_samples_seen=None, fit_max_compute=fit_max,
+                      bootstrap=int(cfg.fit.bootstrap), level=float(cfg.fit.level), progress=progress)
+        unfitted, laws, by_form = {}, {}, {}
+        for bench in benchmarks:
+            ds, metric = api.parse_benchmark(bench)
             try:
-                cs = api.compare_benchmarks(
-                    df, groups=list(cfg.fit.groups), group_by=by, at=at, benchmarks=benchmarks,
-                    pretrain_datasets=datasets, lr_scheduler=sched, model_types=model_types, form=form,
-                    frontier=cfg.fit.frontier, min_compute=None, max_samples_seen=None, fit_max_compute=fit_max,
-                    bootstrap=int(cfg.fit.bootstrap), level=float(cfg.fit.level), progress=progress)
+                counts = [api.fitted_counts(df, benchmark=ds, metric=metric, pretrain_dataset=p, **common)
+                          for p in datasets]
             except UserError as e:
-                reasons.append(f"{form}: {str(e).splitlines()[0]}")
+                unfitted[bench] = f"not fitted: {_study_terms(e)}"
                 continue
-            cs.study_fallbacks = reasons  # the forms tried first and why they did not fit
-            out[sched] = cs
-            break
-        else:
-            out[sched] = "no fit: " + "; ".join(reasons)
+            worst = min((c for c in counts), key=lambda c: min(c.values()))
+            choice = form_choice.fallback(forms, worst)
+            if choice["form"] is None:
+                unfitted[bench] = f"not fitted: {choice['note']}; {_what_to_change(cfg)}"
+                continue
+            laws[bench] = choice["note"]
+            by_form.setdefault(choice["form"], []).append(bench)
+        sets = []
+        for form, benches in by_form.items():
+            try:
+                sets.append(api.compare_benchmarks(
+                    df, benchmarks=benches, pretrain_datasets=datasets, form=form, **common))
+            except UserError as e:
+                for b in benches:
+                    unfitted[b] = f"not fitted ({form}): {_study_terms(e)}"
+        order = {b: i for i, b in enumerate(benchmarks)}
+        comps = sorted((c for cs in sets for c in cs.comparisons),
+                       key=lambda c: order[f"{c.fit.selection.downstream_dataset}/{c.fit.selection.metric}"])
+        fitted = None
+        if comps:
+            from vlscale.scaling.comparison import ComparisonSet, consistency
+
+            consistent, text = consistency(comps, float(cfg.fit.level))
+            fitted = ComparisonSet(comps, consistent, text, sum(cs.fit_seconds for cs in sets),
+                                   sum(cs.compile_seconds for cs in sets))
+        out[sched] = ProtocolFit(benchmarks, fitted, unfitted, laws)
     return out
 
 
@@ -155,13 +224,16 @@ def _run_rows(cfg, plan: Plan, study_dir: Path, df) -> tuple[list[list], list[li
     return rows, failed, totals
 
 
-def _comparison_lines(c, noise: dict, level: float) -> list[str]:
+def _comparison_lines(c, noise: dict, level: float, laws: dict | None = None) -> list[str]:
     sel = c.fit.selection
     bench = f"{sel.downstream_dataset}/{sel.metric}"
     n = noise.get(bench)
     noise_txt = (f"run-to-run noise {n['std_pp']:.2f} pp (std over seeds, {n['cells']} cells)" if n
                  else "run-to-run noise unknown (no seed replicates)")
-    lines = [f"- **{sel.pretrain_dataset or 'all datasets'} · {bench}**: {c.verdict}."]
+    law = (laws or {}).get(bench, "")
+    lines = [f"- **{sel.pretrain_dataset or 'all datasets'} · {bench}**: {c.verdict}.",
+             f"  - law `{c.fit.form}`" + (f" ({law})" if law else "") + "; the verdict uses the "
+             + c.strength.get("interval", "interval of the difference")]
     for row in c.comparison:
         diff_pp, lo, hi = 100 * row["diff"], row["lo"], row["hi"]
         interval = (f" [{100 * lo:+.2f}, {100 * hi:+.2f}] pp ({100 * level:.0f}%)" if math.isfinite(lo) else
@@ -194,61 +266,67 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
     lines += ["## Verdict", ""]
     if not fits:
         lines += ["No verdict: the study has no evaluated results yet (`vlscale study status DIR`).", ""]
-    for sched, cs in fits.items():
-        if isinstance(cs, str):
-            lines += [f"**{sched}**: {cs}", ""]
+    for sched, pf in fits.items():
+        if isinstance(pf, str):
+            lines += [f"**{sched}**: {pf}", ""]
             continue
-        lines += [f"**{sched}** protocol — {cs.consistency}", ""]
-        for why in getattr(cs, "study_fallbacks", []):
-            lines += [f"Law {cs.comparisons[0].fit.form} used instead of {why}", ""]
-        for c in cs.comparisons:
-            lines += _comparison_lines(c, noise, level)
+        cs = pf.fitted
+        head = f"**{sched}** protocol — {pf.rests_on()}"
+        lines += [head + (f": {cs.consistency}" if cs is not None else ": no benchmark could be fitted"), ""]
+        for c in pf.comparisons:
+            lines += _comparison_lines(c, noise, level, pf.laws)
+        for bench, why in pf.unfitted.items():
+            lines.append(f"- **{bench}**: {why}.")
         lines.append("")
-    real = {k: v for k, v in fits.items() if not isinstance(v, str)}
+    real = {k: v for k, v in fits.items() if not isinstance(v, str) and v.comparisons}
     if len(real) > 1:
         lines += ["### Protocols side by side", "",
                   "The paper's claim: the constant-LR comparison agrees with the cosine one at a fraction of the cost.",
                   ""]
         rows = []
-        for sched, cs in real.items():
-            for c in cs.comparisons:
+        for sched, pf in real.items():
+            for c in pf.comparisons:
                 s = c.fit.selection
                 rows.append([sched, f"{s.downstream_dataset}/{s.metric}", c.winner or "–",
-                             _f(100 * c.comparison[-1]["diff"], "+.2f"), _f(c.agree, ".2f")])
-        lines += _table(["protocol", "benchmark", "lower error", "diff (pp)", "bootstrap agreement"], rows)
+                             _f(100 * c.comparison[-1]["diff"], "+.2f"), _f(c.agree, ".2f"),
+                             "yes" if c.resolved else "no"])
+        lines += _table(["protocol", "benchmark", "lower error", "diff (pp)", "bootstrap agreement", "resolved"], rows)
     # Figures.
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     if real:
         lines += ["## Error vs compute", "",
-                  "Per benchmark and protocol: every evaluated checkpoint, the frontier, the fitted law with its "
-                  f"{100 * level:.0f}% band, and the held-out points above the fit range.", ""]
-    for sched, cs in real.items():
-        for c in cs.comparisons:
+                  "Per fitted benchmark and protocol: every evaluated checkpoint, the frontier, the fitted law with "
+                  f"its {100 * level:.0f}% band, and the held-out points above the fit range.", ""]
+    for sched, pf in real.items():
+        for c in pf.comparisons:
             s = c.fit.selection
             name = _slug(f"{sched}_{s.pretrain_dataset or 'all'}_{s.downstream_dataset}_{s.metric}") + ".png"
             _figure(c, fig_dir / name)
             lines += [f"![{sched} {s.downstream_dataset} {s.metric}](figures/{name})", ""]
     # Laws, held-out, allocation.
-    for sched, cs in real.items():
+    for sched, pf in real.items():
         law_rows, held_rows, alloc_rows = [], [], []
-        for c in cs.comparisons:
+        for c in pf.comparisons:
             s = c.fit.selection
             bench = f"{s.downstream_dataset}/{s.metric}"
             for g, gf in c.fit.groups.items():
                 p = gf.curve.params
                 pred = gf.predictions[-1] if gf.predictions else {}
                 cv = gf.curve
-                law_rows.append([bench, g, ", ".join(f"{k}={_f(float(v))}" for k, v in p.items()),
+                law_rows.append([bench, g, f"`{cv.form}`: " + ", ".join(f"{k}={_f(float(v))}" for k, v in p.items()),
                                  f"{int(gf.fitted.sum())}/{gf.n_frontier}",
                                  f"{cv.converged_starts}/{cv.n_starts}, rms {_f(math.sqrt(cv.mse), '.2g')}"
                                  + (f", at bound: {', '.join(cv.at_bound)}" if cv.at_bound else ""),
+                                 gf.interval_method,
                                  f"{_f(pred.get('error'), '.3f')} [{_f(pred.get('lo'), '.3f')}, "
                                  f"{_f(pred.get('hi'), '.3f')}] at {_f(pred.get('compute'))}"])
                 for h in gf.heldout:
+                    inside = h["inside_interval"]
                     held_rows.append([bench, g, h["model"], _f(h["compute"]), _f(h["observed"], ".3f"),
-                                      _f(h["predicted"], ".3f"), f"[{_f(h['lo'], '.3f')}, {_f(h['hi'], '.3f')}]",
-                                      _f(h["abs_err_pp"], ".2f"), "yes" if h["inside_interval"] else "no"])
+                                      _f(h["predicted"], ".3f"), f"[{_f(h['pred_lo'], '.3f')}, {_f(h['pred_hi'], '.3f')}]",
+                                      _f(h["abs_err_pp"], ".2f"),
+                                      "–" if inside is None else "yes" if inside else "no"])
                 d = gf.allocation.get("D_opt")
                 if d:
                     alloc_rows.append([bench, g, f"D_opt ∝ C^{d['slope']:.3f}",
@@ -257,14 +335,19 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
         held = (f"frontier points above {frac} of each group's largest compute are held out" if frac else
                 f"frontier points above {cut:.3g} GFLOPs are held out" if cut else "every frontier point is fitted")
         lines += [f"## Fitted laws ({sched})", "",
-                  f"Law `{cs.comparisons[0].fit.form}` on the `{cfg.fit.frontier}` frontier; {held}. Converged: starts that "
-                  "reach the best objective (of all starts); rms: root-mean-square residual of the error.", ""]
-        lines += _table(["benchmark", "group", "parameters", "fitted/frontier", "converged, rms",
-                         "predicted error [interval]"], law_rows)
+                  f"Each benchmark's law on the `{cfg.fit.frontier}` frontier; {held}. Converged: starts that "
+                  "reach the best objective (of all starts); rms: root-mean-square residual of the error; "
+                  f"interval: how the {100 * level:.0f}% band of the curve was made (\"undetermined\" where a group "
+                  "has no more fitted points than the law has parameters).", ""]
+        lines += _table(["benchmark", "group", "law and parameters", "fitted/frontier", "converged, rms", "interval",
+                         f"predicted error [{100 * level:.0f}% band]"], law_rows)
         lines += [f"### Held-out points ({sched})", "",
-                  "How well each law predicted points it never saw (observed vs predicted error).", ""]
-        lines += (_table(["benchmark", "group", "model", "compute", "observed", "predicted", "interval", "|err| pp",
-                          "inside"], held_rows) if held_rows else ["No points above the fit range.", ""])
+                  "How well each law predicted points it never saw: observed vs predicted error, and whether the "
+                  f"observation falls inside the {100 * level:.0f}% prediction interval shown (where a new "
+                  "observation is expected: the curve's band plus the fitted points' scatter).", ""]
+        lines += (_table(["benchmark", "group", "model", "compute", "observed", "predicted",
+                          f"{100 * level:.0f}% prediction interval", "|err| pp", "inside the prediction interval"],
+                         held_rows) if held_rows else ["No points above the fit range.", ""])
         lines += [f"### Compute-optimal samples D_opt(C) ({sched})", ""]
         lines += (_table(["benchmark", "group", "law", "D_opt at the targets"], alloc_rows) if alloc_rows
                   else ["Not enough model sizes on the frontier for an allocation fit.", ""])
@@ -289,7 +372,7 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
     out, in_table, in_list = [], False, False
     for line in md.splitlines():
         if in_table and not line.startswith("|"):
-            out.append("</table>")
+            out.append("</table></div>")
             in_table = False
         if in_list and not line.startswith(("- ", "  - ")):
             out.append("</ul>")
@@ -307,9 +390,11 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
             if set(line) <= set("|-"):
                 continue
             if not in_table:
-                out.append("<table>")
+                out.append('<div class="table"><table>')
                 in_table = True
-                out.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
+                # long benchmark names in headers may break after "/" and "_" (not inside words)
+                out.append("<tr>" + "".join(f"<th>{_inline(c).replace('/', '/<wbr>').replace('_', '_<wbr>')}</th>"
+                                            for c in cells) + "</tr>")
             else:
                 out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
         elif line.startswith(("- ", "  - ")):
@@ -321,11 +406,14 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
         elif line.strip():
             out.append(f"<p>{_inline(line)}</p>")
     if in_table:
-        out.append("</table>")
+        out.append("</table></div>")
     if in_list:
         out.append("</ul>")
+    # Tables stay inside the page: a wide one scrolls in its own box, long cells (run names) wrap.
     style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
+             "div.table{max-width:100%;overflow-x:auto}"
              "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "td code{overflow-wrap:anywhere}td{max-width:30em}"
              "img{max-width:100%}li.sub{margin-left:2em}code{font-size:90%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
@@ -347,7 +435,10 @@ def write_report(cfg, plan: Plan, study_dir: str | Path, *, wall_s: float | None
     layout.write_text(study_dir / "report.md", md)
     layout.write_text(study_dir / "report.html", markdown_to_html(md, study_dir, f"study {cfg.name}"))
     fit_json = {k: (v if isinstance(v, str) else v.to_json()) for k, v in fits.items()}
-    layout.write_text(study_dir / "fit.json", json.dumps(fit_json, indent=1, default=_json_default) + "\n")
+    from vlscale.scaling.report import _clean  # NaN (no interval) -> null: strict JSON
+
+    layout.write_text(study_dir / "fit.json",
+                      json.dumps(_clean(fit_json), indent=1, default=_json_default, allow_nan=False) + "\n")
     return study_dir / "report.md"
 
 

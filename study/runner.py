@@ -24,7 +24,7 @@ import ml_collections
 
 from vlscale.errors import UserError
 from vlscale.study import config as study_config
-from vlscale.study import layout
+from vlscale.study import layout, timing
 from vlscale.study.plan import Plan, Run, fmt_seconds, make_plan
 
 # The fields of a study config that change what is trained or evaluated; a study directory refuses a config that
@@ -79,7 +79,11 @@ def load_study(study_dir: str | Path) -> tuple[ml_collections.ConfigDict, Plan]:
 def _apply(target: ml_collections.ConfigDict, overrides, where: str) -> None:
     for key, value in dict(overrides).items():
         if key not in target:
-            raise UserError(f"study config: {where}{key} is not a training config field (configs/train.py)")
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(target.keys()), n=1)
+            hint = f"; did you mean {' or '.join(where + c for c in close)}?" if close else ""
+            raise UserError(f"study config: {where}{key} is not a training config field (configs/train.py){hint}")
         if isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
             _apply(target[key], value, f"{where}{key}.")
         else:
@@ -183,7 +187,8 @@ def run_one(cfg, plan: Plan, run: Run, study_dir: Path, *, train_fn, eval_fn, co
             return "pending"
         resumed = (workdir / "checkpoints").is_dir()
         progress(f"  {run.name}: {'resuming' if resumed else 'training'} ({run.samples} samples, "
-                 f"batch {run.global_batch_size}, est. {fmt_seconds(run.est_train_s)})")
+                 f"batch {run.global_batch_size}, est. {fmt_seconds(run.est_train_s)} training + "
+                 f"{fmt_seconds(run.est_eval_s)} evaluation)")
         layout.update_state(study_dir, run.name, status="running", owner=layout.here(), error=None)
         t0 = time.perf_counter()
         try:
@@ -256,8 +261,13 @@ def run_study(cfg, study_dir: str | Path, *, train_fn=None, eval_fn=None, config
     config_fn = config_fn or build_train_config
     statuses = {}
     for i, r in enumerate(runs):
-        progress(f"[{i + 1}/{len(runs)}] {r.name}")
-        statuses[r.name] = run_one(cfg, plan, r, study_dir, train_fn=train_fn, eval_fn=eval_fn,
+        # the same time model as the plan's, recalibrated from the runs this machine has finished so far
+        timed = make_plan(cfg, timing.calibrated(cfg, plan, study_dir))
+        left = [timed.run(x.name) for x in runs[i:] if not layout.is_trained(study_dir, x.name)]
+        eta = f"; about {fmt_seconds(sum(x.est_train_s + x.est_eval_s for x in left))} left ({timed.time_source})" \
+            if left and do_train else ""
+        progress(f"[{i + 1}/{len(runs)}] {r.name}{eta}")
+        statuses[r.name] = run_one(cfg, plan, timed.run(r.name), study_dir, train_fn=train_fn, eval_fn=eval_fn,
                                    config_fn=config_fn, do_train=do_train, do_eval=do_eval, progress=progress)
     if do_eval:
         collect_results(plan, study_dir)

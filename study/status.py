@@ -61,6 +61,9 @@ def run_status(study_dir: Path, run) -> dict:
     note = st.get("error") or ""
     if s == "running":
         note = f"on {st['owner'].get('host')} pid {st['owner'].get('pid')}"
+        if seen is None and st.get("status") == "running":
+            progress = f"-/{run.samples}"
+            note += "; no step logged yet (loading data or compiling)"
     return {"run": run.name, "status": s, "progress": progress, "train_s": float(st.get("train_s", 0.0) or 0.0),
             "eval_s": float(st.get("eval_s", 0.0) or 0.0), "note": note}
 

@@ -100,6 +100,16 @@ def test_convert_embed_and_export(tiny_checkpoint, capsys):
     assert model.load_state_dict(back, strict=True) is not None
     for k, v in model.state_dict().items():
         assert torch.equal(back[k], v), k
+    # It says which open_clip config loads the file, and that config does (tiny-clip: written beside it).
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    js = root / "tiny-clip.json"
+    assert said == (f"open_clip has no config named tiny-clip; its model config is written to {js}: load it with "
+                    f"open_clip.add_model_config({str(js)!r}); open_clip.create_model('tiny-clip', "
+                    f"pretrained={str(root / 'back.pt')!r})")
+    open_clip.add_model_config(str(js))
+    loaded = open_clip.create_model("tiny-clip", pretrained=str(root / "back.pt"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_mammut_safetensors_convert_and_embed(tiny_checkpoint, tmp_path, capsys):
@@ -146,3 +156,18 @@ def test_user_errors_are_one_line(tiny_checkpoint, capsys):
     assert "did you mean" in capsys.readouterr().err
     assert main(["embed", "--checkpoint", str(root), "--texts", "x", "--out", str(root / "e.npz")]) == 2
     assert "not a vlscale checkpoint" in capsys.readouterr().err
+
+
+def test_export_names_the_open_clip_config_or_the_mammut_fork(tmp_path):
+    from vlscale.commands.models import open_clip_loader
+    from vlscale.models.config import get_config
+
+    out = str(tmp_path / "m.safetensors")
+    assert open_clip_loader(get_config("ViT-B-32"), out) == (
+        f"load it with open_clip: open_clip.create_model('ViT-B-32', pretrained={out!r})")
+    assert open_clip_loader(get_config("mammut_ViT-B-32"), out) == (
+        "load it with the MaMMUT fork of open_clip (open_clip_mammut): "
+        f"open_clip.create_model('mammut_ViT-B-32', pretrained={out!r})")
+    said = open_clip_loader(get_config("shapes-mammut-XS"), out)
+    assert said.startswith("the MaMMUT fork (open_clip_mammut) has no config named shapes-mammut-XS: build its "
+                           "MaMMUT with embed_dim ") and not (tmp_path / "shapes-mammut-XS.json").exists()

@@ -62,17 +62,22 @@ def test_bootstrap_is_deterministic_per_seed(boot, data):
 def test_bootstrap_resamples_are_exact_refits(boot, data):
     """Resample i, refitted on its own with the full multi-start fit, lands on the same optimum."""
     x, y, full = data
-    weights = uncertainty.resample_weights(len(x), 200, 4, uncertainty.generator(7, 0))
+    weights = uncertainty.resample_weights(len(x), 200, uncertainty.generator(7, 0))
     for i in (0, 1):
         single = fit.fit_curve(x, y, weights=weights[i])
         np.testing.assert_allclose(single.predict(PREDICT_AT), boot.predictions[i], rtol=1e-6)
 
 
-def test_resample_weights_are_multiplicities():
-    w = uncertainty.resample_weights(10, 500, 4, np.random.default_rng(0))
-    assert w.shape == (500, 10)
-    assert np.all(w.sum(axis=1) == 10)
-    assert np.all(np.count_nonzero(w, axis=1) >= 4)
+def test_resample_weights_are_plain_multiplicities():
+    """Never redrawn: the share of resamples with k distinct points of 4 is the textbook occupancy law."""
+    w = uncertainty.resample_weights(4, 20000, np.random.default_rng(0))
+    assert w.shape == (20000, 4) and np.all(w.sum(axis=1) == 4)
+    distinct = np.count_nonzero(w, axis=1)
+    # P(k distinct of n=4 draws) = C(4,k) S(4,k) k! / 4^4: 4/256, 84/256, 144/256, 24/256
+    for k, p in ((1, 4 / 256), (2, 84 / 256), (3, 144 / 256), (4, 24 / 256)):
+        assert np.mean(distinct == k) == pytest.approx(p, abs=0.01)
+    # a 3-parameter law is identified (a spare point) only by the resamples with all 4 distinct points
+    np.testing.assert_array_equal(uncertainty.identifies(w, 3), distinct == 4)
 
 
 def test_delta_interval_is_exact_for_a_linear_model():
@@ -103,7 +108,7 @@ def test_delta_interval_brackets_fit_and_widens(data):
     assert np.all(np.diff(hi - lo) > 0)
     lo80, hi80 = uncertainty.delta_interval(full, x, y, PREDICT_AT, level=0.8)
     assert np.all(hi80 - lo80 < hi - lo)
-    with pytest.raises(UserError, match="more points"):
+    with pytest.raises(UserError, match="undetermined: 4 points for 4 parameters"):
         uncertainty.delta_interval(full, x[:4], y[:4], PREDICT_AT)
     with pytest.raises(UserError, match="level"):
         uncertainty.delta_interval(full, x, y, PREDICT_AT, level=95)
@@ -117,8 +122,8 @@ def test_bootstrap_bad_options_raise_user_errors(data):
         uncertainty.bootstrap_fit(x, y, n_boot=10, level=1.5, full_fit=full)
     with pytest.raises(UserError, match="predict_at"):
         uncertainty.bootstrap_fit(x, y, n_boot=10, predict_at=[-1.0], full_fit=full)
-    with pytest.raises(UserError, match="distinct points"):
-        uncertainty.resample_weights(3, 10, 4, np.random.default_rng(0))
+    with pytest.raises(UserError, match="undetermined: 4 points for 4 parameters"):
+        uncertainty.bootstrap_fit(x[:4], y[:4], n_boot=10)
 
 
 def test_delta_difference_uses_welch_satterthwaite_dof():

@@ -22,3 +22,9 @@ def test_quickstart_notebook_executes(tmp_path):
     assert "mammut below clip" in outputs or "not on this machine" in outputs
     assert (tmp_path / "runs" / "notebook_micro" / "report.md").is_file()
     assert "done 2 (of 2)" in outputs
+    # the study part ends on its verdict and shows every figure the report drew
+    figures = sorted((tmp_path / "runs" / "notebook_micro" / "figures").glob("*.png"))
+    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if "image/png" in o.get("data", {})]
+    assert figures and len(shown) >= len(figures)
+    assert f"{len(figures)} figure(s); full report:" in outputs

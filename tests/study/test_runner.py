@@ -167,5 +167,40 @@ def test_a_law_with_fewer_parameters_when_the_first_cannot_be_fitted(tmp_path):
     out = run(cfg, tmp_path)
     assert out.exit_code == 0
     md = (tmp_path / "report.md").read_text()
-    assert "Law power used instead of saturation_both: clip has 3 frontier points" in md
-    assert "Law `power` on the `naive` frontier" in md
+    assert ("law `power` (power instead of saturation_both: clip has 3 fitted frontier points, not enough for "
+            "saturation_both (4 parameters); power keeps only 1 point to spare in clip: the interval is wide)") in md
+    assert "verdict on 2 of 2 benchmarks" in md
+    assert "| synth_colour_shape/acc1 | clip | `power`: a=" in md
+
+
+def test_a_benchmark_that_cannot_be_fitted_is_listed_and_the_others_are_reported(tmp_path):
+    cfg = small_study()
+    cfg.models = {"clip": ["shapes-clip-XS"], "mammut": ["shapes-mammut-XS"]}
+    cfg.fit.form = ["power"]
+    cfg.fit.fit_fraction = None
+    cfg.samples_seen = [256, 512, 1024]
+    out = run(cfg, tmp_path, report=False)
+    assert out.exit_code == 0
+    df = pd.read_csv(tmp_path / "results.csv")
+    # drop clip's 1024-sample retrieval row: that benchmark's clip frontier keeps 2 points, too few for power
+    bench = f"{fakes.BENCHES[1][0]}/{fakes.BENCHES[1][1]}"
+    ds, metric = fakes.BENCHES[1]
+    keep = ~((df["downstream_dataset"] == ds) & (df["metric"] == metric) & (df["samples_seen"] == 1024)
+             & (df["model_type"] == "clip"))
+    df[keep].to_csv(tmp_path / "results.csv", index=False)
+    from vlscale.study import report as report_lib
+
+    plan = runner.open_study(cfg, tmp_path)
+    report_lib.write_report(cfg, plan, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "**const** protocol — verdict on 1 of 2 benchmarks" in md
+    assert (f"- **{bench}**: not fitted: clip has 2 fitted frontier points; the smallest law tried (power, 2 "
+            "parameters) needs at least 3; add budgets to `samples_seen` or models to `models`, or list a law with "
+            "fewer parameters in `fit.form`.") in md
+    assert "--" not in md.split("## Runs")[0].replace("---|", "")  # no command-line flags in study advice
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 1
+    def strict(token):
+        raise AssertionError(f"fit.json holds {token}")
+
+    fit = json.loads((tmp_path / "fit.json").read_text(), parse_constant=strict)
+    assert fit["const"]["benchmarks_fitted"] == 1 and bench in fit["const"]["unfitted"]

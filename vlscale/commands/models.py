@@ -117,7 +117,45 @@ def _run_convert(args) -> int:
     state = convert.flax_to_torch(params, meta["model"], text_prefix=args.text_prefix)
     state_dict_files.save_state_dict_file(state, out)
     print(f"exported {args.to_open_clip} ({meta['model']}) -> {out} ({len(state)} tensors)")
+    print(open_clip_loader(get_config(meta["model"]), out))
     return 0
+
+
+def open_clip_config(cfg) -> dict:
+    """open_clip's model-config JSON for a CLIP config (the fields of its model_configs/*.json)."""
+    v, t = cfg.vision, cfg.text
+    vision = dict(image_size=v.image_size, layers=v.layers, width=v.width, head_width=v.head_width,
+                  patch_size=v.patch_size, mlp_ratio=v.mlp_ratio)
+    if v.ls_init_value is not None:
+        vision["ls_init_value"] = v.ls_init_value
+    text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
+                layers=t.layers, mlp_ratio=t.mlp_ratio)
+    return {"embed_dim": cfg.embed_dim, "vision_cfg": vision, "text_cfg": text}
+
+
+def open_clip_loader(cfg, out) -> str:
+    """Which open_clip model config loads an exported file, as the lines to run. A named paper model has its
+    JSON in open_clip (CLIP) or the MaMMUT fork, open_clip_mammut; a tiny CLIP gets its JSON written beside the
+    file; a tiny MaMMUT has no fork config, so the dimensions are printed."""
+    import json
+    from pathlib import Path
+
+    from vlscale.models.config import PAPER_MODELS
+
+    if cfg.name in PAPER_MODELS:
+        where = "open_clip" if cfg.family == "clip" else "the MaMMUT fork of open_clip (open_clip_mammut)"
+        return f"load it with {where}: open_clip.create_model({cfg.name!r}, pretrained={str(out)!r})"
+    if cfg.family == "clip":
+        path = Path(out).with_name(f"{cfg.name}.json")
+        path.write_text(json.dumps(open_clip_config(cfg), indent=1) + "\n")
+        return (f"open_clip has no config named {cfg.name}; its model config is written to {path}: load it with "
+                f"open_clip.add_model_config({str(path)!r}); open_clip.create_model({cfg.name!r}, "
+                f"pretrained={str(out)!r})")
+    v, t = cfg.vision, cfg.text
+    return (f"the MaMMUT fork (open_clip_mammut) has no config named {cfg.name}: build its MaMMUT with embed_dim "
+            f"{cfg.embed_dim}, vision width {v.width} layers {v.layers} patch {v.patch_size} image {v.image_size}, "
+            f"text width {t.width} heads {t.heads} layers {t.layers} context {t.context_length} has_mlp "
+            f"{t.has_mlp}, then load_state_dict from {out}")
 
 
 def load_checkpoint_params(path) -> tuple[dict, dict]:

@@ -116,8 +116,10 @@ def handle_plan(args) -> int:
 
     from vlscale.study.plan import make_plan
 
-    cfg, _ = _resolve(args)
-    plan = make_plan(cfg)
+    from vlscale.study import timing
+
+    cfg, study_dir = _resolve(args)
+    plan = make_plan(cfg, timing.calibrated(cfg, make_plan(cfg), study_dir))  # measured runs in --dir, if any
     if args.json:
         for r in plan.runs:
             print(json.dumps(r.row()))
@@ -142,10 +144,12 @@ def handle_run(args) -> int:
 
     if getattr(args, "distributed", False):
         _distributed()
+    from vlscale.study import timing
+
     cfg, study_dir = _resolve(args)
     only = getattr(args, "only", None)
     if not only:
-        print(make_plan(cfg).table(), flush=True)
+        print(make_plan(cfg, timing.calibrated(cfg, make_plan(cfg), study_dir)).table(), flush=True)
         print(f"study directory: {study_dir}", flush=True)
     out = runner.run_study(cfg, study_dir, only=only, do_eval=not getattr(args, "no_eval", False),
                            report=not getattr(args, "no_report", False),
