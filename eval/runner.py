@@ -144,6 +144,7 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
     from vlscale.eval import results as results_lib
     from vlscale.eval.batches import check_batch_size
     from vlscale.eval.encoders import EvalModel
+    from vlscale.eval.nonfinite import NonFiniteScores
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     specs = [as_task(t) for t in tasks]
@@ -173,16 +174,21 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
                 log(f"skipped {spec.task} {spec.dataset}: {e}")
                 continue
             raise
-        if spec.task == "retrieval":
-            res = retrieval.evaluate(em, ds, batch_size)
-        else:
-            prompts = prompts_lib.user_prompts(ds.prompts, spec.classnames, spec.templates)
-            prompts_lib.check_matching(prompts, ds.num_classes,
-                                       int(ds.labels.max()) if ds.labels is not None else None)
-            if spec.task == "zeroshot":
-                res = zeroshot.evaluate(em, ds, prompts, batch_size, classifier=classifiers.get(em, prompts, batch_size))
+        try:
+            if spec.task == "retrieval":
+                res = retrieval.evaluate(em, ds, batch_size)
             else:
-                res = generative.evaluate(em, ds, prompts, gen_batch)
+                prompts = prompts_lib.user_prompts(ds.prompts, spec.classnames, spec.templates)
+                prompts_lib.check_matching(prompts, ds.num_classes,
+                                           int(ds.labels.max()) if ds.labels is not None else None)
+                if spec.task == "zeroshot":
+                    res = zeroshot.evaluate(em, ds, prompts, batch_size,
+                                            classifier=classifiers.get(em, prompts, batch_size))
+                else:
+                    res = generative.evaluate(em, ds, prompts, gen_batch)
+        except NonFiniteScores as e:
+            raise NonFiniteScores(f"checkpoint {ckpt.path}: {spec.task} on {ds.name} stopped, no row written: {e} "
+                                  "(are its weights finite?)") from None
         record = {"dataset": ds.name, "model": ckpt.model_name, "task": spec.task, "metrics": res["metrics"],
                   **{k: v for k, v in res.items() if k != "metrics"}, "spec": spec.dataset, "checkpoint": ckpt.path,
                   "step": ckpt.step, "samples_seen": ckpt.samples_seen, "precision": em.dtype}
