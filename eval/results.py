@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from vlscale import csv_cells
 from vlscale.errors import UserError
 from vlscale.outputs import append_new_rows
 from vlscale.scaling.results import IDENTITY_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
@@ -93,7 +94,7 @@ def read_rows(path: str | Path) -> list[dict]:
     if not p.is_file() or p.stat().st_size == 0:
         return []
     with open(p, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [csv_cells.restore_row(r) for r in csv.DictReader(f)]
 
 
 def _check_table(target: Path):

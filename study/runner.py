@@ -22,6 +22,7 @@ from typing import Callable
 
 import ml_collections
 
+from vlscale import csv_cells
 from vlscale.errors import UserError
 from vlscale.study import config as study_config
 from vlscale.study import layout
@@ -231,14 +232,14 @@ def collect_results(plan: Plan, study_dir: str | Path):
     for r in plan.runs:
         p = layout.run_dir(study_dir, r.name) / layout.RESULTS_FILE
         if p.is_file() and p.stat().st_size:
-            df = pd.read_csv(p)
+            df = csv_cells.restore_frame(pd.read_csv(p))
             keys = [k for k in ("step", "samples_seen", "downstream_dataset", "metric") if k in df.columns]
             frames.append(df.sort_values(keys, kind="stable") if keys else df)
     out = study_dir / layout.RESULTS_FILE
     if not frames:
         return None
     table = pd.concat(frames, ignore_index=True)
-    layout.write_text(out, table.to_csv(index=False))
+    layout.write_text(out, csv_cells.neutralise_frame(table).to_csv(index=False))
     return table
 
 

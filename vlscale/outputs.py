@@ -26,6 +26,7 @@ file on its own, atomically, and never removes anything::
     with atomic_path(path) as tmp:            # for writers that want a path: np.savez, torch.save, savefig
         np.savez(tmp, ...)
     append_rows(results_csv, rows)            # CSV rows added under a lock; the header grows if needed
+                                              # (formula-like text cells get a leading ', see csv_cells)
     append_new_rows(results_csv, rows, key)   # the same, skipping rows whose key is already there
 
 Readers therefore see either the old file or the new one, never a prefix of it.
@@ -44,7 +45,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
-from vlscale import signals
+from vlscale import csv_cells, signals
 from vlscale.errors import UserError
 
 TMP_SUFFIX = ".tmp"
@@ -268,7 +269,7 @@ def _append(path, rows, columns, key, check) -> tuple[int, int]:
             with open(target, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
                 header = list(reader.fieldnames or [])
-                old = list(reader)
+                old = [csv_cells.restore_row(r) for r in reader]
             if check is not None:
                 check(header)
         if key is not None:
@@ -288,7 +289,6 @@ def _append(path, rows, columns, key, check) -> tuple[int, int]:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", restval="")
         writer.writeheader()
-        writer.writerows(old)
-        writer.writerows(rows)
+        writer.writerows(csv_cells.neutralise_row(r) for r in old + rows)
         atomic_write_text(target, buf.getvalue())
     return len(old) + len(rows), len(rows)
