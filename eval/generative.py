@@ -28,10 +28,10 @@ GENERATIVE_BATCH = 32  # images per batch: every image decodes every class, so b
 PREFERRED_TEMPLATE = "a photo of a {c}."
 
 
-def require_generative(em) -> None:
+def require_generative(em, what: str = "--task generative", instead: str = " (use --task zeroshot)") -> None:
+    """``what`` (the flag or command the user gave) needs MaMMUT; ``instead`` says what works with this model."""
     if em.family != "mammut":
-        raise UserError(f"--task generative needs a captioning model (MaMMUT); {em.model_name} is a "
-                        f"{em.family} model (use --task zeroshot)")
+        raise UserError(f"{what} needs a captioning model (MaMMUT); {em.model_name} is a {em.family} model{instead}")
 
 
 def generative_template(prompts: Prompts) -> str:
