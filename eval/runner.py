@@ -16,6 +16,13 @@ from vlscale.errors import UserError
 
 TASKS = ("zeroshot", "retrieval", "generative")
 DEFAULT_BATCH = 256
+# The metrics each task writes (zeroshot.TOPK, retrieval.RECALL_K; tests/eval/test_nonfinite.py checks they agree
+# with what an evaluation returns). A study checks its fit benchmarks against them before anything runs.
+TASK_METRICS = {
+    "zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
+    "retrieval": tuple(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)),
+    "generative": ("generative_acc1", "generative_acc5", "generative_mean_acc1"),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,27 @@ class TaskSpec:
         from vlscale.eval.datasets import dataset_name
 
         return dataset_name(self.dataset, self.name)
+
+
+def check_task(spec: TaskSpec) -> None:
+    """What can be checked of a task without opening its data: the spec's kind and, for synth:, the set and that it
+    suits the task (one line naming the spec)."""
+    from vlscale.eval.datasets import KINDS, SYNTH_TASKS
+
+    kind, sep, body = spec.dataset.partition(":")
+    if not sep or kind not in KINDS or not body:
+        raise UserError(f"dataset spec {spec.dataset!r}: write one of synth:<task>, folder:DIR, tfds:NAME[:split], "
+                        "wds:SHARDS, karpathy:JSON:IMAGEDIR")
+    if kind == "synth":
+        known = SYNTH_TASKS + ("retrieval",)
+        if body not in known:
+            raise UserError(f"unknown synthetic dataset {spec.dataset}; choose one of "
+                            f"{', '.join('synth:' + t for t in known)}")
+        if (body == "retrieval") != (spec.task == "retrieval"):
+            raise UserError(f"{spec.task} on {spec.dataset}: synth:retrieval is for the retrieval task, "
+                            f"synth:{'|'.join(SYNTH_TASKS)} for zeroshot and generative")
+    if spec.num_examples is not None and int(spec.num_examples) < 1:
+        raise UserError(f"{spec.task} on {spec.dataset}: num_examples {spec.num_examples} must be at least 1")
 
 
 def as_task(t: Any) -> TaskSpec:

@@ -130,8 +130,11 @@ def handle_plan(args) -> int:
 
     from vlscale.study.plan import make_plan
 
+    from vlscale.study.preflight import check_study
+
     cfg, _ = _resolve(args)
     plan = make_plan(cfg)
+    check_study(cfg, plan)
     if args.json:
         for r in plan.runs:
             print(json.dumps(r.row()))

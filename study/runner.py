@@ -51,8 +51,11 @@ class Outcome:
 # ------------------------------------------------------------------------------------------------ the study dir
 def open_study(cfg: ml_collections.ConfigDict, study_dir: str | Path) -> Plan:
     """Writes (or checks) DIR/study.json and returns the plan."""
+    from vlscale.study.preflight import check_study
+
     study_dir = Path(study_dir)
     plan = make_plan(cfg)
+    check_study(cfg, plan)  # every run's config, task and benchmark, before anything is written or trained
     path = study_dir / layout.STUDY_FILE
     new = study_config.to_dict(cfg)
     old = layout.read_json(path)
@@ -77,10 +80,32 @@ def load_study(study_dir: str | Path) -> tuple[ml_collections.ConfigDict, Plan]:
 
 
 # ------------------------------------------------------------------------------------------------ train config
+# Open mappings of the training config: any field of the class they configure may be added (configs/data.py).
+OPEN_FIELDS = {"data.synth.knobs.": "vlscale.data.synth.SynthConfig"}
+
+
+def _open_field_names(where: str) -> set[str] | None:
+    for suffix, cls in OPEN_FIELDS.items():
+        if where.endswith(suffix):
+            import dataclasses
+            import importlib
+
+            module, _, name = cls.rpartition(".")
+            return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    return None
+
+
 def _apply(target: ml_collections.ConfigDict, overrides, where: str) -> None:
     for key, value in dict(overrides).items():
         if key not in target:
-            raise UserError(f"study config: {where}{key} is not a training config field (configs/train.py)")
+            known = _open_field_names(where)
+            if known is None:
+                raise UserError(f"study config: {where}{key} is not a training config field (configs/train.py)")
+            if key not in known:
+                raise UserError(f"study config: {where}{key} is not a generator knob; use one of "
+                                f"{', '.join(sorted(known))}")
+            target[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+            continue
         if isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
             _apply(target[key], value, f"{where}{key}.")
         else:
@@ -103,15 +128,19 @@ def build_train_config(cfg: ml_collections.ConfigDict, run: Run, study_dir: Path
     tc = train_config.get_config(f"model={run.model},data={ds.get('data', 'synth')}")
     _apply(tc, cfg.get("train", {}), "train.")
     _apply(tc, ds.get("overrides", {}), f"datasets.{run.dataset}.overrides.")
-    identity = {
+    _apply(tc, run_identity(run, study_dir), "")
+    return tc
+
+
+def run_identity(run: Run, study_dir: Path) -> dict:
+    """The training-config fields that make a run this run (the rest comes from the study's train settings)."""
+    return {
         "global_batch_size": run.global_batch_size, "total_samples": run.samples, "lr": run.lr,
         "warmup": run.warmup, "schedule": run.schedule, "cooldown_steps": run.cooldown_steps,
         "init_from": init_path(study_dir, run) or "", "seed": run.seed,
         "checkpoint_at_samples": list(run.checkpoint_at_samples), "pretrain_dataset": run.dataset,
         "run_name": run.name,
     }
-    _apply(tc, identity, "")
-    return tc
 
 
 # ------------------------------------------------------------------------------------------------ defaults

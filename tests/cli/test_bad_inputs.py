@@ -200,6 +200,8 @@ CASES = [
       names="nosuch", out="{tmp}/w"),
     C("train-batch-size-zero", "train", "--config", TRAIN_CFG, "--workdir", "{tmp}/w",
       "--config.global_batch_size=0", names="global_batch_size", out="{tmp}/w"),
+    C("train-total-samples-beyond-a-lifetime", "train", "--config", TRAIN_CFG, "--workdir", "{tmp}/w",
+      "--config.total_samples=1e30", names="--config.total_samples", out="{tmp}/w"),
     # --- eval
     C("eval-missing-checkpoint", "eval", "--checkpoint", "{tmp}/nockpt", "--task", "zeroshot", "--dataset",
       "synth:colour", names="nockpt", out=None),

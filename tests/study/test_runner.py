@@ -185,6 +185,7 @@ def test_a_run_whose_evaluation_meets_nan_scores_is_marked_failed_with_that_reas
     convert.save_params(tmp_path / "nan_ckpt", params, "tiny-clip")
     cfg = small_study()
     cfg.eval.tasks = [{"task": "zeroshot", "dataset": "synth:colour", "num_examples": 16}]
+    cfg.fit.benchmarks = ["synth_colour/acc1"]
     name = "shapes-clip-XS_s4096_synth_bs32_lr0.001_w4_const"
 
     def place_checkpoint(config, workdir):
