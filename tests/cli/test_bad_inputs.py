@@ -200,6 +200,8 @@ CASES = [
       names="nosuch", out="{tmp}/w"),
     C("train-batch-size-zero", "train", "--config", TRAIN_CFG, "--workdir", "{tmp}/w",
       "--config.global_batch_size=0", names="global_batch_size", out="{tmp}/w"),
+    C("train-onto-another-models-workdir", "train", "--config", TRAIN_CFG, "--workdir", "{mammut_workdir}",
+      "--config.allow_config_change=true", names="holds a run of model tiny-mammut", out="{mammut_workdir}"),
     C("train-total-samples-beyond-a-lifetime", "train", "--config", TRAIN_CFG, "--workdir", "{tmp}/w",
       "--config.total_samples=1e30", names="--config.total_samples", out="{tmp}/w"),
     # --- eval
@@ -347,6 +349,9 @@ def files(tmp_path_factory):
 
     convert.save_params(root / "mammut", registry.init_params(registry.build_model("tiny-mammut"), 0), "tiny-mammut")
     v["mammut"] = str(root / "mammut")
+    (root / "mammut_workdir").mkdir()
+    (root / "mammut_workdir" / "run.json").write_text('{"model": "tiny-mammut", "config": {"model": "tiny-mammut"}}')
+    v["mammut_workdir"] = str(root / "mammut_workdir")
     return Files(v)
 
 
