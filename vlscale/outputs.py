@@ -45,8 +45,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
-from vlscale import csv_cells, signals
+from vlscale import signals
 from vlscale.errors import UserError
+from vlscale import csv_cells  # noqa: I001 - its own line, apart from the imports the runtime move renames
 
 TMP_SUFFIX = ".tmp"
 
