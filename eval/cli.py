@@ -193,7 +193,7 @@ def _run_caption(args) -> int:
     from vlscale.errors import UserError
     from vlscale.eval import checkpoints, generative
     from vlscale.eval.encoders import EvalModel
-    from vlscale.models.cli import _read_pixels
+    from vlscale.models.transforms import read_eval_image
 
     folders = [p for p in args.images if Path(p).is_dir()]
     if folders:
@@ -210,7 +210,7 @@ def _run_caption(args) -> int:
     size = em.config.image_size
     pixels = []
     for p in args.images:  # every image is read before any decoding: a file that is not one stops it, as embed does
-        px, reason = _read_pixels(Path(p), size)
+        px, reason = read_eval_image(p, size)
         if px is None:
             raise UserError(f"cannot read image {p}: {reason}")
         pixels.append(px)

@@ -47,7 +47,7 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 from vlscale import signals
 from vlscale.errors import UserError
-from vlscale import csv_cells  # noqa: I001 - its own line, apart from the imports the runtime move renames
+from vlscale import csv_cells
 
 TMP_SUFFIX = ".tmp"
 

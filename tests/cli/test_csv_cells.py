@@ -8,7 +8,7 @@ import pytest
 from vlscale import csv_cells
 from vlscale.cli import main
 from vlscale.eval import results as eval_results
-from vlscale.outputs import append_rows
+from vlscale.eval.results import append_new_rows  # the generic writer (vlscale.outputs), as eval imports it
 from vlscale.scaling.results import load_results
 
 HOSTILE = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1:A2)", "\tcmd", "\rcmd", "'=already quoted",
@@ -34,8 +34,9 @@ def test_lone_sign_is_quoted_and_numbers_are_never_touched():
 
 def test_append_rows_quotes_formulas_keeps_negative_numbers_and_reads_back(tmp_path):
     path = tmp_path / "t.csv"
-    append_rows(path, [{"name": "=1+2", "x": -0.5, "y": "-7"}])
-    append_rows(path, [{"name": "@A1", "x": 1.5, "y": "ok"}])  # the old row is rewritten: quoted once, not twice
+    key = lambda r: r["name"]  # noqa: E731
+    append_new_rows(path, [{"name": "=1+2", "x": -0.5, "y": "-7"}], key)
+    append_new_rows(path, [{"name": "@A1", "x": 1.5, "y": "ok"}], key)  # the old row is rewritten: quoted once
     raw = path.read_text().splitlines()
     assert raw == ["name,x,y", "'=1+2,-0.5,-7", "'@A1,1.5,ok"]
     with open(path, newline="") as f:
