@@ -48,6 +48,10 @@ COUNT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 SPLITS = {"train": 0, "eval": 1, "zeroshot": 2, "retrieval": 3}
 
 
+PROBABILITY_KNOBS = ("distractor_prob", "p_mention_colour", "p_mention_size", "p_mention_position",
+                     "p_mention_background", "p_mention_distractor")
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
     """The generator's knobs (docs/data.md explains each and how it changes difficulty)."""
@@ -80,6 +84,12 @@ class SynthConfig:
             raise ValueError(f"max_count must be in 1..{len(COUNT_WORDS) - 1}")
         if len(self.colours) < 2 or len(self.shapes) < 2:
             raise ValueError("need at least two colours and two shapes (distractors differ in both)")
+        for name in PROBABILITY_KNOBS:
+            if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails too
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("colour_jitter", "noise_max", "clutter_max"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

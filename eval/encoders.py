@@ -47,11 +47,14 @@ def compiled(config, dtype: str, kind: str):
         return _normalize(model.apply({"params": params}, tokens, normalize=False, method="encode_text"))
 
     def classify(params, images, labels, classifier):
-        """Rank of the true class (ties: lower class index first) and the top-1 class, per image."""
-        from vlscale.eval.zeroshot import label_rank
+        """Rank of the true class and the top-1 class (vlscale.eval.zeroshot's order), and whether the image's
+        features and logits are all finite, per image."""
+        from vlscale.eval.zeroshot import all_finite, label_rank, top1
 
-        logits = 100.0 * encode_image(params, images) @ classifier
-        return {"rank": label_rank(logits, labels), "pred": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+        features = encode_image(params, images)
+        logits = 100.0 * features @ classifier
+        return {"rank": label_rank(logits, labels), "pred": top1(logits),
+                "finite": all_finite(features) & all_finite(logits)}
 
     fns = {"encode_image": encode_image, "encode_text": encode_text, "classify": classify}
     if kind not in fns:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlscale.errors import UserError
-from vlscale.eval import batches
+from vlscale.eval import batches, nonfinite
 from vlscale.eval.prompts import Prompts, fill, openai_templates
 
 LOGITS_BUDGET_BYTES = 512 * 2**20  # vocabulary logits of one class chunk, whole batch (float32)
@@ -28,10 +28,10 @@ GENERATIVE_BATCH = 32  # images per batch: every image decodes every class, so b
 PREFERRED_TEMPLATE = "a photo of a {c}."
 
 
-def require_generative(em) -> None:
+def require_generative(em, what: str = "--task generative", instead: str = " (use --task zeroshot)") -> None:
+    """``what`` (the flag or command the user gave) needs MaMMUT; ``instead`` says what works with this model."""
     if em.family != "mammut":
-        raise UserError(f"--task generative needs a captioning model (MaMMUT); {em.model_name} is a "
-                        f"{em.family} model (use --task zeroshot)")
+        raise UserError(f"{what} needs a captioning model (MaMMUT); {em.model_name} is a {em.family} model{instead}")
 
 
 def generative_template(prompts: Prompts) -> str:
@@ -85,13 +85,14 @@ def _score_fn(config, dtype: str, chunk: int):
         return jnp.transpose(sums, (1, 0, 2)).reshape(b, n_cls), jnp.sum(mask, axis=-1)
 
     def classify(params, images, labels, tokens, class_valid):
-        from vlscale.eval.zeroshot import label_rank
+        from vlscale.eval.zeroshot import all_finite, label_rank, top1
 
         sums, counts = class_scores(params, images, tokens)
+        finite = all_finite(sums, class_valid[None, :])  # before the padding classes are set to -inf
         sums = jnp.where(class_valid[None, :], sums, -jnp.inf)
         means = jnp.where(class_valid[None, :], sums / jnp.maximum(counts, 1.0)[None, :], -jnp.inf)
         return {"rank_sum": label_rank(sums, labels), "rank_mean": label_rank(means, labels),
-                "pred_sum": jnp.argmax(sums, -1).astype(jnp.int32), "pred_mean": jnp.argmax(means, -1).astype(jnp.int32)}
+                "pred_sum": top1(sums), "pred_mean": top1(means), "finite": finite}
 
     return jax.jit(class_scores), jax.jit(classify)
 
@@ -131,6 +132,7 @@ def evaluate(em, dataset, prompts: Prompts, batch_size: int = GENERATIVE_BATCH, 
     ok = out["valid"]
     if not ok.any():
         raise UserError(f"dataset {dataset.name}: no image could be decoded")
+    nonfinite.check_rows(out["finite"][ok], "caption log-likelihoods", "images")
     metrics = {f"generative_acc{k}": float(np.mean(out["rank_sum"][ok] < k)) for k in TOPK}
     metrics["generative_mean_acc1"] = float(np.mean(out["rank_mean"][ok] < 1))
     return {"metrics": metrics, "skipped_images": int(np.sum(~ok)), "num_images": int(ok.sum()),

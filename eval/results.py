@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from vlscale.runtime import csv_cells
 from vlscale.errors import UserError
 from vlscale.runtime.paths import resolve
 from vlscale.runtime.files import append_new_rows
@@ -95,7 +96,7 @@ def read_rows(path: str | Path) -> list[dict]:
     if not p.is_file():
         return []
     text = p.read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(text, newline=""))) if text else []
+    return [csv_cells.restore_row(r) for r in csv.DictReader(io.StringIO(text, newline=""))] if text else []
 
 
 def _check_table(target: Path):

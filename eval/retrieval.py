@@ -3,9 +3,11 @@
 Scores are ``text features @ image features.T`` (both L2-normalised).
 ``image_retrieval_recall@k``: text -> image; for each caption, 1 if its image is among the k best-scoring images;
 averaged over captions. ``text_retrieval_recall@k``: image -> text; for each image, 1 if ANY of its captions is
-among the k best-scoring captions; averaged over images. Ties between scores go to the lower index (a stable
-descending sort), so the recalls are deterministic. Images that could not be decoded are dropped together with
-their captions.
+among the k best-scoring captions; averaged over images. The order of keys is ``vlscale.eval.zeroshot``'s (NaN
+first, then descending, equal scores by index: ``torch.sort(descending=True, stable=True)``, CLIP_benchmark's
+``topk`` made deterministic), so the recalls are deterministic. Images that could not be decoded are dropped together
+with their captions, and never rank ahead of a valid key whatever its score. Non-finite features stop the evaluation
+(``vlscale.eval.nonfinite``).
 
 Ranks are computed on the device in blocks of queries (fixed shapes), so 5k images x 25k captions never needs the
 whole score matrix at once.
@@ -20,19 +22,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlscale.errors import UserError
-from vlscale.eval import batches
+from vlscale.eval import batches, nonfinite
 
 RECALL_K = (1, 5, 10)
 QUERY_BLOCK = 256
 
 
 def _ranks_of_positives(scores, positives, key_valid):
-    """Best 0-based rank among each query's positive keys. scores [q, K]; positives [q, P] (-1 = none)."""
-    scores = jnp.where(key_valid[None, :], scores, -jnp.inf)
+    """Best 0-based rank among each query's positive keys. scores [q, K]; positives [q, P] (-1 = none); keys where
+    ``key_valid`` is False are not ranked at all."""
+    from vlscale.eval.zeroshot import ahead_of
+
     pos = jnp.clip(positives, 0, scores.shape[1] - 1)
     own = jnp.take_along_axis(scores, pos, axis=1)  # [q, P]
     cols = jnp.arange(scores.shape[1])[None, None, :]
-    ahead = (scores[:, None, :] > own[:, :, None]) | ((scores[:, None, :] == own[:, :, None]) & (cols < pos[:, :, None]))
+    ahead = ahead_of(scores[:, None, :], own[:, :, None], cols, pos[:, :, None]) & key_valid[None, None, :]
     rank = jnp.sum(ahead, axis=-1)
     big = jnp.iinfo(jnp.int32).max
     return jnp.min(jnp.where(positives >= 0, rank, big), axis=1).astype(jnp.int32)
@@ -76,6 +80,8 @@ def recall_metrics(image_features: np.ndarray, text_features: np.ndarray, text_i
     text_valid = image_valid[text_image]
     if not image_valid.any():
         raise UserError("retrieval: no image could be decoded")
+    nonfinite.check_array(image_features[image_valid], "image features", "images")
+    nonfinite.check_array(text_features[text_valid], "text features", "captions")
     # text -> image: one positive per caption.
     t_rank = positive_ranks(text_features[text_valid], image_features, text_image[text_valid][:, None], image_valid)
     # image -> text: the captions of each image are its positives.

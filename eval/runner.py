@@ -17,6 +17,13 @@ from vlscale.runtime.paths import resolve
 
 TASKS = ("zeroshot", "retrieval", "generative")
 DEFAULT_BATCH = 256
+# The metrics each task writes (zeroshot.TOPK, retrieval.RECALL_K; tests/eval/test_nonfinite.py checks they agree
+# with what an evaluation returns). A study checks its fit benchmarks against them before anything runs.
+TASK_METRICS = {
+    "zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
+    "retrieval": tuple(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)),
+    "generative": ("generative_acc1", "generative_acc5", "generative_mean_acc1"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,28 @@ class TaskSpec:
         from vlscale.eval.datasets import dataset_name
 
         return dataset_name(self.dataset, self.name)
+
+
+def check_task(spec: TaskSpec) -> None:
+    """What can be checked of a task without opening its data: the spec's kind and, for synth:, the set and that it
+    suits the task (one line naming the spec)."""
+    from vlscale.data.synth_tasks import ZEROSHOT_TASKS as SYNTH_TASKS
+    from vlscale.eval.datasets import KINDS
+
+    kind, sep, body = spec.dataset.partition(":")
+    if not sep or kind not in KINDS or not body:
+        raise UserError(f"dataset spec {spec.dataset!r}: write one of synth:<task>, folder:DIR, tfds:NAME[:split], "
+                        "wds:SHARDS, karpathy:JSON:IMAGEDIR")
+    if kind == "synth":
+        known = SYNTH_TASKS + ("retrieval",)
+        if body not in known:
+            raise UserError(f"unknown synthetic dataset {spec.dataset}; choose one of "
+                            f"{', '.join('synth:' + t for t in known)}")
+        if (body == "retrieval") != (spec.task == "retrieval"):
+            raise UserError(f"{spec.task} on {spec.dataset}: synth:retrieval is for the retrieval task, "
+                            f"synth:{'|'.join(SYNTH_TASKS)} for zeroshot and generative")
+    if spec.num_examples is not None and int(spec.num_examples) < 1:
+        raise UserError(f"{spec.task} on {spec.dataset}: num_examples {spec.num_examples} must be at least 1")
 
 
 def as_task(t: Any) -> TaskSpec:
@@ -138,6 +167,7 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
     from vlscale.eval import results as results_lib
     from vlscale.eval.batches import check_batch_size
     from vlscale.eval.encoders import EvalModel
+    from vlscale.eval.nonfinite import NonFiniteScores
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     specs = [as_task(t) for t in tasks]
@@ -167,16 +197,21 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
                 log(f"skipped {spec.task} {spec.dataset}: {e}")
                 continue
             raise
-        if spec.task == "retrieval":
-            res = retrieval.evaluate(em, ds, batch_size)
-        else:
-            prompts = prompts_lib.user_prompts(ds.prompts, spec.classnames, spec.templates)
-            prompts_lib.check_matching(prompts, ds.num_classes,
-                                       int(ds.labels.max()) if ds.labels is not None else None)
-            if spec.task == "zeroshot":
-                res = zeroshot.evaluate(em, ds, prompts, batch_size, classifier=classifiers.get(em, prompts, batch_size))
+        try:
+            if spec.task == "retrieval":
+                res = retrieval.evaluate(em, ds, batch_size)
             else:
-                res = generative.evaluate(em, ds, prompts, gen_batch)
+                prompts = prompts_lib.user_prompts(ds.prompts, spec.classnames, spec.templates)
+                prompts_lib.check_matching(prompts, ds.num_classes,
+                                           int(ds.labels.max()) if ds.labels is not None else None)
+                if spec.task == "zeroshot":
+                    res = zeroshot.evaluate(em, ds, prompts, batch_size,
+                                            classifier=classifiers.get(em, prompts, batch_size))
+                else:
+                    res = generative.evaluate(em, ds, prompts, gen_batch)
+        except NonFiniteScores as e:
+            raise NonFiniteScores(f"checkpoint {ckpt.path}: {spec.task} on {ds.name} stopped, no row written: {e} "
+                                  "(are its weights finite?)") from None
         record = {"dataset": ds.name, "model": ckpt.model_name, "task": spec.task, "metrics": res["metrics"],
                   **{k: v for k, v in res.items() if k != "metrics"}, "spec": spec.dataset, "checkpoint": ckpt.path,
                   "step": ckpt.step, "samples_seen": ckpt.samples_seen, "precision": em.dtype}

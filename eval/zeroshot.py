@@ -6,8 +6,13 @@ over templates, and renormalised; the columns of ``[embed_dim, classes]`` are th
 
 Metrics: ``acc1``/``acc5`` = fraction of images whose class is among the top 1/5 logits; ``mean_per_class_recall``
 = the mean over the classes present in the labels of the fraction of that class's images predicted (top 1) as
-that class (sklearn's ``balanced_accuracy_score``, which CLIP_benchmark calls). Ties between logits go to the
-lower class index (what a stable descending sort and ``argmax`` do), so results are deterministic.
+that class (sklearn's ``balanced_accuracy_score``, which CLIP_benchmark calls).
+
+Order: the one ``torch.sort(descending=True, stable=True)`` gives, which is CLIP_benchmark's ``topk`` made
+deterministic: NaN above +inf above every finite value above -inf, and equal scores (two NaNs, two +infs, exact ties)
+in class-index order. ``torch.topk`` orders NaN the same way but leaves equal scores in no documented order.
+Evaluation never reports a metric computed from a non-finite score (``vlscale.eval.nonfinite``); the order is defined
+for them anyway so that no comparison with NaN silently counts as "not ahead".
 """
 
 from __future__ import annotations
@@ -16,19 +21,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlscale.eval import batches
+from vlscale.eval import batches, nonfinite
 from vlscale.eval.prompts import Prompts
 
 TOPK = (1, 5)
 
 
+def ahead_of(scores: jax.Array, own: jax.Array, cols: jax.Array, own_col: jax.Array) -> jax.Array:
+    """Whether ``scores`` at column ``cols`` comes before ``own`` at column ``own_col`` in the order above (NaN
+    first, then descending, equal scores by column). Broadcasts."""
+    nan, own_nan = jnp.isnan(scores), jnp.isnan(own)
+    earlier = cols < own_col
+    return jnp.where(own_nan, nan & earlier, nan | (scores > own) | ((scores == own) & earlier))
+
+
 def label_rank(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """0-based rank of each row's ``labels`` entry among its logits (ties: lower index ranks first)."""
+    """0-based rank of each row's ``labels`` entry among its logits, in the order of the module doc."""
     labels = jnp.clip(labels, 0, logits.shape[-1] - 1)  # padding rows carry -1; their result is masked later
     own = jnp.take_along_axis(logits, labels[:, None], axis=-1)
     cols = jnp.arange(logits.shape[-1])[None, :]
-    ahead = (logits > own) | ((logits == own) & (cols < labels[:, None]))
-    return jnp.sum(ahead, axis=-1).astype(jnp.int32)
+    return jnp.sum(ahead_of(logits, own, cols, labels[:, None]), axis=-1).astype(jnp.int32)
+
+
+def top1(logits: jax.Array) -> jax.Array:
+    """The class of rank 0 in the order of the module doc (``argmax``, except that a NaN comes first)."""
+    nan = jnp.isnan(logits)
+    return jnp.where(nan.any(axis=-1), jnp.argmax(nan, axis=-1), jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+
+def all_finite(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Per row: every entry finite (entries where ``valid`` [last axis] is False do not count)."""
+    ok = jnp.isfinite(x)
+    if valid is not None:
+        ok = ok | ~valid
+    return jnp.all(ok.reshape(ok.shape[0], -1), axis=-1)
 
 
 def classification_metrics(rank: np.ndarray, pred: np.ndarray, labels: np.ndarray, prefix: str = "") -> dict:
@@ -70,6 +96,7 @@ def build_classifier(em, prompts: Prompts, batch_size: int, progress: str | None
     per_class = per_class / np.linalg.norm(per_class, axis=-1, keepdims=True)
     mean = per_class.mean(axis=1)
     mean = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+    nonfinite.check_array(mean, "text features", "classes")
     return np.ascontiguousarray(mean.T.astype(np.float32))
 
 
@@ -82,6 +109,7 @@ def classify(em, dataset, classifier: np.ndarray, batch_size: int, progress: str
                                   dataset.loader(em.config.image_size), dataset.num_images, batch_size, em.mesh,
                                   progress=progress)
     ok = out["valid"]
+    nonfinite.check_rows(out["finite"][ok], "image features or logits", "images")
     return {"rank": out["rank"][ok], "pred": out["pred"][ok], "label": out["label"][ok],
             "skipped": int(np.sum(~ok))}
 

@@ -70,10 +70,17 @@ class GenerationOptions:
             raise ValueError(f"seq_len {self.seq_len} must be in 2..{config.text.context_length} (the context)")
         if self.min_seq_len >= self.seq_len:
             raise ValueError(f"min_seq_len {self.min_seq_len} must be below seq_len {self.seq_len}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        if not 1 <= self.num_beams <= max_num_beams(config):
+            raise ValueError(f"num_beams must be in 1..{max_num_beams(config)}, got {self.num_beams}")
         if self.score not in ("log_prob", "logit"):
             raise ValueError(f"score {self.score!r}: use 'log_prob' or 'logit'")
+
+
+def max_num_beams(config: ModelConfig) -> int:
+    """The most beams one step can rank: beams x vocabulary candidates go through ``lax.top_k``, whose indices are
+    int32; and more beams than tokens cannot all be filled from the one live beam of the first step."""
+    vocab = config.text.vocab_size
+    return max(1, min(vocab, (2**31 - 1) // vocab))
 
 
 # --- pieces shared by both searches ----------------------------------------------------------------------------------

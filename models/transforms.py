@@ -180,3 +180,16 @@ def load_image(
     if mode is not None and loaded.mode != mode:
         loaded = loaded.convert(mode)
     return loaded
+
+
+def read_eval_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray | None, str | None]:
+    """(the eval-preprocessed image, None), or (None, why it cannot be read: not an image, empty, truncated)."""
+    if os.path.getsize(path) == 0:
+        return None, "empty file"
+    try:
+        return eval_transform(load_image(path), size=size), None
+    except Image.UnidentifiedImageError:
+        return None, "not an image format PIL can read"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, msg

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlscale.runtime import csv_cells
 from vlscale.errors import UserError
 from vlscale.scaling.results import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, validate_results
 
@@ -211,7 +212,7 @@ def write_results_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Writes the long table as CSV (same column order and float formatting as the shared table)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
+    csv_cells.write_frame(df, path)
     return path
 
 

@@ -123,7 +123,7 @@ class Options:
                 raise ResultsError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
         if not (0.0 <= self.tolerance < 10.0):
             raise ResultsError(f"conditioning tolerance {self.tolerance} must be >= 0 (relative, e.g. 0.05)")
-        if self.min_difference < 0:
+        if not self.min_difference >= 0:  # NaN too
             raise ResultsError(f"minimum difference {self.min_difference} must be >= 0")
 
 

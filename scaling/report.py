@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlscale.runtime import csv_cells
 from vlscale.scaling.latex import latex_table  # noqa: F401 (report.latex_table is part of the API)
 
 # ------------------------------------------------------------------------------------------------ number formats
@@ -363,7 +364,7 @@ def _save_common(reps, out_dir, json_obj, figure: dict) -> dict[str, Path]:
     handed_over = renderer is not None and renderer.submit([(figure, out)])
     paths = {"json": write_json(json_obj, out / "fit.json")}
     rows = [r for rep in reps for r in csv_rows(rep)]
-    pd.DataFrame(rows).to_csv(out / "fit.csv", index=False)
+    csv_cells.write_frame(pd.DataFrame(rows), out / "fit.csv")
     paths["csv"] = out / "fit.csv"
     (out / "fit.tex").write_text(latex_table(reps))
     paths["tex"] = out / "fit.tex"

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from vlscale.runtime import csv_cells
 from vlscale.errors import UserError
 from vlscale.scaling import metrics as metrics_lib
 from vlscale.scaling.options import PAPER_MAX_SAMPLES_SEEN, PAPER_MIN_COMPUTE  # noqa: F401 (re-exported)
@@ -108,6 +109,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
     except Exception as e:  # parser errors from pandas/pyarrow: say which file, in one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ResultsError(f"could not read results table {p}: {msg}") from None
+    if not suffixes.endswith((".parquet", ".pq")):
+        csv_cells.restore_frame(df)  # text cells we wrote with a leading ' (formula neutralisation) read back bare
     return validate_results(df, source=str(p))
 
 

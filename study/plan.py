@@ -142,16 +142,31 @@ def sweep_points(cfg, model: str, samples: int | None) -> list[tuple[float, int,
     """(lr, global batch, warm-up) combinations for a cell: per-model values over per-budget over the default."""
     out = {}
     for k in ("lr", "global_batch_size", "warmup"):
-        vals = cfg.sweep[k]
+        vals, where = cfg.sweep[k], f"sweep.{k}"
         by_samples = _get(_get(cfg, "sweep_per_samples"), samples)
         if by_samples is not None and k in by_samples:
-            vals = by_samples[k]
+            vals, where = by_samples[k], f"sweep_per_samples[{samples}].{k}"
         by_model = _get(_get(cfg, "sweep_per_model"), model)
         if by_model is not None and k in by_model:
-            vals = by_model[k]
-        out[k] = list(vals)
-    return [(float(lr), int(bs), int(w)) for lr, bs, w in itertools.product(out["lr"], out["global_batch_size"],
-                                                                             out["warmup"])]
+            vals, where = by_model[k], f"sweep_per_model[{model!r}].{k}"
+        out[k] = [_sweep_value(k, v, where) for v in vals]
+    return list(itertools.product(out["lr"], out["global_batch_size"], out["warmup"]))
+
+
+def _sweep_value(key: str, value, where: str):
+    """A swept value as the plan uses it, or a one-line error naming the field (0 batches, NaN rates, ...)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if key == "lr":
+        if not 0 <= number < math.inf:
+            raise UserError(f"study config: {where} has {value!r}; a learning rate is a finite number >= 0")
+        return number
+    least = 1 if key == "global_batch_size" else 0
+    if not (least <= number < math.inf and number == int(number)):
+        raise UserError(f"study config: {where} has {value!r}; each value must be a whole number >= {least}")
+    return int(number)
 
 
 def _replicate_seeds(cfg, model: str, budgets) -> list[int]:

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from vlscale.runtime import csv_cells
 from vlscale.errors import UserError
 from vlscale.study import layout
 from vlscale.study.plan import Plan, fmt_seconds
@@ -427,7 +428,7 @@ def write_report(cfg, plan: Plan, study_dir: str | Path, *, wall_s: float | None
 
     study_dir = Path(study_dir)
     path = study_dir / layout.RESULTS_FILE
-    df = pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+    df = csv_cells.restore_frame(pd.read_csv(path)) if path.is_file() and path.stat().st_size else None
     t0 = time.perf_counter()
     fits = fit_protocols(cfg, df, progress=progress) if df is not None and len(df) else {}
     fit_s = time.perf_counter() - t0

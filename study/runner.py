@@ -22,6 +22,7 @@ from typing import Callable
 
 import ml_collections
 
+from vlscale.runtime import csv_cells
 from vlscale.errors import UserError
 from vlscale.study import config as study_config
 from vlscale.study import layout, timing
@@ -50,8 +51,11 @@ class Outcome:
 # ------------------------------------------------------------------------------------------------ the study dir
 def open_study(cfg: ml_collections.ConfigDict, study_dir: str | Path) -> Plan:
     """Writes (or checks) DIR/study.json and returns the plan."""
+    from vlscale.study.preflight import check_study
+
     study_dir = Path(study_dir)
     plan = make_plan(cfg)
+    check_study(cfg, plan)  # every run's config, task and benchmark, before anything is written or trained
     path = study_dir / layout.STUDY_FILE
     new = study_config.to_dict(cfg)
     old = layout.read_json(path)
@@ -76,6 +80,10 @@ def load_study(study_dir: str | Path) -> tuple[ml_collections.ConfigDict, Plan]:
 
 
 # ------------------------------------------------------------------------------------------------ train config
+# Open mappings of the training config: any field of the class they configure may be added (configs/data.py).
+OPEN_FIELDS = {"data.synth.knobs.": "vlscale.data.synth.SynthConfig"}
+
+
 def _apply(target: ml_collections.ConfigDict, overrides, where: str) -> None:
     for key, value in dict(overrides).items():
         if key not in target:
@@ -106,15 +114,19 @@ def build_train_config(cfg: ml_collections.ConfigDict, run: Run, study_dir: Path
     tc = train_config.get_config(f"model={run.model},data={ds.get('data', 'synth')}")
     _apply(tc, cfg.get("train", {}), "train.")
     _apply(tc, ds.get("overrides", {}), f"datasets.{run.dataset}.overrides.")
-    identity = {
+    _apply(tc, run_identity(run, study_dir), "")
+    return tc
+
+
+def run_identity(run: Run, study_dir: Path) -> dict:
+    """The training-config fields that make a run this run (the rest comes from the study's train settings)."""
+    return {
         "global_batch_size": run.global_batch_size, "total_samples": run.samples, "lr": run.lr,
         "warmup": run.warmup, "schedule": run.schedule, "cooldown_steps": run.cooldown_steps,
         "init_from": init_path(study_dir, run) or "", "seed": run.seed,
         "checkpoint_at_samples": list(run.checkpoint_at_samples), "pretrain_dataset": run.dataset,
         "run_name": run.name,
     }
-    _apply(tc, identity, "")
-    return tc
 
 
 # ------------------------------------------------------------------------------------------------ defaults
@@ -236,14 +248,14 @@ def collect_results(plan: Plan, study_dir: str | Path):
     for r in plan.runs:
         p = layout.run_dir(study_dir, r.name) / layout.RESULTS_FILE
         if p.is_file() and p.stat().st_size:
-            df = pd.read_csv(p)
+            df = csv_cells.restore_frame(pd.read_csv(p))
             keys = [k for k in ("step", "samples_seen", "downstream_dataset", "metric") if k in df.columns]
             frames.append(df.sort_values(keys, kind="stable") if keys else df)
     out = study_dir / layout.RESULTS_FILE
     if not frames:
         return None
     table = pd.concat(frames, ignore_index=True)
-    layout.write_text(out, table.to_csv(index=False))
+    layout.write_text(out, csv_cells.neutralise_frame(table).to_csv(index=False))
     return table
 
 

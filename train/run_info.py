@@ -76,6 +76,11 @@ def check_resume(workdir: Path, config) -> dict | None:
         raise UserError(f"{path}: unreadable run.json ({e}); move the workdir aside or repair it")
     old = identity(saved.get("config", {}))
     new = identity(config)
+    old_model = saved.get("model") or old.get("model")
+    if old_model is not None and str(old_model) != str(config.model):
+        # allow_config_change covers training settings; another architecture cannot load these checkpoints.
+        raise UserError(f"workdir {workdir} holds a run of model {old_model}, not --config.model={config.model}: "
+                        "its checkpoints cannot continue as another model; use another workdir")
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff and not config.allow_config_change:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])

@@ -8,6 +8,11 @@ from vlscale.errors import UserError
 from vlscale.train.optim import SCHEDULE_CODES, cooldown_steps
 
 
+# No run can see more: at 10^6 samples/s (about a thousand times the paper's largest runs' throughput) 10^15
+# samples take 32 years; the paper's largest budget is 3e10.
+MAX_TOTAL_SAMPLES = 10**15
+
+
 def total_steps(config) -> int:
     return math.ceil(int(config.total_samples) / int(config.global_batch_size))
 
@@ -22,6 +27,9 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     for field in ("global_batch_size", "total_samples", "grad_accum", "log_every", "checkpoint_every"):
         if int(config[field]) < 1:
             raise UserError(f"--config.{field}={config[field]}: must be at least 1")
+    if not float(config.total_samples) <= MAX_TOTAL_SAMPLES:
+        raise UserError(f"--config.total_samples={config.total_samples}: more than {MAX_TOTAL_SAMPLES:.0e} samples "
+                        "(over 30 years even at a million samples a second); the paper's largest run saw 3e10")
     if int(config.keep_checkpoints) < 1:
         raise UserError(f"--config.keep_checkpoints={config.keep_checkpoints}: must be at least 1")
     if float(config.lr) < 0 or not math.isfinite(float(config.lr)):

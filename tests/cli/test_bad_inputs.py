@@ -82,11 +82,17 @@ CASES = [
     C("compare-unknown-benchmark", "compare", "--benchmark", "nosuchbench", "--out", OUT, names="nosuchbench"),
     C("compare-same-group-twice", "compare", "--model-types", "clip,clip", "--bootstrap", "0", "--out", OUT,
       names="clip twice"),
+    C("fit-predict-negative", "fit", "--predict", "-5", "--out", OUT, names="--predict"),
+    C("compare-min-difference-nan", "compare", "--min-difference", "nan", "--out", OUT, names="--min-difference"),
+    C("compare-benchmark-empty", "compare", "--benchmark", "", "--out", OUT, names="--benchmark ''"),
+    C("fit-metric-blank", "fit", "--benchmark", "imagenet1k", "--metric", " ", "--out", OUT, names="--metric ' '"),
     # --- data laion-results
     C("laion-results-one-local-copy", "data", "laion-results", "--notebook", "{text}", "--out", OUT,
       names="--model-profile"),
     C("laion-results-missing-notebook", "data", "laion-results", "--notebook", "{tmp}/nb.ipynb", "--model-profile",
       "{csv}", "--out", OUT, names="nb.ipynb"),
+    C("laion-results-binary-notebook", "data", "laion-results", "--notebook", "{random_safetensors}",
+      "--model-profile", "{csv}", "--out", OUT, names="--notebook"),
     C("laion-results-out-is-a-file", "data", "laion-results", "--notebook", "{text}", "--model-profile", "{csv}",
       "--out", "{afile}", names="afile", out="{afile}"),
     # --- models
@@ -169,6 +175,14 @@ CASES = [
     C("synth-shards-zero", "data", "synth", "--out", OUT, "--shards", "0", names="--shards"),
     C("synth-quality-too-high", "data", "synth", "--out", OUT, "--quality", "101", names="--quality"),
     C("synth-bad-knob", "data", "synth", "--out", OUT, "--set", "colours=red", names="colours=red"),
+    C("synth-image-size-huge", "data", "synth", "--out", OUT, "--image-size", "100000", names="--image-size 100000"),
+    C("synth-shards-huge", "data", "synth", "--out", OUT, "--shards", "1e12", names="--shards 1000000000000"),
+    C("synth-samples-beyond-the-disk", "data", "synth", "--out", OUT, "--shards", "1000", "--samples-per-shard",
+      "1e9", names="--samples-per-shard 1000000000"),
+    C("synth-probability-above-one", "data", "synth", "--out", OUT, "--set", "distractor_prob=2",
+      names="distractor_prob must be a probability"),
+    C("synth-probability-nan", "data", "synth", "--out", OUT, "--set", "p_mention_size=NaN",
+      names="p_mention_size must be a probability"),
     # --- train (a workdir is its output: a bad config must not create it)
     C("train-missing-config", "train", "--config", "{tmp}/nosuch.py", "--workdir", "{tmp}/w", names="nosuch.py",
       out="{tmp}/w"),
@@ -186,6 +200,10 @@ CASES = [
       names="nosuch", out="{tmp}/w"),
     C("train-batch-size-zero", "train", "--config", TRAIN_CFG, "--workdir", "{tmp}/w",
       "--config.global_batch_size=0", names="global_batch_size", out="{tmp}/w"),
+    C("train-onto-another-models-workdir", "train", "--config", TRAIN_CFG, "--workdir", "{mammut_workdir}",
+      "--config.allow_config_change=true", names="holds a run of model tiny-mammut", out="{mammut_workdir}"),
+    C("train-total-samples-beyond-a-lifetime", "train", "--config", TRAIN_CFG, "--workdir", "{tmp}/w",
+      "--config.total_samples=1e30", names="--config.total_samples", out="{tmp}/w"),
     # --- eval
     C("eval-missing-checkpoint", "eval", "--checkpoint", "{tmp}/nockpt", "--task", "zeroshot", "--dataset",
       "synth:colour", names="nockpt", out=None),
@@ -229,7 +247,14 @@ CASES = [
     C("caption-batch-size-zero", "caption", "--checkpoint", "{ckpt}", "{fake_png}", "--batch-size", "0",
       names="--batch-size", out=None),
     C("caption-missing-image", "caption", "--checkpoint", "{ckpt}", "{tmp}/none.png", names="none.png", out=None),
-    C("caption-clip-checkpoint", "caption", "--checkpoint", "{ckpt}", "{good_png}", names="tiny-clip", out=None),
+    C("caption-clip-checkpoint", "caption", "--checkpoint", "{ckpt}", "{good_png}",
+      names="caption needs a captioning model (MaMMUT); tiny-clip is a clip model", out=None),
+    C("caption-not-an-image", "caption", "--checkpoint", "{mammut}", "{good_png}", "{fake_png}", names="fake.png",
+      out=None),
+    C("caption-beams-huge", "caption", "--checkpoint", "{mammut}", "{good_png}", "--num-beams", "100000",
+      names="--num-beams 100000", out=None),
+    C("caption-seq-len-huge", "caption", "--checkpoint", "{mammut}", "{good_png}", "--seq-len", "500",
+      names="--seq-len 500", out=None),
     # --- study (DIR is shared by its runs: a bad config must not create or change it)
     C("study-plan-missing-config", "study", "plan", "--config", "{tmp}/nosuch.py", names="nosuch.py", out=None),
     C("study-plan-unknown-config", "study", "plan", "--config", "nosuchstudy", names="nosuchstudy", out=None),
@@ -248,6 +273,8 @@ CASES = [
       names="--tpu-name", out="{tmp}/s"),
     C("study-launch-print-submit", "study", "launch", "--dir", "{tmp}/s", "--submit", names="--submit",
       out="{tmp}/s"),
+    C("study-launch-time-malformed", "study", "launch", "--dir", "{tmp}/s", "--backend", "slurm", "--time", "abc",
+      names="--time", out="{tmp}/s"),
     C("study-launch-gpus-negative", "study", "launch", "--dir", "{tmp}/s", "--backend", "slurm", "--gpus-per-node",
       "-1", names="--gpus-per-node", out="{tmp}/s"),
 ]
@@ -318,6 +345,14 @@ def files(tmp_path_factory):
              for k, s in convert.expected_state_dict_shapes("tiny-clip").items()}
     saved_params.save_params(root / "ckpt", convert.torch_to_flax(state, "tiny-clip"), "tiny-clip")
     v["ckpt"] = str(root / "ckpt")
+    from vlscale.models import registry
+
+    saved_params.save_params(root / "mammut", registry.init_params(registry.build_model("tiny-mammut"), 0),
+                             "tiny-mammut")
+    v["mammut"] = str(root / "mammut")
+    (root / "mammut_workdir").mkdir()
+    (root / "mammut_workdir" / "run.json").write_text('{"model": "tiny-mammut", "config": {"model": "tiny-mammut"}}')
+    v["mammut_workdir"] = str(root / "mammut_workdir")
     return Files(v)
 
 

@@ -204,3 +204,34 @@ def test_a_benchmark_that_cannot_be_fitted_is_listed_and_the_others_are_reported
 
     fit = json.loads((tmp_path / "fit.json").read_text(), parse_constant=strict)
     assert fit["const"]["benchmarks_fitted"] == 1 and bench in fit["const"]["unfitted"]
+
+
+def test_a_run_whose_evaluation_meets_nan_scores_is_marked_failed_with_that_reason(tmp_path):
+    # The real evaluator on a workdir whose checkpoint has a NaN visual projection (the trainer is a stand-in that
+    # places it): the run fails in eval, its state names the checkpoint and the task, and no row is written.
+    import numpy as np
+
+    from tests.eval.conftest import make_workdir, perturbed_params
+    from vlscale.eval import evaluate_run
+    from vlscale.models import saved_params
+
+    params = perturbed_params("tiny-clip")
+    params["visual"]["proj"] = np.full_like(np.asarray(params["visual"]["proj"]), np.nan)
+    saved_params.save_params(tmp_path / "nan_ckpt", params, "tiny-clip")
+    cfg = small_study()
+    cfg.eval.tasks = [{"task": "zeroshot", "dataset": "synth:colour", "num_examples": 16}]
+    cfg.fit.benchmarks = ["synth_colour/acc1"]
+    name = "shapes-clip-XS_s4096_synth_bs32_lr0.001_w4_const"
+
+    def place_checkpoint(config, workdir):
+        make_workdir(tmp_path / "study" / "runs" / name, tmp_path / "nan_ckpt", "tiny-clip", steps=(8,))
+
+    out = runner.run_study(cfg, tmp_path / "study", train_fn=place_checkpoint, config_fn=fakes.config_fn,
+                           eval_fn=lambda w, suite, results: evaluate_run(w, suite, results=results, batch_size=16),
+                           only=[name], progress=lambda s: None)
+    assert out.failed == [name]
+    state = layout.read_state(tmp_path / "study", name)
+    assert state["status"] == "failed" and state["failed_in"] == "eval"
+    assert state["error"].startswith("NonFiniteScores: checkpoint ") and "zeroshot on synth_colour stopped" in state["error"]
+    assert "NaN or infinite image features or logits" in state["error"]
+    assert not (layout.run_dir(tmp_path / "study", name) / layout.RESULTS_FILE).exists()

@@ -68,6 +68,13 @@ def positive_float(text: str) -> float:
     return v
 
 
+def nonnegative_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return v
+
+
 def _items(text: str) -> list[str]:
     items = [s.strip() for s in str(text).split(",")]
     if any(s == "" for s in items):
@@ -89,3 +96,12 @@ def float_list(text: str) -> tuple[float, ...]:
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"{text!r}: {item!r} is not a finite number") from None
     return tuple(out)
+
+
+def positive_float_list(text: str) -> tuple[float, ...]:
+    """``float_list`` whose values must all be greater than 0 (compute, sample counts)."""
+    values = float_list(text)
+    bad = [v for v in values if v <= 0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: {bad[0]:g} is not greater than 0")
+    return values

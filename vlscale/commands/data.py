@@ -6,11 +6,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vlscale.commands import argtypes
 
 # What `data synth` writes into --out; a stale one from an earlier run (an extra shard) is removed.
 SYNTH_OUTPUTS = ("[0-9][0-9][0-9][0-9][0-9].tar", "synth.json", "zeroshot", "stats.json")
+MAX_SHARDS = 100_000  # shard names have five digits (NNNNN.tar)
+# The renderer holds a few float64 S x S x 3 arrays per image: 2048 is ~100 MB each, far above any model's input.
+MAX_IMAGE_SIZE = 2048
+# A sample is three tar members (image, .txt, .json), each a 512-byte header and at least one 512-byte block.
+MIN_SAMPLE_BYTES = 3 * 1024
 
 
 def _configure_synth(p: argparse.ArgumentParser) -> None:
@@ -75,6 +81,27 @@ def _parse_knobs(items: list[str]) -> dict:
     return out
 
 
+def _check_sizes(args) -> None:
+    """Bounds that only an absurd value breaks, checked before anything is written (one line naming the flag)."""
+    import shutil
+
+    from vlscale.errors import UserError
+
+    if args.shards > MAX_SHARDS:
+        raise UserError(f"--shards {args.shards}: at most {MAX_SHARDS} (shard names have five digits); "
+                        "raise --samples-per-shard instead")
+    if args.image_size > MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size {args.image_size}: at most {MAX_IMAGE_SIZE} pixels (the models read 224-448)")
+    need = args.shards * args.samples_per_shard * MIN_SAMPLE_BYTES
+    where = Path(args.out).absolute()
+    while not where.exists():  # check_output_dir has made sure some parent exists
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UserError(f"--shards {args.shards} x --samples-per-shard {args.samples_per_shard}: at least "
+                        f"{need / 1e9:.3g} GB of tar files, more than the {free / 1e9:.3g} GB free at {args.out}")
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     import json
     import os
@@ -91,6 +118,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         raise UserError(f"--quality {args.quality}: must be in 1..100")
     per_task, n_retrieval = _eval_sizes(args)
     check_output_dir(args.out)
+    _check_sizes(args)
     try:
         cfg = synth_scene.SynthConfig(image_size=args.image_size, **_parse_knobs(args.set))
     except ValueError as e:

@@ -177,6 +177,19 @@ def _configure_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
 
 
+def _check_caption_options(args, config) -> None:
+    """--num-beams and --seq-len within what this model can decode (one line naming the flag)."""
+    from vlscale.errors import UserError
+    from vlscale.models.generate import max_num_beams
+
+    if args.method == "beam_search" and args.num_beams > max_num_beams(config):
+        raise UserError(f"--num-beams {args.num_beams}: at most {max_num_beams(config)} for this model (beam search "
+                        f"ranks beams x {config.text.vocab_size} vocabulary tokens with int32 indices)")
+    context = config.context_length
+    if args.seq_len is not None and not 1 < args.seq_len <= context:
+        raise UserError(f"--seq-len {args.seq_len}: must be in 2..{context} (the model's context length)")
+
+
 def _run_caption(args) -> int:
     import numpy as np
 
@@ -184,8 +197,11 @@ def _run_caption(args) -> int:
     from vlscale.eval import generative
     from vlscale.models import checkpoints
     from vlscale.eval.encoders import EvalModel
-    from vlscale.models import transforms
+    from vlscale.models.transforms import read_eval_image
 
+    folders = [p for p in args.images if Path(p).is_dir()]
+    if folders:
+        raise UserError(f"{folders[0]} is a folder; name image files")
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise UserError(f"image file(s) not found: {', '.join(missing[:3])}")
@@ -193,25 +209,24 @@ def _run_caption(args) -> int:
         raise UserError("--num-beams and --batch-size must be positive")
     ckpt = checkpoints.load(args.checkpoint)
     em = EvalModel.create(ckpt.model_name, ckpt.params, dtype="float32" if args.precision == "fp32" else "bfloat16")
-    generative.require_generative(em)
+    generative.require_generative(em, "caption", "")
+    _check_caption_options(args, em.config)
+    size = em.config.image_size
+    pixels = []
+    for p in args.images:  # every image is read before any decoding: a file that is not one stops it, as embed does
+        px, reason = read_eval_image(p, size)
+        if px is None:
+            raise UserError(f"cannot read image {p}: {reason}")
+        pixels.append(px)
     options = {"num_beams": args.num_beams} if args.method == "beam_search" else {}
     if args.seq_len is not None:
         options["seq_len"] = args.seq_len
-    size = em.config.image_size
     for start in range(0, len(args.images), args.batch_size):
-        paths = args.images[start:start + args.batch_size]
-        pixels, ok = [], []
-        for p in paths:
-            try:
-                pixels.append(transforms.eval_transform(transforms.load_image(p), size=size))
-                ok.append(True)
-            except Exception:  # an undecodable file: report it and go on with the others
-                pixels.append(np.zeros((size, size, 3), np.float32))
-                ok.append(False)
-        n = len(pixels)
+        paths, chunk = args.images[start:start + args.batch_size], pixels[start:start + args.batch_size]
+        n = len(chunk)
         pad = (-n) % args.batch_size if n < args.batch_size else 0
-        batch = np.stack(pixels + [pixels[0]] * pad)  # one compiled shape for every batch
+        batch = np.stack(chunk + [chunk[0]] * pad)  # one compiled shape for every batch
         captions = generative.caption_images(em, batch, method=args.method, **options)[:n]
-        for p, good, c in zip(paths, ok, captions):
-            print(f"{p}\t{c if good else '(could not decode this image)'}")
+        for p, c in zip(paths, captions):
+            print(f"{p}\t{c}")
     return 0

@@ -230,19 +230,9 @@ def _batched(fn, arrays, batch_size):
 
 def _read_pixels(path: Path, size: int):
     """The eval-preprocessed image, or the reason it cannot be read (not an image, empty, truncated)."""
-    from PIL import Image
-
     from vlscale.models import transforms
 
-    if path.stat().st_size == 0:
-        return None, "empty file"
-    try:
-        return transforms.eval_transform(transforms.load_image(path), size=size), None
-    except Image.UnidentifiedImageError:
-        return None, "not an image format PIL can read"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return None, msg
+    return transforms.read_eval_image(path, size)
 
 
 @dataclass

@@ -154,7 +154,7 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
     fit.add_argument("--fit-max-compute", type=_fit_max, default=_fit_max(PAPER_FIT_MAX_COMPUTE) if compare else None,
                      help="fit only frontier points with compute <= this (or GROUP:C,GROUP:C, or none) and validate "
                           "on the points above" + (f" (default: {PAPER_FIT_MAX_COMPUTE}, the paper's)" if compare else ""))
-    fit.add_argument("--predict", "--at", dest="predict", type=argtypes.float_list,
+    fit.add_argument("--predict", "--at", dest="predict", type=argtypes.positive_float_list,
                      default=PAPER_PREDICT_AT if compare else None,
                      help="compute values to predict at, comma-separated" + (" (default: %(default)s)" if compare else ""))
     fit.add_argument("--bootstrap", type=argtypes.count, default=1000,
@@ -165,7 +165,7 @@ def _selection_args(p: argparse.ArgumentParser, *, compare: bool) -> None:
     fit.add_argument("--tolerance", type=float, default=_options.DEFAULT_TOLERANCE,
                      help="conditioning: solutions with objective within this relative distance of the best count as "
                           "near-optimal; their spread is reported beside every prediction (default: %(default)s)")
-    fit.add_argument("--min-difference", type=float, default=_options.DEFAULT_MIN_DIFFERENCE,
+    fit.add_argument("--min-difference", type=argtypes.nonnegative_float, default=_options.DEFAULT_MIN_DIFFERENCE,
                      help="compare: smaller differences in error are 'no difference' (absolute for accuracy-like "
                           "metrics, relative for losses) (default: %(default)s)")
     fit.add_argument("--metric-kind", default=None,
@@ -187,6 +187,22 @@ def _progress(args):
     return say
 
 
+# Flags that name things in the table: an empty name (``--benchmark ''``) is a mistake, never "the default".
+NAME_FLAGS = (("--benchmark", "benchmark"), ("--pretrain-dataset", "pretrain_dataset"),
+              ("--lr-scheduler", "lr_scheduler"), ("--model-types", "model_types"), ("--metric", "metric"),
+              ("--models", "models"))
+
+
+def _check_names(args) -> None:
+    from vlscale.errors import UserError
+
+    for flag, attr in NAME_FLAGS:
+        value = getattr(args, attr, None)
+        if value is not None and any(not s.strip() for s in value.split(",")):
+            raise UserError(f"{flag} {value!r}: an empty name; give names separated by single commas, or leave "
+                            f"{flag} out for the default")
+
+
 def _load(args):
     from vlscale.runtime.paths import resolve_results_table
     from vlscale.scaling.results import load_results
@@ -196,6 +212,7 @@ def _load(args):
     from vlscale.scaling import metrics
     from vlscale.scaling.results import ResultsWarning
 
+    _check_names(args)
     source = resolve_results_table(args.results)
     print(source.describe(), flush=True)  # first line: which table this verdict is about
     for name, kind in metrics.parse_metric_kinds(getattr(args, "metric_kind", None)).items():
@@ -334,10 +351,16 @@ def run_laion_results(args) -> int:
 
     check_output_dir(args.out)
     if args.notebook:
-        for f in (args.notebook, args.model_profile):
+        texts = []
+        for flag, f in (("--notebook", args.notebook), ("--model-profile", args.model_profile)):
             if not Path(f).is_file():
                 raise UserError(f"{f} does not exist; pass the path of your local copy")
-        nb_text, profile_text = Path(args.notebook).read_text(), Path(args.model_profile).read_text()
+            try:
+                texts.append(Path(f).read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise UserError(f"{flag} {f}: not UTF-8 text (a binary file?); pass the repository's "
+                                f"{ln.NOTEBOOK_PATH if flag == '--notebook' else ln.MODEL_PROFILE_PATH}") from None
+        nb_text, profile_text = texts
     else:
         print(f"downloading {ln.NOTEBOOK_PATH} and {ln.MODEL_PROFILE_PATH} from github.com/{ln.LAION_REPO} ...",
               file=sys.stderr)

@@ -6,9 +6,22 @@ Only argparse at import time; the handlers import the study modules (and through
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from vlscale.commands import argtypes
+
+# sbatch --time formats (slurm's man page): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds; or no limit.
+_SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite", re.IGNORECASE)
+
+
+def slurm_time(text: str) -> str:
+    """An ``sbatch --time`` value, checked here so a typo fails now, not when the scheduler reads the script."""
+    if not _SLURM_TIME.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a slurm time; write HH:MM:SS (e.g. 24:00:00), D-HH:MM:SS "
+                                         "or minutes")
+    return text.strip()
 
 DESCRIPTION = """\
 Plan a grid of model scales x samples seen (x a hyper-parameter sweep), train every run, evaluate every checkpoint
@@ -78,7 +91,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     sl.add_argument("--account", default="", help="slurm account")
     sl.add_argument("--nodes", type=argtypes.positive_int, default=1, help="slurm: nodes per run (multi-host trainer)")
     sl.add_argument("--gpus-per-node", type=argtypes.nonnegative_int, default=0, help="slurm: GPUs per node")
-    sl.add_argument("--time", default="24:00:00", help="slurm time limit per job")
+    sl.add_argument("--time", default="24:00:00", type=slurm_time,
+                    help="slurm time limit per job: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
     sl.add_argument("--tpu-name", default="", help="tpu-vm: the TPU VM's name")
     sl.add_argument("--zone", default="", help="tpu-vm: its zone")
     sl.add_argument("--project", default="", help="tpu-vm: its project")
@@ -117,9 +131,11 @@ def handle_plan(args) -> int:
     from vlscale.study.plan import make_plan
 
     from vlscale.study import timing
+    from vlscale.study.preflight import check_study
 
     cfg, study_dir = _resolve(args)
     plan = make_plan(cfg, timing.calibrated(cfg, make_plan(cfg), study_dir))  # measured runs in --dir, if any
+    check_study(cfg, plan)
     if args.json:
         for r in plan.runs:
             print(json.dumps(r.row()))

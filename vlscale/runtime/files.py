@@ -47,6 +47,7 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 from vlscale.runtime import signals
 from vlscale.errors import UserError
+from vlscale.runtime import csv_cells
 
 TMP_SUFFIX = ".tmp"
 
@@ -329,7 +330,7 @@ def _merge_and_write(target, rows, columns, key, check) -> tuple[int, int]:
     if text:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = list(reader.fieldnames or [])
-        old = list(reader)
+        old = [csv_cells.restore_row(r) for r in reader]
         if check is not None:
             check(header)
     if key is not None:
@@ -349,7 +350,6 @@ def _merge_and_write(target, rows, columns, key, check) -> tuple[int, int]:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", restval="")
     writer.writeheader()
-    writer.writerows(old)
-    writer.writerows(rows)
+    writer.writerows(csv_cells.neutralise_row(r) for r in old + rows)
     atomic_write_text(target if isinstance(target, Path) else os.fspath(target), buf.getvalue())
     return len(old) + len(rows), len(rows)
