@@ -72,7 +72,9 @@ def test_generator_knobs_in_overrides_are_checked_not_refused():
     cfg.datasets.synth.overrides = {"data": {"synth": {"knobs": {"distractor_prob": 2.0}}}}
     assert "distractor_prob must be a probability in [0, 1]" in plan_error(cfg)
     cfg.datasets.synth.overrides = {"data": {"synth": {"knobs": {"colour": "red"}}}}
-    assert "knobs.colour is not a generator knob" in plan_error(cfg)
+    msg = plan_error(cfg)
+    assert "knobs.colour is not a training config field" in msg and msg.endswith("did you mean "
+                                                                                  "datasets.synth.overrides.data.synth.knobs.colours?")
 
 
 @pytest.mark.parametrize("task,names", [
