@@ -73,12 +73,19 @@ def configure(p: argparse.ArgumentParser) -> None:
                     help="print: plain `vlscale train` lines; slurm: sbatch arrays; tpu-vm: gcloud ssh lines")
     sl.add_argument("--submit", action="store_true", help="submit (slurm: run submit.sh; tpu-vm: run_tpu.sh)")
     sl.add_argument("--repo", default="", help="checkout path on the cluster (jobs cd there first)")
-    sl.add_argument("--vlscale", default="vlscale", metavar="CMD", help="how jobs call the CLI (default: vlscale)")
+    sl.add_argument("--vlscale", default="", metavar="CMD",
+                    help="how jobs call the CLI (slurm default: the absolute path of the vlscale running now, so jobs "
+                         "need no activated virtualenv; print/tpu-vm default: vlscale)")
     sl.add_argument("--partition", default="", help="slurm partition")
     sl.add_argument("--account", default="", help="slurm account")
     sl.add_argument("--nodes", type=argtypes.positive_int, default=1, help="slurm: nodes per run (multi-host trainer)")
     sl.add_argument("--gpus-per-node", type=argtypes.nonnegative_int, default=0, help="slurm: GPUs per node")
-    sl.add_argument("--time", default="24:00:00", help="slurm time limit per job")
+    sl.add_argument("--time", default="", help="slurm time limit per job, e.g. 12:00:00 or 2-00:00:00 (default: the "
+                    "study config's slurm.time, else 24:00:00)")
+    sl.add_argument("--cpus-per-task", type=argtypes.positive_int, default=0,
+                    help="slurm: CPU cores per task (default: the study config's slurm.cpus_per_task, else unset)")
+    sl.add_argument("--mem", default="", help="slurm: memory per node, e.g. 64G (default: the study config's "
+                    "slurm.mem, else unset)")
     sl.add_argument("--tpu-name", default="", help="tpu-vm: the TPU VM's name")
     sl.add_argument("--zone", default="", help="tpu-vm: its zone")
     sl.add_argument("--project", default="", help="tpu-vm: its project")
@@ -168,8 +175,8 @@ def handle_launch(args) -> int:
 
     opts = launch.LaunchOptions(backend=args.backend, repo=args.repo, vlscale=args.vlscale, partition=args.partition,
                                 account=args.account, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                                time=args.time, tpu_name=args.tpu_name, zone=args.zone, project=args.project,
-                                submit=args.submit)
+                                time=args.time, cpus_per_task=args.cpus_per_task, mem=args.mem,
+                                tpu_name=args.tpu_name, zone=args.zone, project=args.project, submit=args.submit)
     launch.check_options(opts)
     cfg, study_dir = _resolve(args)
     plan = runner.open_study(cfg, study_dir)
