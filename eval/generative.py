@@ -150,7 +150,12 @@ def caption_images(em, images: np.ndarray, method: str = "beam_search", **option
         raise UserError(f"--method {method!r}: use beam_search or greedy")
     try:
         with jax.default_matmul_precision("highest" if em.dtype == "float32" else "default"):
-            tokens = generate.generate(em.module, em.params, jnp.asarray(images), generation_type=method, **options)
+            # The images go in replicated on the model's mesh (every process passes the same batch) and the tokens
+            # come back whole on every host: a mesh that spans processes works like one that does not.
+            tokens = generate.generate(em.module, em.params, em.replicated(images), generation_type=method,
+                                       **options)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return generate.decode_captions(tokens)
+    from vlscale.eval.batches import to_host
+
+    return generate.decode_captions(to_host(tokens))

@@ -162,6 +162,8 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
     ``OUT/<task>_<name>.json`` and appends rows to ``results`` (default ``WORKDIR/results.csv``) when the identity is
     known: from run.json, or ``identity`` = {pretrain_dataset, lr_scheduler, samples_seen} for a converted checkpoint.
     """
+    import jax
+
     from vlscale.eval import datasets, generative, prompts as prompts_lib, retrieval, zeroshot
     from vlscale.models import checkpoints
     from vlscale.eval import results as results_lib
@@ -216,11 +218,13 @@ def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=No
                   **{k: v for k, v in res.items() if k != "metrics"}, "spec": spec.dataset, "checkpoint": ckpt.path,
                   "step": ckpt.step, "samples_seen": ckpt.samples_seen, "precision": em.dtype}
         path = _json_path(out_dir, spec.task, ds.name)
-        _write_json(path, record)
+        writes = jax.process_index() == 0  # every process computes the same metrics; the first one writes them
+        if writes:
+            _write_json(path, record)
         record["json"] = str(path)
         if ident is not None and results is not None:
             rows = results_lib.rows_for(ident, ds.name, res["metrics"])
-            record["rows_added"] = results_lib.append_rows(results, rows)
+            record["rows_added"] = results_lib.append_rows(results, rows) if writes else 0
             record["results"] = str(results)
         records.append(record)
     if ident is None:

@@ -73,6 +73,20 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     unknown = [g for g in groups if g not in have]
     if unknown:
         raise UserError(f"study config: fit.groups {unknown} are not among the study's {by}s ({', '.join(have)})")
+    slurm = cfg.get("slurm", None)
+    if slurm:
+        from vlscale.study.launch import check_slurm_mem, check_slurm_time
+
+        unknown = sorted(set(slurm.keys()) - {"time", "cpus_per_task", "mem"})
+        if unknown:
+            raise UserError(f"study config: slurm.{unknown[0]} is not a setting (time, cpus_per_task, mem)")
+        if slurm.get("time"):
+            check_slurm_time(slurm.time, "study config slurm.time")
+        if slurm.get("mem"):
+            check_slurm_mem(slurm.mem, "study config slurm.mem")
+        cpus = slurm.get("cpus_per_task", 0)
+        if not isinstance(cpus, int) or cpus < 0:
+            raise UserError(f"study config: slurm.cpus_per_task={cpus!r} must be a whole number >= 1 (0: unset)")
 
 
 def check_overrides(cfg: ml_collections.ConfigDict) -> None:

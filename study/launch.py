@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from vlscale.errors import UserError
@@ -27,18 +29,58 @@ from vlscale.study import layout
 from vlscale.study.plan import Plan
 
 BACKENDS = ("print", "slurm", "tpu-vm")
+DEFAULT_TIME = "24:00:00"
+# sbatch's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; --mem: a whole number with an optional K/M/G/T unit.
+_TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+def current_vlscale() -> str:
+    """The command that runs this very vlscale in a job that inherits no virtualenv: the ``vlscale`` script beside
+    the running interpreter (a venv's bin/), else ``<absolute interpreter> -m vlscale``."""
+    exe = Path(os.path.abspath(sys.executable))
+    script = exe.with_name("vlscale")
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(str(exe))} -m vlscale"
+
+
+def check_slurm_time(text: str, where: str = "--time") -> str:
+    if not _TIME.match(str(text).strip()):
+        raise UserError(f"{where} {text!r}: use a SLURM time limit such as 90 (minutes), 12:00:00 or 2-00:00:00")
+    return str(text).strip()
+
+
+def check_slurm_mem(text: str, where: str = "--mem") -> str:
+    if not _MEM.match(str(text).strip().upper()):
+        raise UserError(f"{where} {text!r}: use a SLURM memory size such as 64G or 500M")
+    return str(text).strip().upper()
+
+
+def resolve_options(cfg, opts: LaunchOptions) -> LaunchOptions:
+    """Flags over the study config's ``slurm`` section over the defaults; the CLI command made explicit."""
+    conf = (cfg.get("slurm", None) if cfg is not None else None) or {}
+    time = opts.time or str(conf.get("time", "") or "") or DEFAULT_TIME
+    cpus = int(opts.cpus_per_task or conf.get("cpus_per_task", 0) or 0)
+    mem = opts.mem or str(conf.get("mem", "") or "")
+    return dataclasses.replace(
+        opts, vlscale=opts.vlscale or (current_vlscale() if opts.backend == "slurm" else "vlscale"),
+        time=check_slurm_time(time, "--time" if opts.time else "study config slurm.time"),
+        cpus_per_task=cpus, mem=check_slurm_mem(mem, "--mem" if opts.mem else "study config slurm.mem") if mem else "")
 
 
 @dataclasses.dataclass
 class LaunchOptions:
     backend: str = "print"
     repo: str = ""  # checkout on the cluster (cd there first); "" = the current directory
-    vlscale: str = "vlscale"  # how jobs invoke the CLI (e.g. "python -m vlscale" or a venv path)
+    vlscale: str = ""  # how jobs invoke the CLI; "" = the vlscale running now (``current_vlscale``)
     partition: str = ""
     account: str = ""
     nodes: int = 1
     gpus_per_node: int = 0
-    time: str = "24:00:00"
+    time: str = ""  # "" = the study config's slurm.time, else DEFAULT_TIME
+    cpus_per_task: int = 0  # 0 = the study config's slurm.cpus_per_task, else the scheduler's default
+    mem: str = ""  # "" = the study config's slurm.mem, else the scheduler's default
     tpu_name: str = ""
     zone: str = ""
     project: str = ""
@@ -84,6 +126,10 @@ def _cd(opts: LaunchOptions) -> str:
 def _sbatch_header(opts: LaunchOptions, name: str, logs: Path, array: int | None, nodes: int) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=1",
              f"#SBATCH --time={opts.time}"]
+    if opts.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={opts.cpus_per_task}")
+    if opts.mem:
+        lines.append(f"#SBATCH --mem={opts.mem}")
     if array is not None:
         lines.append(f"#SBATCH --array=0-{array - 1}")
         lines.append(f"#SBATCH --output={logs}/%x_%A_%a.out")
@@ -183,12 +229,19 @@ def check_options(opts: LaunchOptions) -> None:
         raise UserError("--submit needs --backend slurm or tpu-vm (print only prints)")
     if opts.backend == "tpu-vm" and (not opts.tpu_name or not opts.zone):
         raise UserError("--backend tpu-vm needs --tpu-name and --zone (an existing TPU VM)")
+    if opts.time:
+        check_slurm_time(opts.time)
+    if opts.mem:
+        check_slurm_mem(opts.mem)
+    if opts.cpus_per_task < 0:
+        raise UserError(f"--cpus-per-task {opts.cpus_per_task}: must be at least 1")
 
 
 def launch(cfg, plan: Plan, study_dir: str | Path, opts: LaunchOptions) -> list[str]:
     """Writes the backend's scripts; returns the lines to print. Submits only with ``opts.submit``."""
     study_dir = Path(study_dir).resolve()
     check_options(opts)
+    opts = resolve_options(cfg, opts)
     if opts.backend == "print":
         return print_commands(cfg, plan, study_dir, opts)
     files = (write_slurm if opts.backend == "slurm" else write_tpu)(cfg, plan, study_dir, opts)

@@ -14,6 +14,7 @@ import math
 from vlscale.errors import UserError
 from vlscale.train.run_info import name_of as run_name  # the one run-name scheme (also vlscale train's)
 from vlscale.runtime.resources import format_bytes
+from vlscale.train.budgets import budget_step, milestone_steps
 
 # Bytes a kept checkpoint holds per parameter: float32 params plus AdamW's two float32 moments (cooldowns resume
 # the optimizer, so milestones keep its state).
@@ -46,7 +47,7 @@ class Run:
 
     @property
     def steps(self) -> int:
-        return math.ceil(self.samples / self.global_batch_size)
+        return budget_step(self.samples, self.global_batch_size)
 
     @property
     def trained_samples(self) -> int:
@@ -218,14 +219,16 @@ def make_plan(cfg, time_model=None) -> Plan:
                     cells = [(budgets[-1], tuple(budgets))]
                 for total, cell_budgets in cells:
                     for lr, bs, warmup in sweep_points(cfg, model, total if cfg.schedule == "cosine" else None):
-                        steps = math.ceil(total / bs)
-                        first_steps = math.ceil(cell_budgets[0] / bs)
+                        steps = budget_step(total, bs)
+                        first_steps = budget_step(cell_budgets[0], bs)
                         if warmup >= steps:
                             raise UserError(f"study config: {model} at {total} samples has {steps} steps of batch "
                                             f"{bs}, not more than its warm-up of {warmup}; lower warmup or batch")
                         if cfg.schedule == "const" and warmup >= first_steps:
                             raise UserError(f"study config: the first budget {cell_budgets[0]} is {first_steps} "
                                             f"steps of batch {bs}, still in the warm-up of {warmup} steps")
+                        if cfg.schedule == "const":
+                            _check_milestones(model, cell_budgets, bs)
                         for seed in _replicate_seeds(cfg, model, cell_budgets):
                             name = run_name(model, dataset, total, bs, lr, warmup, cfg.schedule, seed)
                             kept = len(cell_budgets) if cfg.schedule == "const" else 1  # const: evaluated milestones
@@ -250,7 +253,9 @@ def make_plan(cfg, time_model=None) -> Plan:
         shapes.add((r.model, r.global_batch_size))
         timed.append(dataclasses.replace(r, est_train_s=tm.train_s(r, first_of_shape=first),
                                          est_eval_s=tm.eval_total_s(r)))
-    return Plan(str(cfg.name), tuple(timed), tm.startup_s, tm.source)
+    plan = Plan(str(cfg.name), tuple(timed), tm.startup_s, tm.source)
+    check_cooldowns(plan)
+    return plan
 
 
 def _cooldowns(parent: Run, frac: float, rate: float, eval_s: float, ckpt_bytes: int) -> list[Run]:
@@ -258,7 +263,7 @@ def _cooldowns(parent: Run, frac: float, rate: float, eval_s: float, ckpt_bytes:
     out = []
     bs = parent.global_batch_size
     for b in parent.budgets:
-        start_step = b // bs
+        start_step = budget_step(b, bs)  # the milestone the trainer keeps for budget b
         cd_steps = max(1, math.ceil(frac * b / bs))
         total = (start_step + cd_steps) * bs
         name = run_name(parent.model, parent.dataset, total, bs, parent.lr, parent.warmup, "const-cooldown",
@@ -269,3 +274,26 @@ def _cooldowns(parent: Run, frac: float, rate: float, eval_s: float, ckpt_bytes:
             est_train_s=parent.train_gflops_per_sample * cd_steps * bs / rate, est_eval_s=eval_s,
             disk_bytes=ckpt_bytes))
     return out
+
+
+def _check_milestones(model: str, budgets, bs: int) -> None:
+    """Each budget of a const run is a distinct kept step (what its evaluations and cooldowns start from)."""
+    steps = [budget_step(b, bs) for b in budgets]
+    if len(milestone_steps(budgets, bs)) != len(steps):
+        clash = sorted({(a, b) for a, b in zip(budgets, budgets[1:]) if budget_step(a, bs) == budget_step(b, bs)})
+        a, b = clash[0]
+        raise UserError(f"study config: {model} at global batch {bs}: budgets {a} and {b} end at the same step "
+                        f"{budget_step(a, bs)}; drop one or lower the batch")
+
+
+def check_cooldowns(plan: Plan) -> None:
+    """Every cooldown starts from a step its parent keeps (the trainer's milestones); raises UserError if not."""
+    for r in plan.runs:
+        if r.init_from is None:
+            continue
+        parent_name, step = r.init_from.rsplit("@", 1)
+        parent = plan.run(parent_name)
+        kept = milestone_steps(parent.checkpoint_at_samples, parent.global_batch_size)
+        if int(step) not in kept:
+            raise UserError(f"study config: cooldown {r.name} starts from step {step} of {parent_name}, which keeps "
+                            f"steps {kept} only")

@@ -2,7 +2,10 @@
 
 The step is lowered with the run's shardings on abstract inputs (no data, no parameters allocated) and
 compiled; XLA's memory analysis gives the per-device argument, output and temporary bytes, and its cost analysis
-the step's FLOPs. Parameters and optimizer state per device come from their shardings.
+the step's FLOPs. Parameters and optimizer state per device come from their shardings, next to their totals
+divided by the device count; the share of parameter bytes the shardings leave (partly) replicated over the
+model-parallel axes is printed, with a warning above ``REPLICATED_WARN_SHARE`` or when a device holds more than
+``EVEN_SPLIT_WARN_RATIO`` times an even split.
 """
 
 from __future__ import annotations
@@ -22,8 +25,22 @@ def _sharded_bytes(abstract_tree, shardings) -> int:
     return total
 
 
+def _total_bytes(abstract_tree) -> int:
+    import jax
+
+    return sum(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+               for a in jax.tree.leaves(abstract_tree))
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:.3f} GiB"
+
+
+# --dry-run warns when more than this share of the parameter bytes is not split over every model-parallel device.
+REPLICATED_WARN_SHARE = 0.10
+# ... or when the parameters per device exceed an even split over those devices by more than this factor (at high
+# device counts a small replicated share already dominates what each device holds).
+EVEN_SPLIT_WARN_RATIO = 1.5
 
 
 def analyse(config) -> dict:
@@ -53,11 +70,17 @@ def analyse(config) -> dict:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     abstract = trainer.abstract_state
+    from vlscale.models import registry
+
+    replication = sharding.replication(registry.param_logical_axes(trainer.model), abstract.params, mesh)
     out = {
         "model": str(config.model), "global_batch_size": gbs, "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind, "mesh": dict(mesh.shape),
         "params_bytes_per_device": _sharded_bytes(abstract.params, trainer.state_shardings.params),
         "opt_state_bytes_per_device": _sharded_bytes(abstract.opt_state, trainer.state_shardings.opt_state),
+        "params_bytes": _total_bytes(abstract.params), "opt_state_bytes": _total_bytes(abstract.opt_state),
+        "replicated_share": replication["replicated_share"], "replicated_arrays": replication["arrays"],
+        "model_parallel_devices": replication["model_parallel_devices"],
         "argument_bytes": getattr(mem, "argument_size_in_bytes", None) if mem else None,
         "output_bytes": getattr(mem, "output_size_in_bytes", None) if mem else None,
         "temp_bytes": getattr(mem, "temp_size_in_bytes", None) if mem else None,
@@ -74,15 +97,33 @@ def dry_run(config) -> str:
     a = analyse(config)
     temp = a["temp_bytes"]
     total = sum(v for v in (a["argument_bytes"], a["output_bytes"], temp) if v)
+    n = a["devices"]
+    ways = a["model_parallel_devices"]
+    arrays = a["replicated_arrays"]
     lines = [
-        f"dry run: {a['model']}, global batch {a['global_batch_size']}, {a['devices']} x {a['device_kind']}, "
+        f"dry run: {a['model']}, global batch {a['global_batch_size']}, {n} x {a['device_kind']}, "
         f"mesh {a['mesh']}",
-        f"  parameters        {_gib(a['params_bytes_per_device'])} per device",
-        f"  optimizer state   {_gib(a['opt_state_bytes_per_device'])} per device",
+        f"  parameters        {_gib(a['params_bytes_per_device'])} per device, {a['params_bytes_per_device']} bytes "
+        f"({_gib(a['params_bytes'])} in all, {a['params_bytes']} bytes; / {n} devices = {_gib(a['params_bytes'] / n)})",
+        f"  optimizer state   {_gib(a['opt_state_bytes_per_device'])} per device, {a['opt_state_bytes_per_device']} "
+        f"bytes ({_gib(a['opt_state_bytes'])} in all, {a['opt_state_bytes']} bytes; / {n} devices = "
+        f"{_gib(a['opt_state_bytes'] / n)})",
+        f"  replicated        {100 * a['replicated_share']:.1f} % of parameter bytes are split fewer than the "
+        f"{ways} ways of the model-parallel axes (fsdp x tensor); {len(arrays)} arrays"
+        + (f", largest {arrays[0][0]} {arrays[0][1]} in {arrays[0][2]} part(s)" if arrays else ""),
         f"  activations/temp  {_gib(temp) if temp is not None else 'n/a'} per device (XLA memory analysis)",
         f"  step total        {_gib(total)} per device (arguments + outputs + temporaries; donated buffers "
         "counted once in arguments)",
         f"  step FLOPs        {a['step_flops_per_device']:.3e} per device (XLA), "
         f"{a['paper_train_flops_per_step']:.3e} in all (paper convention, forward x 3)",
     ]
+    even = a["params_bytes"] / ways  # the parameters split evenly over the model-parallel devices
+    ratio = a["params_bytes_per_device"] / even if even else 1.0
+    if ways > 1 and (a["replicated_share"] > REPLICATED_WARN_SHARE or ratio > EVEN_SPLIT_WARN_RATIO):
+        lost = sorted({ax for *_, axes in arrays for ax in axes})
+        lines.append(f"warning: parameters per device are {ratio:.1f} x an even split over the {ways} model-parallel "
+                     f"devices; {100 * a['replicated_share']:.1f} % of their bytes stay (partly) replicated"
+                     + (f" (mesh axes {', '.join(lost)} divide none of some arrays' dimensions)" if lost else "")
+                     + "; pick fsdp/tensor sizes that divide the model's widths, or put the remaining devices on "
+                     "mesh.data")
     return "\n".join(lines)

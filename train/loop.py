@@ -108,7 +108,7 @@ class _Trainer:
         import jax
 
         from vlscale.data.iterator import make_iterator
-        from vlscale.train import metrics, step as step_lib, validate
+        from vlscale.train import budgets, metrics, step as step_lib, validate
         from vlscale.runtime import checkpoint
         from vlscale.runtime import sharding
 
@@ -126,7 +126,7 @@ class _Trainer:
         self.trainer = step_lib.get_train_step(config, self.mesh, image_dtype=sample_dtype)
         self.gbs = int(config.global_batch_size)
         self.total_steps = validate.total_steps(config)
-        self.milestone_steps = sorted({math.ceil(int(s) / self.gbs) for s in config.checkpoint_at_samples})
+        self.milestone_steps = budgets.milestone_steps(config.checkpoint_at_samples, self.gbs)
         self.mngr = checkpoint.manager(workdir, keep=int(config.keep_checkpoints),
                                        milestone_steps=self.milestone_steps)
         self.metrics = metrics.MetricsLog(workdir / METRICS_JSONL, enabled=self.is_main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from vlscale.errors import UserError
+from vlscale.train.budgets import budget_step
 from vlscale.train.optim import SCHEDULE_CODES, cooldown_steps
 
 
@@ -14,7 +15,7 @@ MAX_TOTAL_SAMPLES = 10**15
 
 
 def total_steps(config) -> int:
-    return math.ceil(int(config.total_samples) / int(config.global_batch_size))
+    return budget_step(int(config.total_samples), int(config.global_batch_size))
 
 
 def check_config(config, *, device_count: int, process_count: int) -> None:

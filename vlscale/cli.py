@@ -206,19 +206,35 @@ def _fail(prog: str, message: str) -> int:
     return EXIT_USER_ERROR
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def _crash(prog: str, exc: Exception, argv, args) -> int:
+    """A bug: one line naming the crash log. Where nobody watches a terminal (stderr redirected to a job log) or
+    several processes run (a pod, where the log file lands on each worker's own disk), the full traceback also goes
+    to stderr, each line prefixed with ``[process I/N]`` so interleaved logs of the workers stay apart."""
     import traceback
 
     from vlscale.crashlog import one_line, write_crash_log
+    from vlscale.runtime.distributed import process_info
 
     if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exc()
         print(f"{prog}: internal error: {one_line(exc)}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
     log = write_crash_log(exc, argv)
+    index, count = process_info()
+    prefix = f"[process {index}/{count}] "
+    if count > 1 or not _stderr_is_terminal():
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print("\n".join(prefix + line for line in text.rstrip("\n").splitlines()), file=sys.stderr)
     where = f"full traceback in {log}" if log else "no log folder was writable; rerun with --debug"
-    print(f"{prog}: internal error: {one_line(exc)} (a bug in vlscale, please report it; {where}; "
-          "`vlscale --debug ...` prints it)", file=sys.stderr)
+    print(f"{prog}: internal error{' ' + prefix.strip() if count > 1 else ''}: {one_line(exc)} (a bug in vlscale, "
+          f"please report it; {where}; `vlscale --debug ...` prints it)", file=sys.stderr, flush=True)
     return EXIT_INTERNAL_ERROR
 
 

@@ -56,8 +56,11 @@ def _broken_models(monkeypatch):
 
 
 def test_unexpected_error_is_one_line_with_a_log(tmp_path, monkeypatch, capsys):
+    import vlscale.cli
+
     _broken_models(monkeypatch)
     monkeypatch.setenv("VLSCALE_LOG_DIR", str(tmp_path))
+    monkeypatch.setattr(vlscale.cli, "_stderr_is_terminal", lambda: True)  # a user at a terminal, one process
     assert main(["models"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vlscale models: internal error: RuntimeError: simulated bug (")
@@ -65,6 +68,36 @@ def test_unexpected_error_is_one_line_with_a_log(tmp_path, monkeypatch, capsys):
     assert str(log) in err[0]
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "second line" in text and "command: vlscale models" in text
+
+
+def test_a_job_log_gets_the_whole_traceback_and_the_crash_file(tmp_path, monkeypatch, capsys):
+    # stderr redirected to a file (a batch job's log; pytest's capture is not a terminal either), one process
+    _broken_models(monkeypatch)
+    monkeypatch.setenv("VLSCALE_LOG_DIR", str(tmp_path))
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    (log,) = tmp_path.glob("crash-*.log")
+    assert err[0] == "[process 0/1] Traceback (most recent call last):"
+    assert all(line.startswith("[process 0/1] ") for line in err[:-1])
+    assert err[-2] == "[process 0/1] second line" and "[process 0/1] RuntimeError: simulated bug" in err
+    assert any("in boom" in line for line in err)
+    assert err[-1].startswith("vlscale models: internal error: RuntimeError: simulated bug (") and str(log) in err[-1]
+
+
+def test_every_process_of_a_pod_prints_its_traceback_with_its_index(tmp_path, monkeypatch, capsys):
+    import vlscale.cli
+    from vlscale.runtime import distributed
+
+    _broken_models(monkeypatch)
+    monkeypatch.setenv("VLSCALE_LOG_DIR", str(tmp_path))
+    monkeypatch.setattr(vlscale.cli, "_stderr_is_terminal", lambda: True)  # even at a terminal
+    monkeypatch.setattr(distributed, "_STARTED", {"index": 3, "count": 4})  # what initialize() records
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "[process 3/4] Traceback (most recent call last):" and "[process 3/4] second line" in err
+    assert err[-1].startswith("vlscale models: internal error [process 3/4]: RuntimeError: simulated bug (")
+    (log,) = tmp_path.glob("crash-*.log")
+    assert str(log) in err[-1]
 
 
 def test_debug_prints_the_traceback(tmp_path, monkeypatch, capsys):

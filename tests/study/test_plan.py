@@ -97,3 +97,32 @@ def test_paper_grid_matches_the_papers_compute_range(shared_data):
     assert 5e13 < plan.total_gflops < 6e13
     models = {(r.model_type, r.model.removeprefix("mammut_")) for r in plan.runs}
     assert models == set(zip(sel.model_type, sel.model))
+
+
+def test_paper_const_cooldowns_start_from_kept_steps_when_the_budget_is_not_a_multiple_of_the_batch():
+    # The paper's 1.28e9 samples at batch 90,624 is 14,124.3 steps: the trainer keeps step 14,125 (ceil), and the
+    # cooldown must start there, not at 14,124 (floor), which no run keeps.
+    from vlscale.train.budgets import budget_step, milestone_steps
+
+    cfg = study_config.load("configs/study/paper_clip_mammut.py")
+    cfg.models = {"clip": ["ViT-B-32"], "mammut": ["mammut_ViT-B-32"]}
+    cfg.samples_seen = [640_000_000, 1_280_000_000, 3_072_000_000]
+    cfg.schedule = "const"
+    cfg.cooldown_fraction = 0.2
+    cfg.sweep = {"global_batch_size": [90624], "lr": [2e-3], "warmup": [6000]}  # a const run: one sweep
+    plan = make_plan(cfg)
+    parent = plan.run("ViT-B-32_s3072000000_datacomp_1b_bs90624_lr0.002_w6000_const")
+    assert milestone_steps(parent.checkpoint_at_samples, 90624) == [7063, 14125, 33899]
+    cooldowns = [r for r in plan.stage(1) if r.depends_on == parent.name]
+    assert sorted(int(r.init_from.rsplit("@", 1)[1]) for r in cooldowns) == [7063, 14125, 33899]
+    cd = next(r for r in cooldowns if r.init_from.endswith("@14125"))
+    assert cd.cooldown_steps == 2825 and cd.samples == (14125 + 2825) * 90624 and cd.steps == 14125 + 2825
+    assert budget_step(1_280_000_000, 90624) == 14125 and budget_step(90624 * 3, 90624) == 3
+
+
+def test_budgets_that_share_a_step_are_rejected():
+    cfg = study_config.load()
+    cfg.samples_seen = [1000, 1024, 2048]  # at batch 32 (warm-up 8): 1000 and 1024 samples both end at step 32
+    cfg.sweep = {"lr": [1e-3], "global_batch_size": [32], "warmup": [8]}
+    with pytest.raises(UserError, match="budgets 1000 and 1024 end at the same step 32"):
+        make_plan(cfg)

@@ -63,3 +63,43 @@ def test_dry_run_on_64_fake_devices(tmp_path):
     assert re.search(r"activations/temp\s+[\d.]+ GiB", p.stdout)
     flops = float(re.search(r"step FLOPs\s+([\d.e+]+) per device", p.stdout).group(1))
     assert flops > 1e9
+
+
+def _dry_run(*args):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-m", "vlscale", "train", "--dry-run", *args], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    per_device, total = {}, {}
+    for key in ("parameters", "optimizer state"):
+        m = re.search(key + r"\s+[\d.]+ GiB per device, (\d+) bytes \([\d.]+ GiB in all, (\d+) bytes", p.stdout)
+        per_device[key], total[key] = int(m.group(1)), int(m.group(2))
+    share = float(re.search(r"replicated\s+([\d.]+) % of parameter bytes", p.stdout).group(1))
+    return p.stdout, sum(per_device.values()), sum(total.values()), share
+
+
+def test_dry_run_vit_h_14_on_256_devices_at_the_papers_largest_batch_splits_parameters_and_adam():
+    # The paper's largest global batch (181,248, configs/study/paper_clip_mammut.py) on 256 fake devices, all FSDP.
+    out, per_device, total, share = _dry_run(
+        "--dry-run-devices", "256", "--config", "configs/train.py:model=ViT-H-14", "--config.global_batch_size=181248",
+        "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.scan_layers=true", "--config.remat=full",
+        "--config.dtype=bfloat16")
+    assert "256 x cpu, mesh {'data': 1, 'fsdp': 256, 'tensor': 1}" in out
+    # ViT-H-14: 986M float32 parameters (3.67 GiB) plus Adam's two moments; what stays whole is biases and norms.
+    assert 11.0 * 2**30 < total < 11.1 * 2**30
+    assert total / 256 <= per_device < 1.5 * total / 256
+    assert share < 1.0 and "warning" not in out
+
+
+def test_dry_run_warns_when_the_mesh_leaves_parameters_replicated():
+    # tiny-clip at fsdp=128: its 64-wide embedding dimension moves to the 256-wide MLP dimension (the fallback), but
+    # arrays with no dimension 128 divides (patch embedding [8, 8, 3, 64], biases, norms) stay whole on every device:
+    # 2.7 % of the bytes, yet 4.4 x an even split per device.
+    out, per_device, total, share = _dry_run(
+        "--dry-run-devices", "128", "--config", "configs/train.py:model=tiny-clip", "--config.global_batch_size=128",
+        "--config.mesh.data=1", "--config.mesh.fsdp=-1")
+    assert share == 2.7 and per_device > 4 * total / 128
+    assert "largest ['visual']['conv1']['kernel'] (8, 8, 3, 64) in 1 part(s)" in out
+    assert re.search(r"warning: parameters per device are 4\.\d x an even split over the 128 model-parallel devices; "
+                     r"2\.7 % of their bytes stay \(partly\) replicated \(mesh axes fsdp divide none", out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlscale.commands import multihost
+
 EVAL_EXAMPLES = """examples:
   vlscale eval --checkpoint runs/clip_xs --task zeroshot --dataset synth:colour
   vlscale eval --checkpoint runs/clip_xs --task retrieval --dataset synth:retrieval
@@ -61,6 +63,7 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32: float32, highest matmul precision (default); bf16: bfloat16 compute")
     p.add_argument("--all-checkpoints", action="store_true", help="with a workdir: evaluate every kept checkpoint")
+    multihost.add_flags(p)
     ident = p.add_argument_group("identity of a converted checkpoint (rows are written only when all three are given)")
     ident.add_argument("--pretrain-dataset", help="e.g. datacomp_1b")
     ident.add_argument("--lr-scheduler", help="e.g. cosine, const")
@@ -144,17 +147,23 @@ def _run_eval(args) -> int:
     if not path.exists():
         raise UserError(f"--checkpoint {path}: does not exist")
     _check_outputs(args)
+    multihost.initialize(args)
+    import jax
+
+    main = jax.process_index() == 0  # every process computes; the first one reports and writes
     dtype = "float32" if args.precision == "fp32" else "bfloat16"
     if checkpoints.is_workdir(path) and (path / checkpoints.RUN_JSON).is_file():
         records = runner.evaluate_run(path, tasks, results=args.results, all_checkpoints=args.all_checkpoints,
                                       batch_size=args.batch_size, dtype=dtype, out_dir=args.out)
-        if not records:
+        if not records and main:
             print(f"nothing to evaluate in {path}: the protocol's checkpoints already have rows in "
                   f"{args.results or path / 'results.csv'} (or the run has not finished; --all-checkpoints "
                   "evaluates every kept checkpoint)")
     else:
         records = runner.evaluate_checkpoint(path, tasks, out_dir=args.out, results=args.results,
                                              batch_size=args.batch_size, identity=ident, dtype=dtype)
+    if not main:
+        return 0
     for r in records:
         print(format_record(r))
     added = {}
@@ -175,6 +184,7 @@ def _configure_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, help="tokens per caption including SOT (default min(30, context))")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    multihost.add_flags(p)
 
 
 def _check_caption_options(args, config) -> None:
@@ -207,6 +217,9 @@ def _run_caption(args) -> int:
         raise UserError(f"image file(s) not found: {', '.join(missing[:3])}")
     if args.num_beams < 1 or args.batch_size < 1:
         raise UserError("--num-beams and --batch-size must be positive")
+    multihost.initialize(args)
+    import jax
+
     ckpt = checkpoints.load(args.checkpoint)
     em = EvalModel.create(ckpt.model_name, ckpt.params, dtype="float32" if args.precision == "fp32" else "bfloat16")
     generative.require_generative(em, "caption", "")
@@ -227,6 +240,7 @@ def _run_caption(args) -> int:
         pad = (-n) % args.batch_size if n < args.batch_size else 0
         batch = np.stack(chunk + [chunk[0]] * pad)  # one compiled shape for every batch
         captions = generative.caption_images(em, batch, method=args.method, **options)[:n]
-        for p, c in zip(paths, captions):
-            print(f"{p}\t{c}")
+        if jax.process_index() == 0:  # every process decodes the same batch; the first one prints
+            for p, c in zip(paths, captions):
+                print(f"{p}\t{c}")
     return 0

@@ -6,22 +6,24 @@ Only argparse at import time; the handlers import the study modules (and through
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from vlscale.commands import argtypes
 
-# sbatch --time formats (slurm's man page): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
-# days-hours:minutes, days-hours:minutes:seconds; or no limit.
-_SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite", re.IGNORECASE)
-
 
 def slurm_time(text: str) -> str:
-    """An ``sbatch --time`` value, checked here so a typo fails now, not when the scheduler reads the script."""
-    if not _SLURM_TIME.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a slurm time; write HH:MM:SS (e.g. 24:00:00), D-HH:MM:SS "
-                                         "or minutes")
-    return text.strip()
+    """``--time``: checked when parsed (``study.launch.check_slurm_time``, which also checks the config's
+    ``slurm.time``), so a typo fails now, not when the scheduler reads the script; empty = the config's or 24:00:00."""
+    if not text.strip():
+        return ""
+    from vlscale.errors import UserError
+    from vlscale.study.launch import check_slurm_time
+
+    try:
+        return check_slurm_time(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
 
 DESCRIPTION = """\
 Plan a grid of model scales x samples seen (x a hyper-parameter sweep), train every run, evaluate every checkpoint
@@ -86,13 +88,19 @@ def configure(p: argparse.ArgumentParser) -> None:
                     help="print: plain `vlscale train` lines; slurm: sbatch arrays; tpu-vm: gcloud ssh lines")
     sl.add_argument("--submit", action="store_true", help="submit (slurm: run submit.sh; tpu-vm: run_tpu.sh)")
     sl.add_argument("--repo", default="", help="checkout path on the cluster (jobs cd there first)")
-    sl.add_argument("--vlscale", default="vlscale", metavar="CMD", help="how jobs call the CLI (default: vlscale)")
+    sl.add_argument("--vlscale", default="", metavar="CMD",
+                    help="how jobs call the CLI (slurm default: the absolute path of the vlscale running now, so jobs "
+                         "need no activated virtualenv; print/tpu-vm default: vlscale)")
     sl.add_argument("--partition", default="", help="slurm partition")
     sl.add_argument("--account", default="", help="slurm account")
     sl.add_argument("--nodes", type=argtypes.positive_int, default=1, help="slurm: nodes per run (multi-host trainer)")
     sl.add_argument("--gpus-per-node", type=argtypes.nonnegative_int, default=0, help="slurm: GPUs per node")
-    sl.add_argument("--time", default="24:00:00", type=slurm_time,
-                    help="slurm time limit per job: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    sl.add_argument("--time", default="", type=slurm_time, help="slurm time limit per job, e.g. 12:00:00 or 2-00:00:00 (default: the "
+                    "study config's slurm.time, else 24:00:00)")
+    sl.add_argument("--cpus-per-task", type=argtypes.positive_int, default=0,
+                    help="slurm: CPU cores per task (default: the study config's slurm.cpus_per_task, else unset)")
+    sl.add_argument("--mem", default="", help="slurm: memory per node, e.g. 64G (default: the study config's "
+                    "slurm.mem, else unset)")
     sl.add_argument("--tpu-name", default="", help="tpu-vm: the TPU VM's name")
     sl.add_argument("--zone", default="", help="tpu-vm: its zone")
     sl.add_argument("--project", default="", help="tpu-vm: its project")
@@ -188,8 +196,8 @@ def handle_launch(args) -> int:
 
     opts = launch.LaunchOptions(backend=args.backend, repo=args.repo, vlscale=args.vlscale, partition=args.partition,
                                 account=args.account, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                                time=args.time, tpu_name=args.tpu_name, zone=args.zone, project=args.project,
-                                submit=args.submit)
+                                time=args.time, cpus_per_task=args.cpus_per_task, mem=args.mem,
+                                tpu_name=args.tpu_name, zone=args.zone, project=args.project, submit=args.submit)
     launch.check_options(opts)
     cfg, study_dir = _resolve(args)
     plan = runner.open_study(cfg, study_dir)

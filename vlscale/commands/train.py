@@ -6,6 +6,7 @@ import argparse
 import os
 
 from vlscale.commands.argtypes import positive_int
+from vlscale.commands import multihost
 
 DESCRIPTION = """\
 Train (or resume) one CLIP or MaMMUT run. The config argument picks the model and the data source; every other
@@ -39,10 +40,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "FLOPs, then exit")
     p.add_argument("--dry-run-devices", type=positive_int, default=None, metavar="N",
                    help="with --dry-run: simulate N CPU devices (no accelerator needed)")
-    p.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
-                   help="multi-host: the coordinator (process 0); auto-detected on TPU pods and under SLURM")
-    p.add_argument("--num-processes", type=positive_int, default=None, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+    multihost.add_flags(p)
     p.add_argument("--no-progress", action="store_true", help="plain log lines only")
     p.set_defaults(_config_overrides=True)
 
@@ -70,9 +68,7 @@ def handle(args) -> int:
     config = build_config(args.config, args.config_overrides)
     if not args.dry_run and not args.workdir:
         raise UserError("--workdir is required (where the run's checkpoints and metrics go)")
-    from vlscale.runtime import distributed
-
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    multihost.initialize(args)
     if args.dry_run:
         from vlscale.train.dryrun import dry_run
 

@@ -181,10 +181,23 @@ def restore_params(step_dir) -> dict:
 
 
 def sha256_of_params(params) -> str:
-    """sha256 over the parameter leaves' bytes in tree order (``final.json``): compare runs without loading them."""
+    """sha256 over the parameter leaves' full bytes (C order) in tree order (``final.json``): compare runs without
+    loading them. The value does not depend on how the leaves are sharded or over how many processes: a leaf that
+    spans other processes' devices is gathered whole, one leaf at a time, so every process must call this (it is a
+    collective then) and host memory holds one full leaf at most. Host arrays hash the same as device arrays."""
     import hashlib
 
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
+        h.update(np.ascontiguousarray(_full_value(leaf)).tobytes())
     return h.hexdigest()
+
+
+def _full_value(leaf) -> np.ndarray:
+    """A leaf's global value on this host: a plain fetch when this process holds all of it, else an all-gather."""
+    if isinstance(leaf, jax.Array) and not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(jax.device_get(leaf))
+

@@ -22,6 +22,15 @@ def cluster_detected() -> str | None:
     return None
 
 
+# (this process's index, the process count) once ``initialize`` started the runtime; what crash reports print.
+_STARTED: dict = {}
+
+
+def process_info() -> tuple[int, int]:
+    """(process index, process count) of a started multi-controller runtime, else (0, 1); never starts JAX."""
+    return int(_STARTED.get("index", 0)), int(_STARTED.get("count", 1))
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> int:
     """Starts the multi-controller runtime when asked or detected; returns the process count."""
@@ -41,4 +50,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                    process_id=int(process_id))
     elif cluster_detected():
         jax.distributed.initialize()
-    return jax.process_count()
+    else:
+        return jax.process_count()
+    _STARTED.update(index=jax.process_index(), count=jax.process_count())
+    return _STARTED["count"]
