@@ -11,20 +11,6 @@ import sys
 from vlscale.commands import argtypes
 
 
-def slurm_time(text: str) -> str:
-    """``--time``: checked when parsed (``study.launch.check_slurm_time``, which also checks the config's
-    ``slurm.time``), so a typo fails now, not when the scheduler reads the script; empty = the config's or 24:00:00."""
-    if not text.strip():
-        return ""
-    from vlscale.errors import UserError
-    from vlscale.study.launch import check_slurm_time
-
-    try:
-        return check_slurm_time(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 DESCRIPTION = """\
 Plan a grid of model scales x samples seen (x a hyper-parameter sweep), train every run, evaluate every checkpoint
 the protocol needs, fit the scaling laws, compare the groups and write DIR/report.md (+ report.html, figures/).
@@ -95,7 +81,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     sl.add_argument("--account", default="", help="slurm account")
     sl.add_argument("--nodes", type=argtypes.positive_int, default=1, help="slurm: nodes per run (multi-host trainer)")
     sl.add_argument("--gpus-per-node", type=argtypes.nonnegative_int, default=0, help="slurm: GPUs per node")
-    sl.add_argument("--time", default="", type=slurm_time, help="slurm time limit per job, e.g. 12:00:00 or 2-00:00:00 (default: the "
+    sl.add_argument("--time", default="", help="slurm time limit per job, e.g. 12:00:00 or 2-00:00:00 (default: the "
                     "study config's slurm.time, else 24:00:00)")
     sl.add_argument("--cpus-per-task", type=argtypes.positive_int, default=0,
                     help="slurm: CPU cores per task (default: the study config's slurm.cpus_per_task, else unset)")
