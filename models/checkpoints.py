@@ -97,10 +97,7 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
         return _load_step(p, entry)
     if p.parent.name == CHECKPOINTS and p.name.isdigit() and is_workdir(p.parent.parent):
         workdir = p.parent.parent
-        match = [e for e in list_checkpoints(workdir) if e.step == int(p.name)]
-        if not match:
-            raise UserError(f"{p}: not a complete checkpoint of {workdir}")
-        return _load_step(workdir, match[0])
+        return _load_step(workdir, _entry_of(workdir, p))
     if (p / CONVERTED_META).is_file():
         from vlscale.models import convert
 
@@ -110,6 +107,18 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
         return _load_training_step(p)
     raise UserError(f"{p} is not a vlscale checkpoint: expected a training workdir, WORKDIR/checkpoints/N, or a "
                     "`vlscale convert` output directory")
+
+
+def _entry_of(workdir: Path, step_dir: Path) -> Entry:
+    """The entry of one step directory, checked on its own (a damaged sibling does not stop it loading)."""
+    if (step_dir / CONVERTED_META).is_file() and not step_dir.is_symlink():
+        run = read_json(workdir / RUN_JSON) or {}
+        step = int(step_dir.name)
+        return Entry(step, step * int(run.get("global_batch_size") or 0), str(step_dir))
+    if not orbax_io.is_owned(step_dir) and not step_dir.is_symlink():
+        raise UserError(f"{step_dir}: not a complete checkpoint of {workdir}")
+    meta = orbax_io.read_meta(step_dir)  # the layout, and the step it records (CheckpointError naming it)
+    return Entry(int(meta["step"]), int(meta["samples_seen"]), str(step_dir))
 
 
 def _load_step(workdir: Path, entry: Entry) -> Checkpoint:

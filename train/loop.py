@@ -204,6 +204,12 @@ class _Trainer:
             if failures:
                 # Set aside (never deleted: kept for inspection) so that this run can save those steps again.
                 moved = [checkpoint.set_aside(self.mngr, s) for s in failures] if self.is_main else []
+                import jax
+
+                if jax.process_count() > 1:  # every host lists the steps again only after process 0 moved them
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("vlscale: damaged checkpoints set aside")
                 self.mngr.reload()
                 if self.is_main:
                     print(f"vlscale train: resuming from {self.mngr.directory / str(step)}, the newest checkpoint "

@@ -20,8 +20,8 @@ from .conftest import tiny_config
 
 
 def _config(**fields):
-    return tiny_config("tiny-clip", batch=16, steps=8, checkpoint_every=4, keep_checkpoints=3, mesh__devices=1,
-                       **fields)
+    fields = {"checkpoint_every": 4, "keep_checkpoints": 3, "mesh__devices": 1, **fields}
+    return tiny_config("tiny-clip", batch=16, steps=8, **fields)
 
 
 @pytest.fixture(scope="module")
