@@ -10,6 +10,7 @@ converted checkpoint (``checkpoints/N/vlscale_model.json``, e.g. a released mode
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,12 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
 
 def _entry_of(workdir: Path, step_dir: Path) -> Entry:
     """The entry of one step directory, checked on its own (a damaged sibling does not stop it loading)."""
-    if (step_dir / CONVERTED_META).is_file() and not step_dir.is_symlink():
+    linked = os.path.islink(os.fspath(step_dir)) if "://" not in os.fspath(step_dir) else False
+    if (step_dir / CONVERTED_META).is_file() and not linked:
         run = read_json(workdir / RUN_JSON) or {}
         step = int(step_dir.name)
         return Entry(step, step * int(run.get("global_batch_size") or 0), str(step_dir))
-    if not orbax_io.is_owned(step_dir) and not step_dir.is_symlink():
+    if not orbax_io.is_owned(step_dir) and not linked:
         raise UserError(f"{step_dir}: not a complete checkpoint of {workdir}")
     meta = orbax_io.read_meta(step_dir)  # the layout, and the step it records (CheckpointError naming it)
     return Entry(int(meta["step"]), int(meta["samples_seen"]), str(step_dir))

@@ -186,12 +186,6 @@ class _Trainer:
         from vlscale.runtime import checkpoint
 
         steps = sorted(self.mngr.all_steps(), reverse=True)
-        if steps:
-            model = checkpoint.recorded_model(self.mngr.directory / str(steps[0]))
-            if model not in (None, str(self.config.model)):
-                raise UserError(f"--workdir {self.workdir} holds a run of {model}, not {self.config.model}; "
-                                "allow_config_change cannot continue another model: use another workdir, or "
-                                "--config.init_from to start from its weights")
         failures = []
         for step in steps:
             try:
@@ -251,7 +245,9 @@ class _Trainer:
         except UserError:
             raise
         except Exception as e:
-            message = files.disk_error_message(e, self.workdir)
+            from vlscale.runtime import disk_errors
+
+            message = disk_errors.disk_error_message(e, self.workdir)
             if message is None:
                 raise
             raise UserError(f"{message}; {self._last_good_text()}") from e

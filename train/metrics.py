@@ -84,7 +84,7 @@ class TensorBoard:
     """
 
     def __init__(self, logdir: Path, enabled: bool = True):
-        self._logdir = Path(logdir)
+        self._logdir = logdir
         self._enabled = enabled
         self._writer = None
         self._purge_step: int | None = None

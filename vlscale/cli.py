@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from vlscale.runtime import files, signals
+    from vlscale.runtime import disk_errors, signals
 
     parser = build_parser()
     # ml_collections-style ``--config.FIELD=VALUE`` overrides (train, study) are collected before argparse sees them.
@@ -191,7 +191,7 @@ def _main(argv: list[str] | None) -> int:
         return _fail(prog, _os_error_text(e))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return _fail(prog, files.disk_error_message(e, _output_of(args)) or _os_error_text(e))
+            return _fail(prog, disk_errors.disk_error_message(e, _output_of(args)) or _os_error_text(e))
         if e.errno in USER_ERRNOS:
             return _fail(prog, _os_error_text(e))
         return _crash(prog, e, argv, args)
@@ -199,7 +199,7 @@ def _main(argv: list[str] | None) -> int:
         return _fail(prog, "out of memory" + (f" ({e})" if str(e) else "") + "; try a smaller input or setting")
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a report
         # A full disk inside a library's own error type (safetensors, TensorStore).
-        disk = files.disk_error_message(e, _output_of(args))
+        disk = disk_errors.disk_error_message(e, _output_of(args))
         if disk is not None:
             return _fail(prog, disk)
         return _crash(prog, e, argv, args)

@@ -7,13 +7,13 @@ import os
 import pytest
 
 from vlscale import cli
-from vlscale.runtime import files
+from vlscale.runtime import disk_errors
 
 
 def test_python_oserror_names_mount_and_file(tmp_path):
     e = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a" / "b.npz"))
-    msg = files.disk_error_message(e)
-    mount = files._mount_point(str(tmp_path))
+    msg = disk_errors.disk_error_message(e)
+    mount = disk_errors._mount_point(str(tmp_path))
     assert msg == f"no space left on {mount} while writing {tmp_path / 'a' / 'b.npz'}"
 
 
@@ -27,15 +27,15 @@ def test_tensorstore_error_inside_a_valueerror_with_its_cause_chain():
         except ValueError as inner:
             raise RuntimeError("save finalize failed") from inner
     except RuntimeError as outer:
-        msg = files.disk_error_message(outer)
-    assert msg == f"no space left on {files._mount_point('/tmp/w/ck/d/84633b06')} while writing /tmp/w/ck/d/84633b06"
+        msg = disk_errors.disk_error_message(outer)
+    assert msg == f"no space left on {disk_errors._mount_point('/tmp/w/ck/d/84633b06')} while writing /tmp/w/ck/d/84633b06"
 
 
 def test_safetensors_style_message_uses_the_commands_output():
     class SafetensorError(Exception):
         pass
 
-    msg = files.disk_error_message(SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
+    msg = disk_errors.disk_error_message(SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
                                                    "StorageFull, message: \"No space left on device\" })"),
                                    "/tmp/out/x.safetensors")
     assert msg.startswith("no space left on /") and msg.endswith("while writing /tmp/out/x.safetensors")
@@ -44,13 +44,13 @@ def test_safetensors_style_message_uses_the_commands_output():
 @pytest.mark.parametrize("code,text", [(errno.EROFS, "read-only file system"), (errno.EDQUOT, "disk quota exceeded"),
                                        (errno.ENOENT, "its folder vanished")])
 def test_other_conditions_of_the_output(code, text):
-    msg = files.disk_error_message(OSError(code, os.strerror(code), "/tmp/w/metrics.jsonl"))
+    msg = disk_errors.disk_error_message(OSError(code, os.strerror(code), "/tmp/w/metrics.jsonl"))
     assert text in msg and "/tmp/w/metrics.jsonl" in msg
 
 
 def test_a_bug_is_not_a_disk_error():
-    assert files.disk_error_message(ValueError("tree structures do not match")) is None
-    assert files.disk_error_message(KeyError("params")) is None
+    assert disk_errors.disk_error_message(ValueError("tree structures do not match")) is None
+    assert disk_errors.disk_error_message(KeyError("params")) is None
 
 
 def test_the_cli_turns_a_library_disk_error_into_one_line(monkeypatch, capsys, tmp_path):

@@ -37,7 +37,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from vlscale.errors import UserError
-from vlscale.runtime import files, integrity
+from vlscale.runtime import disk_errors, files, integrity
 
 CHECKPOINTS = "checkpoints"
 ITEMS = ("state", "data", "meta")
@@ -62,15 +62,36 @@ class _DiskErrorLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and files.is_disk_error(exc):
+        if exc is not None and disk_errors.is_disk_error(exc):
             return False
         try:
-            return not files.is_disk_error(RuntimeError(record.getMessage()))
+            return not disk_errors.is_disk_error(RuntimeError(record.getMessage()))
         except Exception:  # noqa: BLE001 - a log record that cannot be formatted is not ours to judge
             return True
 
 
 _DISK_FILTER = _DiskErrorLogFilter()
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed write (a full disk), TensorStore completes the save's other writes and calls back into the
+    asyncio loop Orbax already closed; each callback prints a "RuntimeError: Event loop is closed" traceback
+    (hundreds of them). Those are dropped; every other exception is printed as before."""
+    import sys
+
+    for name in ("excepthook", "unraisablehook"):
+        previous = getattr(sys, name)
+        if getattr(previous, "_vlscale_quiet_closed_loop", False):
+            continue
+
+        def hook(*args, _previous=previous):
+            value = args[1] if len(args) > 1 else getattr(args[0], "exc_value", None)
+            if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+                return
+            _previous(*args)
+
+        hook._vlscale_quiet_closed_loop = True
+        setattr(sys, name, hook)
 
 
 def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_only: bool = False,
@@ -84,6 +105,7 @@ def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_onl
         policies.append(checkpoint_managers.CustomSteps(milestone_steps))
     root = absolute(workdir) / CHECKPOINTS
     logging.getLogger("absl").addFilter(_DISK_FILTER)  # idempotent: a filter is added once
+    _quiet_closed_loop_callbacks()
     if not read_only and not files.is_remote(root) and os.path.islink(os.fspath(root)):
         raise UserError(f"{root} is a symbolic link (to {os.path.realpath(os.fspath(root))}); vlscale deletes old "
                         "checkpoints there, so it must be a folder of this workdir: replace the link by a folder, "
@@ -207,14 +229,6 @@ def _unreadable_as_error(step_dir):
     except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exception too; its text says what broke
         text = " ".join(str(e).split())
         raise CheckpointError(f"checkpoint {step_dir} cannot be read ({type(e).__name__}: {text[:300]})") from e
-
-
-def recorded_model(step_dir) -> str | None:
-    """The model a step directory's meta names (None when unreadable: ``restore`` says why)."""
-    try:
-        return str(json.loads((epath.Path(step_dir) / "meta" / "metadata").read_text())["model"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
