@@ -167,7 +167,11 @@ def _study_lock(study_dir, command: str, flag: str = "--dir"):
 
     if not layout.WRITER:
         return _no_lock()
-    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    from vlscale.runtime import files
+
+    if not files.is_remote(study_dir):
+        files.check_output_dir(study_dir, flag=flag)  # a file or an unwritable parent: one line naming --dir
+        Path(study_dir).mkdir(parents=True, exist_ok=True)
     return locks.exclusive(study_dir, flag=flag, command=command)
 
 
