@@ -1,5 +1,5 @@
-"""The array checksums recorded in each checkpoint: the jitted (device, sharded) and numpy (host) versions agree
-bit for bit, and any single flipped bit or swapped pair of elements changes them."""
+"""The array checksums recorded in each checkpoint: the jitted (device, sharded) and numpy (host; used on the CPU
+backend) versions agree bit for bit, and any single flipped bit or swapped pair of elements changes them."""
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,9 @@ def _arrays():
 def test_device_and_host_checksums_agree_for_every_dtype():
     host = _arrays()
     on_host = integrity.checksums(host)
-    on_device = integrity.checksums(jax.tree.map(jnp.asarray, host))
+    on_device = dict(zip(host, integrity.device_checksums([jnp.asarray(x) for x in host.values()])))
     assert on_host == on_device
+    assert integrity.checksums(jax.tree.map(jnp.asarray, host)) == on_host  # CPU arrays: the host path
     assert set(on_host) == set(host) and all(len(v) == 2 for v in on_host.values())
 
 
@@ -35,6 +36,7 @@ def test_a_sharded_array_has_the_checksum_of_the_whole():
     mesh = jax.make_mesh((len(jax.devices()),), ("data",))
     sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
     assert len(sharded.addressable_shards) == len(jax.devices()) > 1
+    assert integrity.device_checksums([sharded]) == [list(integrity.checksum_np(x))]  # summed over the shards
     assert integrity.checksums({"x": sharded}) == integrity.checksums({"x": x})
 
 

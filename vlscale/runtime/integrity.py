@@ -10,7 +10,7 @@ widened per element) in row-major order: ``sum(w[i] * (2i+1))`` and ``sum(rotl(w
 both mod 2**32. The first changes under any single flipped bit (an odd multiplier keeps a power of two nonzero
 mod 2**32); the second is an independent mix, so swapped or shifted data is caught too. Both are sums, so they
 are computed on the device where the arrays live (sharded over any mesh, over any number of hosts: a jitted
-reduction) and equally in numpy for host arrays; the two agree bit for bit (tests/runtime/test_integrity.py).
+reduction) and equally in numpy for host arrays (the CPU backend's too); the two agree bit for bit (tests/runtime/test_integrity.py).
 They guard against accidental corruption (bad disks, truncated copies, a file from another checkpoint), not a
 deliberate forger, who could rewrite the record as well.
 """
@@ -88,24 +88,43 @@ def _checksum_jnp(x):
 _JITTED = None
 
 
+def _on_host(x) -> bool:
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return True
+    try:
+        return x.is_fully_addressable and all(d.platform == "cpu" for d in x.sharding.device_set)
+    except AttributeError:
+        return False
+
+
 def checksums(tree) -> dict[str, list[int]]:
     """{leaf name: [h1, h2]} for every array of ``tree`` (device arrays, sharded or not, or host arrays).
 
-    Device arrays are reduced where they live in one jitted call (a pair of uint32 per leaf comes back), so a
-    multi-host state is summed over all its shards without gathering it; every process gets the same result.
+    Accelerator and multi-host arrays are reduced where they live (a small jitted program per distinct shape; a
+    pair of uint32 per leaf comes back), so a multi-host state is summed over its shards without gathering it and
+    every process gets the same result. Arrays already in host memory (numpy, the CPU backend) are summed in
+    numpy: the same numbers, without compiling anything.
     """
     import jax
 
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     names = [leaf_name(p) for p, _ in leaves]
     arrays = [x for _, x in leaves]
-    if all(isinstance(x, np.ndarray) or np.isscalar(x) for x in arrays):
+    if all(_on_host(x) for x in arrays):  # host memory already (numpy, or the CPU backend): no compiling
         return {n: list(checksum_np(x)) for n, x in zip(names, arrays)}
+    return dict(zip(names, device_checksums(arrays)))
+
+
+def device_checksums(arrays) -> list[list[int]]:
+    """The checksums of jax arrays computed where they live (the path for accelerators and multi-host states)."""
+    import jax
+
     global _JITTED
     if _JITTED is None:
-        _JITTED = jax.jit(lambda xs: [_checksum_jnp(x) for x in xs])
-    out = jax.device_get(_JITTED(arrays))
-    return {n: [int(v[0]), int(v[1])] for n, v in zip(names, out)}
+        # One small program per distinct (shape, dtype, sharding): layers and Adam moments repeat shapes.
+        _JITTED = jax.jit(_checksum_jnp)
+    out = jax.device_get([_JITTED(x) for x in arrays])  # dispatched asynchronously, fetched together
+    return [[int(v[0]), int(v[1])] for v in out]
 
 
 def record(tree) -> dict[str, Any]:
