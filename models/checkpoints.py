@@ -111,16 +111,16 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
 
 
 def _entry_of(workdir: Path, step_dir: Path) -> Entry:
-    """The entry of one step directory, checked on its own (a damaged sibling does not stop it loading)."""
+    """The entry of one step directory; a training checkpoint is checked on its own (a damaged sibling does not
+    stop it loading), anything else is looked up among the run's checkpoints."""
     linked = os.path.islink(os.fspath(step_dir)) if "://" not in os.fspath(step_dir) else False
-    if (step_dir / CONVERTED_META).is_file() and not linked:
-        run = read_json(workdir / RUN_JSON) or {}
-        step = int(step_dir.name)
-        return Entry(step, step * int(run.get("global_batch_size") or 0), str(step_dir))
-    if not orbax_io.is_owned(step_dir) and not linked:
+    if orbax_io.is_owned(step_dir) or linked:
+        meta = orbax_io.read_meta(step_dir)  # the layout, and the step it records (CheckpointError naming it)
+        return Entry(int(meta["step"]), int(meta["samples_seen"]), str(step_dir))
+    match = [e for e in list_checkpoints(workdir) if e.step == int(step_dir.name)]
+    if not match:
         raise UserError(f"{step_dir}: not a complete checkpoint of {workdir}")
-    meta = orbax_io.read_meta(step_dir)  # the layout, and the step it records (CheckpointError naming it)
-    return Entry(int(meta["step"]), int(meta["samples_seen"]), str(step_dir))
+    return match[0]
 
 
 def _load_step(workdir: Path, entry: Entry) -> Checkpoint:

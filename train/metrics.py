@@ -83,7 +83,7 @@ class TensorBoard:
     ``step`` (tensorboardX's ``purge_step``), so the curves hold one point per logged step, as metrics.jsonl.
     """
 
-    def __init__(self, logdir: Path, enabled: bool = True):
+    def __init__(self, logdir, enabled: bool = True):
         self._logdir = logdir
         self._enabled = enabled
         self._writer = None
