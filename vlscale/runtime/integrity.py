@@ -94,7 +94,10 @@ def _partial(x) -> tuple[int, int]:
         data = np.asarray(shard.data)
         w, per_elem = _words_np(data)
         index = shard.index if shard.index else ()
-        a, b = _sums(w, _global_positions(tuple(x.shape), tuple(index), data.shape, per_elem))
+        if data.shape == tuple(x.shape):  # the whole array (one device, or replicated)
+            a, b = _sums(w, np.arange(w.size, dtype=np.uint32))
+        else:
+            a, b = _sums(w, _global_positions(tuple(x.shape), tuple(index), data.shape, per_elem))
         h1, h2 = (h1 + a) % (1 << 32), (h2 + b) % (1 << 32)
     return h1, h2
 
