@@ -3,8 +3,8 @@
     python bench/checkpoint_integrity.py --model tiny-clip [--repeats 5] [--json OUT]
 
 Builds the trainer's state for the model (parameters, Adam moments, step, RNG) on the local devices and times,
-as medians over ``--repeats``: the checksum of every array (``integrity.record``; its first call, which
-compiles on an accelerator, is reported apart), a save with the checksums (``checkpoint.save`` + wait) against Orbax's save alone,
+as medians over ``--repeats``: the checksum of every array (``integrity.record``; its first call is reported
+apart), a save with the checksums (``checkpoint.save`` + wait) against Orbax's save alone,
 a training restore with every check (``checkpoint.restore``) against Orbax's restore alone, and the inference
 read of the parameters (``checkpoint.restore_params``) against the unchecked read. The difference of each pair
 is the overhead; a checkpoint's size is printed beside it.
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     print(f"{args.model} on {out['devices']} x {out['device']}: {n_arrays} arrays, state {out['state_mb']:.1f} MB, "
           f"checkpoint {out['checkpoint_mb']:.1f} MB, checksum record {out['record_json_kb']:.1f} kB")
     print(f"  checksums of the state: {checksum_s * 1e3:.1f} ms ({n_bytes / checksum_s / 1e9:.2f} GB/s; first call "
-          f"{first:.2f} s, which compiles on an accelerator)")
+          f"{first:.2f} s)")
     for what, plain, checked in (("save + wait", plain_save_s, checked_save_s),
                                  ("restore (training)", plain_restore_s, checked_restore_s),
                                  ("restore_params (inference)", plain_params_s, checked_params_s)):
