@@ -10,6 +10,7 @@ converted checkpoint (``checkpoints/N/vlscale_model.json``, e.g. a released mode
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,7 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
         return _load_step(p, entry)
     if p.parent.name == CHECKPOINTS and p.name.isdigit() and is_workdir(p.parent.parent):
         workdir = p.parent.parent
-        match = [e for e in list_checkpoints(workdir) if e.step == int(p.name)]
-        if not match:
-            raise UserError(f"{p}: not a complete checkpoint of {workdir}")
-        return _load_step(workdir, match[0])
+        return _load_step(workdir, _entry_of(workdir, p))
     if (p / METADATA_FILE).is_file():
         from vlscale.models import saved_params
 
@@ -111,6 +109,19 @@ def load(path: str | Path, entry: Entry | None = None) -> Checkpoint:
         return _load_training_step(p)
     raise UserError(f"{p} is not a vlscale checkpoint: expected a training workdir, WORKDIR/checkpoints/N, or a "
                     "`vlscale convert` output directory")
+
+
+def _entry_of(workdir: Path, step_dir: Path) -> Entry:
+    """The entry of one step directory; a training checkpoint is checked on its own (a damaged sibling does not
+    stop it loading), anything else is looked up among the run's checkpoints."""
+    linked = os.path.islink(os.fspath(step_dir)) if "://" not in os.fspath(step_dir) else False
+    if orbax_io.is_owned(step_dir) or linked:
+        meta = orbax_io.read_meta(step_dir)  # the layout, and the step it records (CheckpointError naming it)
+        return Entry(int(meta["step"]), int(meta["samples_seen"]), str(step_dir))
+    match = [e for e in list_checkpoints(workdir) if e.step == int(step_dir.name)]
+    if not match:
+        raise UserError(f"{step_dir}: not a complete checkpoint of {workdir}")
+    return match[0]
 
 
 def _load_step(workdir: Path, entry: Entry) -> Checkpoint:

@@ -99,7 +99,15 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
     from vlscale.runtime import compilation_cache
 
     compilation_cache.enable(str(config.compilation_cache), min_compile_time_s=TRAIN_MIN_COMPILE_S)
-    return _Trainer(config, workdir, saved, steps, progress, evaluate).run()
+    # One writer per workdir (the hosts of one multi-host run are one writer: process 0 holds the lock).
+    import contextlib
+
+    from vlscale.runtime import locks
+
+    lock = locks.exclusive(workdir, flag="--workdir", command="vlscale train") if jax.process_index() == 0 \
+        else contextlib.nullcontext()
+    with lock:
+        return _Trainer(config, workdir, saved, steps, progress, evaluate).run()
 
 
 class _Trainer:
@@ -129,6 +137,10 @@ class _Trainer:
         self.milestone_steps = budgets.milestone_steps(config.checkpoint_at_samples, self.gbs)
         self.mngr = checkpoint.manager(workdir, keep=int(config.keep_checkpoints),
                                        milestone_steps=self.milestone_steps)
+        if self.is_main:
+            for path in checkpoint.foreign_entries(workdir):
+                print(f"vlscale train: warning: {path} was not written by vlscale (no Orbax step metadata, or a "
+                      "symbolic link); left alone", flush=True)
         self.metrics = metrics.MetricsLog(workdir / METRICS_JSONL, enabled=self.is_main)
         self.tb = metrics.TensorBoard(workdir / "tb", enabled=self.is_main)
         self.step_cap = steps
@@ -145,18 +157,56 @@ class _Trainer:
     # --- state ------------------------------------------------------------------------------------------------
 
     def _restore_or_init(self):
-        from vlscale.runtime import checkpoint
-
-        latest = self.mngr.latest_step()
         abstract = self.trainer.abstract_state_with_shardings()
-        if latest is not None:
-            state, meta = checkpoint.restore(self.mngr, latest, abstract, self.data)
+        restored = self._restore_newest_good(abstract)
+        if restored is not None:
+            state, meta = restored
             self.metrics.truncate_after(int(meta["step"]))
+            self.tb.purge_after(int(meta["step"]))
             return state, meta, "resumed"
         if self.config.init_from:
-            return self._init_from(abstract)
-        state = self.trainer.init(int(self.config.seed))
-        return state, {"step": 0, "samples_seen": 0}, "new"
+            state, meta, how = self._init_from(abstract)
+        else:
+            state, meta, how = self.trainer.init(int(self.config.seed)), {"step": 0, "samples_seen": 0}, "new"
+        # A previous attempt killed before its first checkpoint left lines this run will write again.
+        self.metrics.truncate_after(int(meta["step"]))
+        self.tb.purge_after(int(meta["step"]))
+        return state, meta, how
+
+    def _restore_newest_good(self, abstract):
+        """(state, meta) of the newest checkpoint that verifies, saying which ones were skipped and why; None
+        when the run has none; a one-line error when it has some and none verifies."""
+        from vlscale.runtime import checkpoint
+
+        steps = sorted(self.mngr.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                state, meta = checkpoint.restore(self.mngr, step, abstract, self.data)
+            except checkpoint.CheckpointError as e:
+                failures.append(step)
+                if self.is_main:
+                    print(f"vlscale train: warning: {e}", flush=True)
+                continue
+            if failures:
+                # Set aside (never deleted: kept for inspection) so that this run can save those steps again.
+                moved = [checkpoint.set_aside(self.mngr, s) for s in failures] if self.is_main else []
+                import jax
+
+                if jax.process_count() > 1:  # every host lists the steps again only after process 0 moved them
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("vlscale: damaged checkpoints set aside")
+                self.mngr.reload()
+                if self.is_main:
+                    print(f"vlscale train: resuming from {self.mngr.directory / str(step)}, the newest checkpoint "
+                          f"that verifies; the newer one{'s' if len(moved) > 1 else ''} moved to "
+                          f"{', '.join(moved)}", flush=True)
+            return state, meta
+        if failures:
+            raise UserError(f"no checkpoint in {self.mngr.directory} verifies (the reasons are above); move the "
+                            "damaged ones aside to start this run again from scratch")
+        return None
 
     def _init_from(self, abstract):
         from vlscale.runtime import checkpoint
@@ -182,6 +232,32 @@ class _Trainer:
     # --- loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        """``_run``, with a full, read-only or vanished disk said in one line naming the last good checkpoint."""
+        try:
+            return self._run()
+        except UserError:
+            raise
+        except Exception as e:
+            from vlscale.runtime import disk_errors
+
+            message = disk_errors.disk_error_message(e, self.workdir)
+            if message is None:
+                raise
+            raise UserError(f"{message}; {self._last_good_text()}") from e
+
+    def _last_good_text(self) -> str:
+        from vlscale.runtime import checkpoint
+
+        try:
+            self.mngr.reload()
+            latest = self.mngr.latest_step()
+        except Exception:  # noqa: BLE001 - the disk is failing: say what we can
+            latest = None
+        if latest is None:  # Orbax lists only committed steps: a save cut short by the disk is not among them
+            return "no checkpoint was saved"
+        return f"the last good checkpoint is {self.workdir / checkpoint.CHECKPOINTS / str(latest)}"
+
+    def _run(self) -> dict[str, Any]:
         import jax
 
         from vlscale.train import optim
@@ -337,10 +413,10 @@ class _Trainer:
         first, skipped = jax.device_get((state.first_nonfinite, state.skipped))
         self._last_state_skipped = skipped
         if int(first) >= 0 and not self.config.skip_nonfinite:
+            self.mngr.wait_until_finished()  # then the latest step is committed: restored verified, or saved now
             latest = self.mngr.latest_step()
             where = f"the last good checkpoint is {self.workdir / 'checkpoints' / str(latest)}" if latest is not None \
                 else "no checkpoint was saved yet"
-            self.mngr.wait_until_finished()
             raise NonFiniteError(f"non-finite loss or gradients at step {int(first)}; {where}; lower the lr, or "
                                  "set --config.skip_nonfinite=true to skip such steps")
 

@@ -1,7 +1,8 @@
 """What a run reports: ``metrics.jsonl`` (exact floats), TensorBoard events, a progress line, and MFU.
 
 ``metrics.jsonl`` holds one JSON object per logged step. On resume from checkpoint N the lines past step N
-(written after that checkpoint, before the interruption) are dropped, so the file ends with exactly one line
+(written after that checkpoint, before the interruption) are dropped, and a run that starts from scratch (killed
+before its first checkpoint) drops all of the previous attempt's lines, so the file ends with exactly one line
 per logged step, as an uninterrupted run's does; the deterministic fields (step, samples_seen, losses, lr,
 grad_norm, logit_scale) are then equal bit for bit, the timing fields are whatever this machine measured.
 """
@@ -87,24 +88,41 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 class TensorBoard:
-    """Scalars into ``WORKDIR/tb`` through tensorboardX (no TensorFlow runtime); a no-op when unavailable."""
+    """Scalars into ``WORKDIR/tb`` through tensorboardX (no TensorFlow runtime); a no-op when unavailable.
+
+    ``purge_after(step)`` before the first write: TensorBoard hides the events a killed attempt wrote past
+    ``step`` (tensorboardX's ``purge_step``), so the curves hold one point per logged step, as metrics.jsonl.
+    """
 
     def __init__(self, logdir, enabled: bool = True):
+        self._logdir = logdir
+        self._enabled = enabled
         self._writer = None
-        if enabled:
+        self._purge_step: int | None = None
+
+    def purge_after(self, step: int) -> None:
+        self._purge_step = int(step) + 1
+
+    def _open(self):
+        if self._writer is None and self._enabled:
             try:
                 from tensorboardX import SummaryWriter
-
-                self._writer = SummaryWriter(str(logdir), flush_secs=30)
             except ImportError:
-                self._writer = None
+                self._enabled = False
+                return None
+            kwargs = {}
+            if self._purge_step is not None and self._logdir.is_dir() and any(self._logdir.iterdir()):
+                kwargs["purge_step"] = self._purge_step
+            self._writer = SummaryWriter(str(self._logdir), flush_secs=30, **kwargs)
+        return self._writer
 
     def write(self, step: int, record: dict[str, Any]) -> None:
-        if self._writer is None:
+        writer = self._open()
+        if writer is None:
             return
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                self._writer.add_scalar(k, v, step)
+                writer.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self._writer is not None:

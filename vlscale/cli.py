@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from vlscale.runtime import signals
+    from vlscale.runtime import disk_errors, signals
 
     parser = build_parser()
     # ml_collections-style ``--config.FIELD=VALUE`` overrides (train, study) are collected before argparse sees them.
@@ -190,14 +190,29 @@ def _main(argv: list[str] | None) -> int:
     except USER_OS_ERRORS as e:
         return _fail(prog, _os_error_text(e))
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _fail(prog, disk_errors.disk_error_message(e, _output_of(args)) or _os_error_text(e))
         if e.errno in USER_ERRNOS:
             return _fail(prog, _os_error_text(e))
         return _crash(prog, e, argv, args)
     except MemoryError as e:
         return _fail(prog, "out of memory" + (f" ({e})" if str(e) else "") + "; try a smaller input or setting")
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a report
+        # A full disk inside a library's own error type (safetensors, TensorStore).
+        disk = disk_errors.disk_error_message(e, _output_of(args))
+        if disk is not None:
+            return _fail(prog, disk)
         return _crash(prog, e, argv, args)
     return int(rc or 0)
+
+
+def _output_of(args) -> str | None:
+    """The path a command writes to (named in a full-disk message when the error itself names none)."""
+    for name in ("out", "workdir", "dir", "results"):
+        value = getattr(args, name, None)
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+    return None
 
 
 def _fail(prog: str, message: str) -> int:

@@ -161,12 +161,38 @@ def handle_run(args) -> int:
     if not only:
         print(make_plan(cfg, timing.calibrated(cfg, make_plan(cfg), study_dir)).table(), flush=True)
         print(f"study directory: {study_dir}", flush=True)
-    out = runner.run_study(cfg, study_dir, only=only, do_eval=not getattr(args, "no_eval", False),
-                           report=not getattr(args, "no_report", False),
-                           progress=lambda s: print(s, flush=True))
+    # A whole study is one writer of its directory; `--only RUN` jobs (study launch) run side by side, each
+    # holding its run's workdir lock in training.
+    with _study_lock(study_dir, "vlscale study run") if not only else _no_lock():
+        out = runner.run_study(cfg, study_dir, only=only, do_eval=not getattr(args, "no_eval", False),
+                               report=not getattr(args, "no_report", False),
+                               progress=lambda s: print(s, flush=True))
     if out.failed:
         print(f"{len(out.failed)} run(s) failed: {', '.join(out.failed)}", file=sys.stderr)
     return out.exit_code
+
+
+def _study_lock(study_dir, command: str, flag: str = "--dir"):
+    """The study directory's writer lock (process 0 of a multi-host study holds it for all)."""
+    from pathlib import Path
+
+    from vlscale.runtime import locks
+    from vlscale.study import layout
+
+    if not layout.WRITER:
+        return _no_lock()
+    from vlscale.runtime import files
+
+    if not files.is_remote(study_dir):
+        files.check_output_dir(study_dir, flag=flag)  # a file or an unwritable parent: one line naming --dir
+        Path(study_dir).mkdir(parents=True, exist_ok=True)
+    return locks.exclusive(study_dir, flag=flag, command=command)
+
+
+def _no_lock():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def handle_status(args) -> int:
@@ -196,7 +222,8 @@ def handle_collect(args) -> int:
     from vlscale.study import runner, status
 
     cfg, _ = runner.load_study(args.study_dir)
-    out = runner.run_study(cfg, args.study_dir, do_train=False, progress=lambda s: print(s, flush=True))
+    with _study_lock(args.study_dir, "vlscale study collect", flag="study directory"):
+        out = runner.run_study(cfg, args.study_dir, do_train=False, progress=lambda s: print(s, flush=True))
     st = status.collect_status(args.study_dir)
     print(st.table())
     return out.exit_code

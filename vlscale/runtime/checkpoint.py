@@ -6,6 +6,17 @@ one JSON file per process, written by grain's handler) and ``meta`` (step, sampl
 is a milestone). Orbax writes into a temporary directory and renames it when complete, so a run killed during
 a save leaves no step directory that ``all_steps`` would list: a partial checkpoint is never picked.
 
+Integrity (docs/security.md): ``save`` records a checksum of every array of the state in ``meta["integrity"]``
+(``vlscale.runtime.integrity``); ``restore`` and ``restore_params`` check the layout of the step directory
+(``check_step_dir``), that the recorded step is the directory's, and the checksum of every array they read.
+A checkpoint that fails is a ``CheckpointError`` (a ``UserError``: one line naming it). The trainer falls back
+to the newest checkpoint that passes.
+
+Ownership: a step directory counts as ours only if it is a real folder (not a symbolic link) holding Orbax's step
+metadata (``_CHECKPOINT_METADATA``); the manager lists, keeps and deletes only those (``OwnedSteps``), so a
+folder such as ``checkpoints/3`` made by hand is never removed, and a ``checkpoints`` that is a symbolic link is
+refused for writing (cleanup would delete inside its target).
+
 Inference commands read checkpoints through ``vlscale.models.checkpoints`` (the one loader), which uses
 ``restore_params`` here and brings the parameters into the model's per-block layout.
 """
@@ -26,9 +37,15 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from vlscale.errors import UserError
+from vlscale.runtime import disk_errors, files, integrity
 
 CHECKPOINTS = "checkpoints"
 ITEMS = ("state", "data", "meta")
+STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax writes it when it commits a step: the mark of a step we wrote
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is incomplete, corrupt, or not the one its directory name says."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +54,44 @@ class CheckpointInfo:
     samples_seen: int
     path: str
     milestone: bool
+
+
+class _DiskErrorLogFilter(logging.Filter):
+    """Drops the logs (each with a traceback) that Orbax's background save threads write for a full or
+    read-only disk: the trainer reports that error in one line when the save is awaited."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and disk_errors.is_disk_error(exc):
+            return False
+        try:
+            return not disk_errors.is_disk_error(RuntimeError(record.getMessage()))
+        except Exception:  # noqa: BLE001 - a log record that cannot be formatted is not ours to judge
+            return True
+
+
+_DISK_FILTER = _DiskErrorLogFilter()
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed write (a full disk), TensorStore completes the save's other writes and calls back into the
+    asyncio loop Orbax already closed; each callback prints a "RuntimeError: Event loop is closed" traceback
+    (hundreds of them). Those are dropped; every other exception is printed as before."""
+    import sys
+
+    for name in ("excepthook", "unraisablehook"):
+        previous = getattr(sys, name)
+        if getattr(previous, "_vlscale_quiet_closed_loop", False):
+            continue
+
+        def hook(*args, _previous=previous):
+            value = args[1] if len(args) > 1 else getattr(args[0], "exc_value", None)
+            if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+                return
+            _previous(*args)
+
+        hook._vlscale_quiet_closed_loop = True
+        setattr(sys, name, hook)
 
 
 def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_only: bool = False,
@@ -48,40 +103,185 @@ def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_onl
     milestone_steps = sorted(set(int(s) for s in milestone_steps))
     if milestone_steps:
         policies.append(checkpoint_managers.CustomSteps(milestone_steps))
+    root = absolute(workdir) / CHECKPOINTS
+    logging.getLogger("absl").addFilter(_DISK_FILTER)  # idempotent: a filter is added once
+    _quiet_closed_loop_callbacks()
+    if not read_only and not files.is_remote(root) and os.path.islink(os.fspath(root)):
+        raise UserError(f"{root} is a symbolic link (to {os.path.realpath(os.fspath(root))}); vlscale deletes old "
+                        "checkpoints there, so it must be a folder of this workdir: replace the link by a folder, "
+                        "or give --workdir the folder it points to")
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
-        cleanup_tmp_directories=not read_only)
+        cleanup_tmp_directories=not read_only, step_name_format=OwnedSteps())
     return ocp.CheckpointManager(
-        absolute(workdir) / CHECKPOINTS, options=options, item_names=ITEMS,
+        root, options=options, item_names=ITEMS,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, state, data_iterator, meta: dict, *, force: bool = True) -> bool:
+    """Saves (asynchronously) with ``meta["integrity"]``: the checksum of every array of ``state``, computed
+    where the arrays live before the save starts."""
     import grain
 
+    meta = dict(meta, integrity=integrity.record(state))
     return mngr.save(int(meta["step"]), force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
         meta=ocp.args.JsonSave(meta)))
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
-    """(state on the current mesh, meta); the data iterator is set to its saved position when given."""
+    """(state on the current mesh, meta), verified (``CheckpointError`` naming the step directory if not); the
+    data iterator is set to its saved position when given."""
     import grain
 
+    step_dir = mngr.directory / str(int(step))
+    meta = read_meta(step_dir)  # checks the directory's layout and its recorded step first
     args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
     if data_iterator is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    out = mngr.restore(int(step), args=ocp.args.Composite(**args))
-    return out["state"], out["meta"]
+    with _unreadable_as_error(step_dir):
+        out = mngr.restore(int(step), args=ocp.args.Composite(**args))
+    verify(step_dir, meta, out["state"])
+    return out["state"], meta
+
+
+def verify(step_dir, meta: dict, tree, *, prefix: str = "") -> None:
+    """``tree`` (restored from ``step_dir``) has the checksums ``meta`` recorded; a checkpoint saved before
+    vlscale recorded them passes unchecked."""
+    record = meta.get("integrity")
+    if record is None:
+        return
+    if record.get("algorithm") != integrity.ALGORITHM:
+        raise CheckpointError(f"checkpoint {step_dir}: checksums of an unknown kind ({record.get('algorithm')!r}); "
+                              "written by a newer vlscale?")
+    bad = integrity.mismatches(record, tree, prefix=prefix)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"checkpoint {step_dir} is corrupt: the data read back for {bad[0]}{more} does not "
+                              "match the checksum recorded when it was saved")
+
+
+# Files a complete step directory holds: Orbax's step metadata, each item's, and the OCDBT root of the state.
+_REQUIRED_FILES = (STEP_METADATA, "meta/metadata", "state/_METADATA", "state/manifest.ocdbt")
+
+
+def check_step_dir(step_dir) -> None:
+    """The layout of a complete checkpoint, without reading its arrays: a real folder (no symbolic link at or
+    under it), the required files present and non-empty, a ``data`` item. ``CheckpointError`` otherwise."""
+    p = epath.Path(step_dir)
+    if files.is_remote(p):
+        missing = [f for f in _REQUIRED_FILES if not (p / f).exists()]
+        if missing:
+            raise CheckpointError(f"checkpoint {step_dir} is incomplete: {missing[0]} is missing")
+        return
+    local = os.fspath(p)
+    if os.path.islink(local):
+        raise CheckpointError(f"checkpoint {step_dir} is a symbolic link (to {os.path.realpath(local)}); vlscale "
+                              "reads only the checkpoints a run wrote in its own workdir")
+    if not os.path.isdir(local):
+        raise CheckpointError(f"checkpoint {step_dir} is not a folder")
+    for folder, dirs, names in os.walk(local):
+        for name in dirs + names:
+            if os.path.islink(os.path.join(folder, name)):
+                rel = os.path.relpath(os.path.join(folder, name), local)
+                raise CheckpointError(f"checkpoint {step_dir}: {rel} is a symbolic link; a checkpoint vlscale "
+                                      "wrote holds only regular files")
+    for rel in _REQUIRED_FILES:
+        f = os.path.join(local, rel)
+        if not os.path.isfile(f):
+            raise CheckpointError(f"checkpoint {step_dir} is incomplete: {rel} is missing")
+        if os.path.getsize(f) == 0:
+            raise CheckpointError(f"checkpoint {step_dir} is incomplete: {rel} is empty")
+    if not os.path.isdir(os.path.join(local, "data")):
+        raise CheckpointError(f"checkpoint {step_dir} is incomplete: the data item (data/) is missing")
 
 
 def read_meta(step_dir) -> dict:
+    """The ``meta`` item of a step directory whose layout passes ``check_step_dir`` and whose recorded step is
+    the directory's name."""
     path = epath.Path(step_dir) / "meta" / "metadata"
-    if not path.exists():
+    if not path.exists() and not (epath.Path(step_dir) / STEP_METADATA).exists():
         raise UserError(f"{step_dir}: not a vlscale training checkpoint (no meta item)")
-    return json.loads(path.read_text())
+    check_step_dir(step_dir)
+    try:
+        meta = json.loads(path.read_text())
+        step, samples = int(meta["step"]), int(meta["samples_seen"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {step_dir}: unreadable meta/metadata ({type(e).__name__}: {e})")
+    name = epath.Path(step_dir).name
+    if name.isdigit() and int(name) != step:
+        raise CheckpointError(f"checkpoint {step_dir} records step {step} ({samples:,} samples), not {int(name)}: "
+                              "it was copied or linked from elsewhere")
+    if samples < 0 or step < 0:
+        raise CheckpointError(f"checkpoint {step_dir}: meta/metadata records step {step}, {samples} samples")
+    return meta
+
+
+@contextlib.contextmanager
+def _unreadable_as_error(step_dir):
+    """Orbax and TensorStore report damaged files with many exception types: each is a CheckpointError here."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exception too; its text says what broke
+        text = " ".join(str(e).split())
+        raise CheckpointError(f"checkpoint {step_dir} cannot be read ({type(e).__name__}: {text[:300]})") from e
+
+
+def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+    """Renames a damaged step directory to ``N.damaged`` (``N.damaged.2``, ...), out of the manager's sight:
+    kept for inspection, and the run can save step N again. Returns the new path."""
+    src = mngr.directory / str(int(step))
+    if files.is_remote(src):  # an object store has no rename of a folder: drop it
+        mngr.delete(int(step))
+        return f"(deleted) {src}"
+    dst, n = epath.Path(f"{src}.damaged"), 1
+    while dst.exists():
+        n += 1
+        dst = epath.Path(f"{src}.damaged.{n}")
+    os.rename(os.fspath(src), os.fspath(dst))
+    return str(dst)
+
+
+def is_owned(step_dir) -> bool:
+    """A step directory Orbax wrote: a real folder with Orbax's step metadata."""
+    p = epath.Path(step_dir)
+    if not files.is_remote(p) and os.path.islink(os.fspath(p)):
+        return False
+    return p.is_dir() and (p / STEP_METADATA).exists()
+
+
+def foreign_entries(workdir) -> list[str]:
+    """Paths in ``WORKDIR/checkpoints`` named like a step that vlscale did not write (left alone, warned about)."""
+    root = epath.Path(workdir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.iterdir() if p.name.isdigit() and not is_owned(p))
+
+
+class OwnedSteps:
+    """Orbax's standard step naming (``checkpoints/N``) that lists only the steps we wrote (``is_owned``), so the
+    manager's cleanup never deletes a folder someone else put there, nor one a symbolic link leads to."""
+
+    def __init__(self):
+        from orbax.checkpoint import path as ocp_path
+
+        self._standard = ocp_path.step.standard_name_format()
+
+    def build_name(self, step: int) -> str:
+        return self._standard.build_name(step)
+
+    def find_all(self, base_path):
+        return (m for m in self._standard.find_all(base_path) if is_owned(m.path))
+
+    def find_step(self, base_path, step: int):
+        meta = self._standard.find_step(base_path, step)
+        if not is_owned(meta.path):
+            raise ValueError(f"{meta.path} was not written by vlscale")
+        return meta
 
 
 def list_checkpoints(workdir) -> list[CheckpointInfo]:
@@ -92,10 +292,9 @@ def list_checkpoints(workdir) -> list[CheckpointInfo]:
     out = []
     for step in ocp.utils.checkpoint_steps(root):
         step_dir = root / str(step)
-        try:
-            meta = read_meta(step_dir)
-        except (UserError, json.JSONDecodeError):
-            continue
+        if not is_owned(step_dir) and not os.path.islink(os.fspath(step_dir)):
+            continue  # not written by vlscale (``foreign_entries``)
+        meta = read_meta(step_dir)  # a damaged or linked checkpoint is an error naming it, never skipped
         out.append(CheckpointInfo(step=int(step), samples_seen=int(meta["samples_seen"]), path=str(step_dir),
                                   milestone=bool(meta.get("milestone", False))))
     return sorted(out, key=lambda c: c.step)
@@ -169,7 +368,16 @@ def _param_shapes(ckptr, state_dir):
 
 
 def restore_params(step_dir) -> dict:
-    """Only the parameters of a training checkpoint (the trainer's layout), as host arrays; no optimizer state read."""
+    """Only the parameters of a training checkpoint (the trainer's layout), as host arrays; no optimizer state read.
+    Verified as ``restore`` verifies (``CheckpointError`` naming the step directory)."""
+    meta = read_meta(step_dir)
+    with _unreadable_as_error(step_dir):
+        params = _read_params(step_dir)
+    verify(step_dir, meta, params, prefix="params/")
+    return params
+
+
+def _read_params(step_dir) -> dict:
     ckptr = ocp.PyTreeCheckpointer()
     state_dir = absolute(step_dir) / "state"
     target = jax.tree.map(lambda sd: np.zeros(*sd), _param_shapes(ckptr, state_dir),
