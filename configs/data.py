@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from vlscale.data.samples import DEFAULT_MAX_BAD_FRACTION
+from vlscale.data.synth import SynthConfig
 
 TRAIN_SCALE = (0.9, 1.0)  # open_clip RandomResizedCrop scale used for the paper's runs (models/transforms.py)
 
@@ -22,7 +23,8 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.synth = ml_collections.ConfigDict()
     c.synth.seed = 0
     c.synth.split = "train"
-    c.synth.knobs = ml_collections.ConfigDict({"image_size": 64})  # any SynthConfig field (docs/data.md)
+    # Every SynthConfig field (docs/data.md), so each one can be overridden by name (study configs, --config.X).
+    c.synth.knobs = ml_collections.ConfigDict({**SynthConfig().to_dict(), "image_size": 64})
     c.tfds = ml_collections.ConfigDict()
     c.tfds.name = ""  # e.g. "coco_captions" or "imagenet2012" (prepared locally as array_record)
     c.tfds.data_dir = ml_collections.FieldReference(None, field_type=str)
