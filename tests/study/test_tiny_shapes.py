@@ -29,8 +29,9 @@ def test_every_group_has_five_points_to_fit_and_points_to_hold_out():
         cut = float(cfg.fit.fit_fraction) * g["compute_gflops"].max()
         fit_side = g[g["compute_gflops"] <= cut]
         held = g[g["compute_gflops"] > cut]
-        # The frontier of each model's own checkpoints is what a group's law is fitted to: the cheapest model of a
-        # group alone must give five points below the cut, so five fitted frontier points do not depend on luck.
+        # The cheapest model of a group alone gives five checkpoints below the cut. Necessary, not sufficient, for five
+        # fitted frontier points: a checkpoint no better than a cheaper one is dominated (MaMMUT's plateau at chance
+        # left 2-6 of its 9 on the frontier in the measured seeds, docs/study.md).
         cheapest = g.groupby("model")["compute_gflops"].min().idxmin()
         assert (fit_side["model"] == cheapest).sum() >= 5, group
         assert fit_side["compute_gflops"].nunique() >= 5 and len(held) >= 2, group
