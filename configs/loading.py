@@ -164,7 +164,7 @@ def parse_value(text: str, current: Any, field: str) -> Any:
             if text.strip()[0] in "[(":
                 value = ast.literal_eval(text)
             else:
-                value = [ast.literal_eval(v.strip()) for v in text.split(",")]
+                value = [_list_item(v.strip()) for v in text.split(",")]
             if any(isinstance(v, str) and not v for v in value):
                 raise ValueError
             return type(current)(value)
@@ -179,6 +179,14 @@ def parse_value(text: str, current: Any, field: str) -> Any:
     except (ValueError, SyntaxError, TypeError):
         kind = type(current).__name__
         raise UserError(f"--config.{field}={text!r}: not a valid {kind}") from None
+
+
+def _list_item(text: str):
+    """One comma-separated item of a list field: a Python literal, or a bare word (``shapes=circle,square``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, pairs: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:

@@ -22,8 +22,8 @@ def fake_backends(monkeypatch):
 def test_plan_prints_runs_and_totals(capsys):
     assert main(["study", "plan"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("study tiny_shapes: 5 runs")
-    assert "shapes-mammut-S_s16384_synth_bs32_lr0.002_w8_const" in out and "5 compilations" in out
+    assert out.startswith("study tiny_shapes: 3 runs")
+    assert "shapes-mammut-XS_s13056_synth_bs16_lr0.002_w8_const" in out and "3 compilations" in out
     assert main(["study", "plan", "--config", "micro_shapes", "--json"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 

@@ -14,28 +14,29 @@ from vlscale.study.plan import make_plan, run_name
 def test_tiny_default_const_plan():
     cfg = study_config.load()  # the embedded default
     plan = make_plan(cfg)
-    assert [r.model for r in plan.runs] == ["shapes-clip-XS", "shapes-clip-S", "shapes-clip-M", "shapes-mammut-XS",
-                                            "shapes-mammut-S"]
-    r = plan.run("shapes-mammut-XS_s32768_synth_bs32_lr0.002_w8_const")
-    assert r.checkpoint_at_samples == (1024, 2048, 4096, 8192, 16384, 32768) and r.steps == 1024
+    assert [r.model for r in plan.runs] == ["shapes-clip-XS", "shapes-clip-S", "shapes-mammut-XS"]
+    r = plan.run("shapes-mammut-XS_s13056_synth_bs16_lr0.002_w8_const")
+    assert r.checkpoint_at_samples == (1024, 1280, 1600, 2048, 2560, 3264, 4096, 5184, 6528, 8192, 10304, 13056)
+    assert r.steps == 816
     assert r.gflops_per_sample == pytest.approx(flops.forward_flops("shapes-mammut-XS").paper / 1e9)
-    assert r.compute_gflops == pytest.approx(32768 * 0.100069376)
-    assert plan.run("shapes-mammut-S_s16384_synth_bs32_lr0.002_w8_const").budgets[-1] == 16384
+    assert r.compute_gflops == pytest.approx(13056 * 0.100069376)
+    assert plan.run("shapes-clip-S_s104000_synth_bs64_lr0.002_w8_const").budgets[-1] == 104000
     assert plan.total_gflops == pytest.approx(sum(x.compute_gflops for x in plan.runs))
-    # One compile per distinct model: 5 in the estimate; the table prints the total.
+    # One compile per distinct model: 3 in the estimate; the table prints the total.
     text = plan.table()
-    assert "5 runs" in text and "5 compilations" in text and "GFLOPs" in text
+    assert "3 runs" in text and "3 compilations" in text and "GFLOPs" in text
 
 
 def test_cosine_sweep_replicates_and_per_model_values():
     cfg = study_config.load()
     cfg.schedule = "cosine"
     cfg.sweep = {"lr": [1e-3, 2e-3], "global_batch_size": [64], "warmup": [4]}
+    cfg.models.clip = ["shapes-clip-XS", "shapes-clip-M"]
     cfg.sweep_per_model = {"shapes-clip-M": {"lr": [5e-4]}}
     cfg.replicates = {"count": 3, "models": ["shapes-clip-XS"], "samples_seen": [1024]}
     plan = make_plan(cfg)
     clip_xs = [r for r in plan.runs if r.model == "shapes-clip-XS"]
-    assert len(clip_xs) == 6 * 2 + 2 * 2  # 6 budgets x 2 lrs, + 2 extra seeds at the replicated budget
+    assert len(clip_xs) == 21 * 2 + 2 * 2  # 21 budgets x 2 lrs, + 2 extra seeds at the replicated budget
     assert {r.seed for r in clip_xs if r.samples == 1024} == {0, 1, 2}
     assert {r.lr for r in plan.runs if r.model == "shapes-clip-M"} == {5e-4}
     assert all(r.budgets == (r.samples,) and r.schedule == "cosine" for r in plan.runs)
@@ -47,10 +48,10 @@ def test_const_cooldowns_form_stage_one():
     cfg.cooldown_fraction = 0.2
     plan = make_plan(cfg)
     stage0, stage1 = plan.stage(0), plan.stage(1)
-    assert len(stage0) == 5 and len(stage1) == 6 + 6 + 6 + 6 + 5
+    assert len(stage0) == 3 and len(stage1) == 21 + 21 + 12
     cd = next(r for r in stage1 if r.model == "shapes-clip-S" and r.init_from.endswith("@32"))
     assert cd.schedule == "const-cooldown" and cd.cooldown_steps == 7 and cd.samples == (32 + 7) * 64
-    assert cd.depends_on == "shapes-clip-S_s32768_synth_bs64_lr0.002_w8_const"
+    assert cd.depends_on == "shapes-clip-S_s104000_synth_bs64_lr0.002_w8_const"
     assert list(plan.runs).index(cd) > list(plan.runs).index(plan.run(cd.depends_on))
 
 
