@@ -156,10 +156,14 @@ def handle_run(args) -> int:
         _distributed()
     from vlscale.study import timing
 
+    from vlscale.study.preflight import check_study
+
     cfg, study_dir = _resolve(args)
     only = getattr(args, "only", None)
+    plan = make_plan(cfg, timing.calibrated(cfg, make_plan(cfg), study_dir))
+    check_study(cfg, plan)  # before the lock creates the study directory: a bad config leaves nothing behind
     if not only:
-        print(make_plan(cfg, timing.calibrated(cfg, make_plan(cfg), study_dir)).table(), flush=True)
+        print(plan.table(), flush=True)
         print(f"study directory: {study_dir}", flush=True)
     # A whole study is one writer of its directory; `--only RUN` jobs (study launch) run side by side, each
     # holding its run's workdir lock in training.

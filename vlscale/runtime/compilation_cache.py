@@ -55,6 +55,8 @@ def enable(setting: str | None = None, *, min_compile_time_s: float = 0.0) -> Pa
         else:
             jax.config.update("jax_compilation_cache_dir", str(path))
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))  # afresh
+    # Already on: a caller whose programs compile faster lowers the threshold, never raises it.
     if path is not None and jax.config.jax_persistent_cache_min_compile_time_secs > min_compile_time_s:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     _state["dir"] = path
