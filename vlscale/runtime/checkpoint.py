@@ -104,7 +104,10 @@ def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_onl
     if milestone_steps:
         policies.append(checkpoint_managers.CustomSteps(milestone_steps))
     root = absolute(workdir) / CHECKPOINTS
-    logging.getLogger("absl").addFilter(_DISK_FILTER)  # idempotent: a filter is added once
+    # idempotent: a filter is added once. asyncio's logger too: a failed write's "Task exception was never
+    # retrieved" reaches it when the task is collected, with the same disk error inside.
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_DISK_FILTER)
     _quiet_closed_loop_callbacks()
     if not read_only and not files.is_remote(root) and os.path.islink(os.fspath(root)):
         raise UserError(f"{root} is a symbolic link (to {os.path.realpath(os.fspath(root))}); vlscale deletes old "
