@@ -266,11 +266,17 @@ class _Trainer:
         state, meta, how = self._restore_or_init()
         step = int(meta["step"])
         samples = int(meta["samples_seen"])
-        # A resume with another global batch size (allow_config_change) keeps the samples already seen.
+        # A resume with another global batch size (allow_config_change) keeps the samples already seen, and the
+        # learning rate continues the same curve over samples seen (optim's module docstring).
         target = step + max(math.ceil((int(self.config.total_samples) - samples) / self.gbs), 0)
         self.total_steps = target
-        sched = optim.schedule_params(self.config, target)
-        run_json = self._write_run_json(how)
+        unit = self._schedule_batch_size(how)
+        if unit == self.gbs and samples == step * self.gbs:
+            sched = optim.schedule_params(self.config, target)
+        else:
+            sched = optim.schedule_params(self.config, math.ceil(int(self.config.total_samples) / unit),
+                                          resume_step=step, resume_samples=samples, schedule_batch_size=unit)
+        run_json = self._write_run_json(how, schedule_batch_size=unit)
         stop_at = target if self.step_cap is None else min(target, self.step_cap)
         if self.is_main:
             print(f"vlscale train: {run_json['run']} — {how} at step {step}/{target} "
@@ -453,11 +459,18 @@ class _Trainer:
         flags = multihost_utils.process_allgather(np.int32(local))
         return bool(np.any(flags))
 
-    def _write_run_json(self, how: str) -> dict:
+    def _schedule_batch_size(self, how: str) -> int:
+        """The global batch the learning-rate schedule counts steps of: the one this run started with."""
+        if how == "resumed" and self.saved is not None:
+            return int(self.saved.get("schedule_batch_size") or self.saved.get("global_batch_size") or self.gbs)
+        return self.gbs
+
+    def _write_run_json(self, how: str, *, schedule_batch_size: int) -> dict:
         from vlscale.train import run_info
 
         run_json = run_info.build_run_json(self.config, total_steps=self.total_steps,
                                            data_fingerprint=self.fingerprint)
+        run_json["schedule_batch_size"] = int(schedule_batch_size)
         if self.saved is not None:
             run_json["wall_time_s"] = float(self.saved.get("wall_time_s", 0.0))
             run_json["device_hours"] = float(self.saved.get("device_hours", 0.0))

@@ -119,8 +119,35 @@ def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_onl
         cleanup_tmp_directories=not read_only, step_name_format=OwnedSteps())
     return ocp.CheckpointManager(
         root, options=options, item_names=ITEMS,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": _data_handler(),
                        "meta": ocp.JsonCheckpointHandler()})
+
+
+def _data_handler():
+    """Grain's handler for the ``data`` item (one ``process_<i>-of-<n>.json`` per host), which on restore also
+    accepts a checkpoint written by another host count: the iterator then gets ``{"elastic": [every saved
+    host's state]}`` and decides (``DataIterator.load_state_dict``: the global sample order continues at the
+    same sample; a per-host stream refuses in one line)."""
+    import json
+
+    import grain
+
+    class ElasticDataHandler(grain.checkpoint.CheckpointHandler):
+        def restore(self, directory, item=None, args=None):
+            item = item or args.item
+            import jax
+
+            own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            if own.exists():
+                return super().restore(directory, item=item)
+            saved = sorted(directory.glob("process_*-of-*.json"), key=lambda p: int(p.name.split("_")[1].split("-")[0]))
+            if not saved:
+                raise CheckpointError(f"checkpoint {directory.parent} holds no data state (data/process_*.json)")
+            item.set_state({"elastic": [json.loads(p.read_text()) for p in saved]})
+            item.start_prefetch()
+            return item
+
+    return ElasticDataHandler()
 
 
 def save(mngr: ocp.CheckpointManager, state, data_iterator, meta: dict, *, force: bool = True) -> bool:
