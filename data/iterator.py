@@ -12,7 +12,7 @@ import numpy as np
 from vlscale.data import hosts
 from vlscale.data import identity as identity_lib
 from vlscale.data import samples as samples_lib
-from vlscale.data.config_fields import per_host_batch_size, process_index_and_count, with_overrides
+from vlscale.data.config_fields import per_host_batch_size, process_index_and_count, with_overrides, worker_count
 from vlscale.data.pipeline import build_dataset, in_global_order
 from vlscale.errors import UserError
 
@@ -44,11 +44,11 @@ class DataIterator:
         self.host_batch_size = per_host_batch_size(self.global_batch_size, self.process_count)
         self.image_dtype = str(config.get("image_dtype", "uint8"))
         self._in_memory = bool(config.get("in_memory", False))
-        self.worker_count = 0 if self._in_memory else int(config.worker_count)  # in memory: no workers
+        self.worker_count = 0 if self._in_memory else worker_count(config)  # in memory: no workers
         # Global order: the position is the global sample index (= samples seen), whatever the host and worker
         # counts; a stream (webdataset shards) is positioned by its grain state, saved per host and worker.
         self.global_order = in_global_order(config)
-        self._ds = build_dataset(config, self.process_index, self.process_count)
+        self._ds = build_dataset(config, self.process_index, self.process_count, workers=self.worker_count)
         self._it = iter(self._ds)
         self._identity = identity_lib.data_identity(config)
         self._fingerprint = identity_lib.fingerprint(self._identity)
@@ -245,7 +245,8 @@ class DataIterator:
     def _seek(self, samples_seen: int) -> None:
         """Rebuilds the pipeline at global sample ``samples_seen`` (global order only)."""
         self.close()
-        self._ds = build_dataset(self.config, self.process_index, self.process_count, start=samples_seen)
+        self._ds = build_dataset(self.config, self.process_index, self.process_count, start=samples_seen,
+                                 workers=self.worker_count)
         self._it = iter(self._ds)
         self._exhausted = False
         self._samples_seen = samples_seen

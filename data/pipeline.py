@@ -17,7 +17,7 @@ import os
 
 import grain
 
-from vlscale.data.config_fields import per_host_batch_size
+from vlscale.data.config_fields import per_host_batch_size, worker_count
 from vlscale.data import global_order
 from vlscale.data.decode import DecodeIterDataset, SampleDecoder
 from vlscale.data.in_memory import in_memory_batches
@@ -26,9 +26,11 @@ from vlscale.data.records import random_access_source, source_records
 from vlscale.errors import UserError
 
 
-def build_dataset(config, process_index: int, process_count: int, *, start: int = 0) -> grain.IterDataset:
+def build_dataset(config, process_index: int, process_count: int, *, start: int = 0,
+                  workers: int | None = None) -> grain.IterDataset:
     """The per-host dataset of batches ``{"image", "text", "skipped"}`` (numpy), workers included.
 
+    ``workers``: data worker processes (default: ``config_fields.worker_count(config)``).
     ``start``: the global samples already seen. Random-access sources and the in-memory path begin at global
     sample ``start`` (their order is a function of the seed and the global sample index: ``global_order``);
     the webdataset stream is positioned by its saved iterator state instead, so it takes ``start=0``.
@@ -61,11 +63,12 @@ def build_dataset(config, process_index: int, process_count: int, *, start: int 
             image_dtype="uint8",
         )
         ds = ds.batch(host_batch, drop_remainder=bool(config.drop_remainder))
-    if int(config.worker_count) > 0:
+    workers = worker_count(config) if workers is None else int(workers)
+    if workers > 0:
         # grain starts its workers with the "spawn" method (a fresh interpreter, never os.fork), so a
         # process that already holds a JAX runtime can use them (tests/data/test_workers.py checks it).
         _absl_flags_with_defaults()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.worker_count),
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=int(config.worker_buffer_size)),
                             worker_init_fn=_data_worker_init)
     if image_dtype == "float32":

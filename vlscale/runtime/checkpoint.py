@@ -119,35 +119,8 @@ def manager(workdir, *, keep: int, milestone_steps: Iterable[int] = (), read_onl
         cleanup_tmp_directories=not read_only, step_name_format=OwnedSteps())
     return ocp.CheckpointManager(
         root, options=options, item_names=ITEMS,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": _data_handler(),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
-
-
-def _data_handler():
-    """Grain's handler for the ``data`` item (one ``process_<i>-of-<n>.json`` per host), which on restore also
-    accepts a checkpoint written by another host count: the iterator then gets ``{"elastic": [every saved
-    host's state]}`` and decides (``DataIterator.load_state_dict``: the global sample order continues at the
-    same sample; a per-host stream refuses in one line)."""
-    import json
-
-    import grain
-
-    class ElasticDataHandler(grain.checkpoint.CheckpointHandler):
-        def restore(self, directory, item=None, args=None):
-            item = item or args.item
-            import jax
-
-            own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-            if own.exists():
-                return super().restore(directory, item=item)
-            saved = sorted(directory.glob("process_*-of-*.json"), key=lambda p: int(p.name.split("_")[1].split("-")[0]))
-            if not saved:
-                raise CheckpointError(f"checkpoint {directory.parent} holds no data state (data/process_*.json)")
-            item.set_state({"elastic": [json.loads(p.read_text()) for p in saved]})
-            item.start_prefetch()
-            return item
-
-    return ElasticDataHandler()
 
 
 def save(mngr: ocp.CheckpointManager, state, data_iterator, meta: dict, *, force: bool = True) -> bool:
@@ -169,12 +142,35 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
     step_dir = mngr.directory / str(int(step))
     meta = read_meta(step_dir)  # checks the directory's layout and its recorded step first
     args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-    if data_iterator is not None:
+    elastic = data_iterator is not None and not _own_data_file(step_dir).exists()
+    if data_iterator is not None and not elastic:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     with _unreadable_as_error(step_dir):
         out = mngr.restore(int(step), args=ocp.args.Composite(**args))
+        if elastic:
+            _restore_data_elastic(step_dir, data_iterator)
     verify(step_dir, meta, out["state"])
     return out["state"], meta
+
+
+def _own_data_file(step_dir):
+    import jax
+
+    return epath.Path(step_dir) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+def _restore_data_elastic(step_dir, data_iterator) -> None:
+    """A checkpoint written by another host count: the iterator gets ``{"elastic": [every saved host's state]}``
+    and decides (``DataIterator.load_state_dict``: the global sample order continues at the same sample; a
+    per-host shard stream refuses in one line)."""
+    import json
+
+    saved = list(epath.Path(step_dir, "data").glob("process_*-of-*.json"))
+    if not saved:
+        raise CheckpointError(f"checkpoint {step_dir} holds no data position (data/process_*-of-*.json)")
+    saved.sort(key=lambda p: int(p.name.split("_", 1)[1].split("-", 1)[0]))
+    data_iterator.set_state({"elastic": [json.loads(p.read_text()) for p in saved]})
+    data_iterator.start_prefetch()
 
 
 def verify(step_dir, meta: dict, tree, *, prefix: str = "") -> None:
