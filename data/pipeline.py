@@ -14,6 +14,7 @@ batches an uninterrupted run would have (see ``DataIterator.get_state`` and docs
 from __future__ import annotations
 
 import os
+import time
 
 import grain
 
@@ -98,6 +99,22 @@ def _absl_flags_with_defaults() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """A worker whose trainer died (SIGKILL, the OOM killer, a scheduler's kill) exits instead of decoding on as an
+    orphan: a daemon thread watches the parent process id (grain's workers do not notice on their own)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="vlscale-exit-with-parent", daemon=True).start()
+
+
 def _data_worker_init(worker_index: int, worker_count: int) -> None:
     """First thing in every grain worker process: keep any JAX use in a data worker on the CPU.
 
@@ -106,6 +123,7 @@ def _data_worker_init(worker_index: int, worker_count: int) -> None:
     or TPU chips the trainer owns.
     """
     del worker_index, worker_count
+    _exit_with_parent()
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
