@@ -121,9 +121,8 @@ def test_a_sigkilled_two_process_run_resumes_bit_identical(matrix):
         time.sleep(0.02)
     for p in procs:
         p.send_signal(signal.SIGKILL)
-    for p in procs:
-        p.communicate(timeout=60)
-    assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2, "the run ended before it was killed"
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2, f"the run ended before it was killed: {errs[0][-3000:]}"
     assert not (workdir / "final.json").exists()
     _two_processes(cache, argv)
     deterministic = lambda w: [{k: r[k] for k in ("step", "samples_seen", "loss")} for r in _records(w)]  # noqa: E731
