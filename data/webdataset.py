@@ -436,22 +436,24 @@ class _ShardInterleaveIterator(grain.DatasetIterator):
 
 START_EPOCH = "start_epoch"
 _LEAF_KEYS = ("next_pos", "slots", "rr")
+_WINDOW_START = "parent_window_start_state"  # grain WindowShuffleIterDataset's saved parent state
 
 
 def _is_leaf_state(node: Any) -> bool:
     return isinstance(node, Mapping) and all(k in node for k in _LEAF_KEYS)
 
 
-def _leaf_states(node: Any) -> Iterator[Mapping[str, Any]]:
-    """Every ``_ShardInterleaveIterator`` state inside a (nested, JSON-like) grain pipeline state."""
+def _leaf_states(node: Any, windowed: bool = False) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """Every ``_ShardInterleaveIterator`` state inside a (nested, JSON-like) grain pipeline state, each with
+    whether it is a window shuffle's window-start state (grain's ``parent_window_start_state``)."""
     if _is_leaf_state(node):
-        yield node
+        yield node, windowed
     elif isinstance(node, Mapping):
-        for v in node.values():
-            yield from _leaf_states(v)
+        for k, v in node.items():
+            yield from _leaf_states(v, windowed or k == _WINDOW_START)
     elif isinstance(node, (list, tuple)):
         for v in node:
-            yield from _leaf_states(v)
+            yield from _leaf_states(v, windowed)
 
 
 def _replace_leaves(node: Any, leaf: Mapping[str, Any]) -> Any:
@@ -467,19 +469,21 @@ def _replace_leaves(node: Any, leaf: Mapping[str, Any]) -> Any:
 def resume_epoch(saved_states: Sequence[Mapping[str, Any]]) -> int | None:
     """The first epoch no saved reader can have opened a shard of; None when the states hold no shard stream.
 
-    For each reader, ``next_pos`` is the next shard position it would open. A grain window shuffle saves the
-    state at its window's start and re-reads the window on restore, so the reader may have opened the shard
-    at ``next_pos`` (but, while a shuffle window holds fewer records than a shard, no later one): its epoch
-    ``next_pos // k`` counts as started. The answer is one more than the latest such epoch over all readers.
+    A reader's ``next_pos`` is the next shard position it would open, so it has opened shards of epochs up to
+    ``ceil(next_pos / k) - 1``. Behind a grain window shuffle the saved state is the one at the window's start,
+    and the window is read again on restore, so the reader may also have opened position ``next_pos``: then
+    epoch ``next_pos // k`` counts as started (this assumes one window holds fewer records than a shard).
+    The answer is the largest such bound over all readers.
     """
     epochs = []
     for state in saved_states:
-        for leaf in _leaf_states(state.get("grain", state) if isinstance(state, Mapping) else state):
+        for leaf, windowed in _leaf_states(state.get("grain", state) if isinstance(state, Mapping) else state):
             k = int(leaf.get("shards_per_epoch", 0))
             if k < 1:
                 raise ValueError("a shard-stream state without shards_per_epoch (saved before elastic resume "
                                  "existed, or by a reader with no shards) cannot be resumed on another topology")
-            epochs.append(int(leaf["next_pos"]) // k + 1)
+            pos = int(leaf["next_pos"])
+            epochs.append(pos // k + 1 if windowed else -(-pos // k))
     return max(epochs) if epochs else None
 
 
@@ -492,10 +496,15 @@ def elastic_state(saved_states: Sequence[Mapping[str, Any]], fresh_state: Mappin
     iterator, built for the new topology (P', W') and not yet advanced. Returns ``fresh_state`` with every
     shard-stream leaf replaced by ``{"start_epoch": S}`` (``resume_epoch``); pass it to the new iterator's
     ``set_state``. Every new process computes the same ``S`` from the same saved states, so all new readers
-    start together at the first shard of epoch ``S``: nothing read before the checkpoint is read again in
-    epoch ``S`` or later ones, except as the normal epoch structure repeats shards, and what is skipped is
-    the unread rest of the interrupted epoch (at most one epoch's shards plus the ``cycle_length`` slots each
-    reader had open, and the records held in shuffle buffers and prefetch queues).
+    start together at the first shard of epoch ``S`` of the new topology, and from there the stream is the one
+    an uninterrupted run on the new topology reads from epoch ``S``.
+
+    The bound: the old run's last, interrupted epoch is not finished, and the new run does not start it again,
+    so no sample is read twice within an epoch, and each shard is read at most once less than in an
+    uninterrupted run. Skipped are the unread rest of that epoch (each reader's open slots and not yet opened
+    shards, at most one epoch) and the records held in shuffle buffers and prefetch queues; plus one whole epoch
+    when a shuffle window's saved start sat exactly on an epoch boundary of the most advanced reader (see
+    ``resume_epoch``). ``samples_seen`` and the learning-rate schedule are not affected: they count steps.
 
     Use it only when the topology changed: on the same P and W, restoring the saved state itself is exact.
     Returns None when neither the saved states nor ``fresh_state`` contain a shard stream (a random-access
