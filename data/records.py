@@ -1,7 +1,7 @@
 """Source dispatch: the raw record stream of this host for ``config.source``, sharded across hosts and shuffled.
 
 * streaming tar shards (``webdataset``): each epoch deals every reader (host x worker) an equal share of a
-  seeded permutation of the shards (``webdataset.epoch_window``), opened ``cycle_length`` at a time, then
+  seeded permutation of the shards (``webdataset.balanced_epoch_window``), opened ``cycle_length`` at a time, then
   mixed by a window shuffle buffer;
 * random-access sources (``synth``, ``tfds``, ``folder``): indices are split across hosts
   (``ds[i::n]``) and globally permuted per epoch by grain's index shuffle.
@@ -43,8 +43,9 @@ def random_access_records(source, *, process_index: int, process_count: int, see
 
 def webdataset_records(spec, *, process_index: int, process_count: int, seed: int, shuffle: bool,
                        num_epochs: int | None, cycle_length: int, shuffle_window: int) -> grain.IterDataset:
-    """Tar shards as this host's record stream: every host gets the global shard list and deals itself an equal
-    share per epoch (``webdataset.epoch_window``; grain workers split it further), then a window shuffle."""
+    """Tar shards as this host's record stream, then a window shuffle. Every host passes the global shard list;
+    ``webdataset.ShardInterleaveIterDataset`` picks each reader's (host x worker) shards per epoch: equal shares
+    in an endless stream, each shard once in a finite pass."""
     from vlscale.data import shards as shards_lib
     from vlscale.data import webdataset
 

@@ -136,8 +136,8 @@ def check_enough_shards(num_shards: int, process_count: int) -> None:
 
 
 def host_shards(shards: Sequence[str], process_index: int, process_count: int) -> list[str]:
-    """Every ``process_count``-th shard starting at ``process_index`` (disjoint, complete): one epoch's share
-    of a finite, unshuffled pass (``webdataset.epoch_window`` deals shards per epoch in general)."""
+    """Every ``process_count``-th shard starting at ``process_index`` (disjoint, complete): a host's share of a
+    finite pass. An endless stream deals equal shares per epoch instead (``webdataset.balanced_epoch_window``)."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     check_enough_shards(len(shards), process_count)
