@@ -2,10 +2,13 @@
 refused before anything compiles, in one line; data that still runs out (bad samples skipped) stops the run with a
 checkpoint and one line, also on a re-run."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import portpicker
 import pytest
 from PIL import Image
 
@@ -18,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = synth_scene.SynthConfig(image_size=32)
 
 
-def _folder(tmp_path, good: int, broken: int = 0) -> Path:
-    """An image folder with ``good`` real PNGs and ``broken`` empty files, one captions.csv row each."""
+def _folder(tmp_path, good: int, broken: int = 0, broken_rows=()) -> Path:
+    """An image folder with ``good`` real PNGs and ``broken`` empty files (last, or at ``broken_rows``), one
+    captions.csv row each."""
     (tmp_path / "img").mkdir()
     rows = []
     for i in range(good):
@@ -28,7 +32,8 @@ def _folder(tmp_path, good: int, broken: int = 0) -> Path:
         rows.append(f"img/{i}.png,{s['caption']}")
     for i in range(broken):
         (tmp_path / "img" / f"broken{i}.png").write_bytes(b"")
-        rows.append(f"img/broken{i}.png,a broken image")
+        row = f"img/broken{i}.png,a broken image"
+        rows.insert(broken_rows[i], row) if broken_rows else rows.append(row)
     (tmp_path / "captions.csv").write_text("image_path,caption\n" + "\n".join(rows) + "\n")
     return tmp_path / "captions.csv"
 
@@ -105,3 +110,34 @@ def test_data_that_runs_out_mid_run_stops_with_a_checkpoint_and_one_line(tmp_pat
     with pytest.raises(UserError) as e:
         loop.run(config, work)
     assert str(e.value) == expected
+
+
+def test_two_hosts_stop_together_with_a_checkpoint_when_one_runs_out(tmp_path):
+    # 32 rows: 16 per host, 2 batches of 4 per host and step for 4 steps. The 4 empty images sit in rows 0, 2, 4, 6,
+    # all in one host's share (rows i::2, unshuffled): that host has 3 batches, the other 4. Without the agreement
+    # the first host exited and the other waited in step 4's collective until jax.distributed's shutdown barrier
+    # timed out and aborted both (exit 134, 6 minutes after the start; measured once on the development box).
+    captions = _folder(tmp_path, good=28, broken=4, broken_rows=(0, 2, 4, 6))
+    port = portpicker.pick_unused_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "VLSCALE_COMPILATION_CACHE": "none"}
+    argv = [sys.executable, "-m", "vlscale", "train", "--config", "configs/train.py:model=tiny-clip,data=folder",
+            f"--config.data.folder.captions_file={captions}", "--config.data.num_epochs=1",
+            "--config.data.shuffle=false", "--config.global_batch_size=8", "--config.total_samples=32",
+            "--config.warmup=1", "--config.log_every=1", "--config.mesh.data=2", "--config.mesh.fsdp=4",
+            "--workdir", str(tmp_path / "w"), "--no-progress", "--coordinator-address", f"127.0.0.1:{port}",
+            "--num-processes", "2"]
+    procs = [subprocess.Popen(argv + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    errors = []
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 2, err[-3000:]
+        errors.append([line for line in err.splitlines() if line.startswith("vlscale train: error:")])
+    assert errors[0] == errors[1] and len(errors[0]) == 1  # every host says the same one line
+    m = re.search(r"training data ended on (\d) of 2 hosts after step (\d) of 4 \(", errors[0][0])
+    assert m, errors[0][0]
+    step = int(m.group(2))
+    assert (int(m.group(1)), step) == (1, 3)  # rows i::2 per host (data/records.py)
+    assert f"checkpoint {tmp_path / 'w' / 'checkpoints' / str(step)} saved" in errors[0][0]
+    assert (tmp_path / "w" / "checkpoints" / str(step) / "data" / "process_1-of-2.json").exists()
