@@ -190,3 +190,23 @@ def test_elastic_state_is_none_for_random_access_sources_and_refuses_a_mix(tiny_
         webdataset.elastic_state([{"grain": a.get_state()}], wds.get_state())
     with pytest.raises(ValueError, match="shards_per_epoch"):  # a state from before this change
         webdataset.elastic_state([{"grain": {"next_pos": 3, "slots": [], "rr": 0}}], wds.get_state())
+
+
+def test_elastic_resume_from_one_reader_onto_two_hosts_with_two_workers(tiny_shards):
+    _, paths = tiny_shards
+    old = iter(webdataset.ShardInterleaveIterDataset(paths, seed=4, cycle_length=2))  # 1 host, no workers: k = 4
+    _keys(old, 30)  # shards at positions 0 and 1 read (24), 2 and 3 open: all of epoch 0 opened, next_pos 4
+    saved = [{"grain": old.get_state()}]
+    assert webdataset.resume_epoch(saved) == 1
+    first_shards = []
+    for host in range(2):
+        for worker in range(2):  # 4 readers over 4 shards: one each per epoch
+            ds = webdataset.ShardInterleaveIterDataset(paths, seed=4, cycle_length=1, process_index=host,
+                                                       process_count=2)
+            ds.set_slice(slice(worker, None, 2))
+            it = iter(ds)
+            it.set_state(webdataset.elastic_state(saved, it.get_state()))
+            keys = _keys(it, PER_SHARD)
+            assert len({_shard_of(k) for k in keys}) == 1 and len(set(keys)) == PER_SHARD
+            first_shards.append(_shard_of(keys[0]))
+    assert sorted(first_shards) == [0, 1, 2, 3]  # epoch 1 deals every shard to exactly one reader
