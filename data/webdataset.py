@@ -349,7 +349,7 @@ class ShardInterleaveIterDataset(grain.IterDataset):
         """How many shards this reader reads in each epoch."""
         if self._num_epochs is not None:
             return len(self._fixed_share())
-        r, count = self.reader
+        _, count = self.reader
         return balanced_epoch_length(len(self._shards), count) // count
 
     def epoch_shards(self, epoch: int) -> np.ndarray:
@@ -420,7 +420,8 @@ class _ShardInterleaveIterator(grain.DatasetIterator):
         raise StopIteration
 
     def get_state(self) -> dict[str, Any]:
-        # shards_per_epoch and epoch are not needed to restore; elastic_state reads them.
+        # Not needed to restore on the same topology: elastic_state reads shards_per_epoch, and epoch (that of the
+        # next shard to open) is for people reading a checkpoint.
         return {"next_pos": self._next_pos, "slots": [list(s) for s in self._slots], "rr": self._rr,
                 "shards_per_epoch": self._k, "epoch": self._next_pos // self._k if self._k else 0}
 
