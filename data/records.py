@@ -1,7 +1,8 @@
 """Source dispatch: the raw record stream of this host for ``config.source``, sharded across hosts and shuffled.
 
-* streaming tar shards (``webdataset``): shards are split across hosts (``shards[i::n]``), opened
-  ``cycle_length`` at a time in a per-epoch shuffled order, then mixed by a window shuffle buffer;
+* streaming tar shards (``webdataset``): each epoch deals every reader (host x worker) an equal share of a
+  seeded permutation of the shards (``webdataset.balanced_epoch_window``), opened ``cycle_length`` at a time, then
+  mixed by a window shuffle buffer;
 * random-access sources (``synth``, ``tfds``, ``folder``): training batches follow the global sample order
   (``global_order``: a function of the seed and the global sample index, whatever the host count); a finite
   pass (the in-memory load) splits indices across hosts (``ds[i::n]``).
@@ -43,12 +44,17 @@ def random_access_records(source, *, process_index: int, process_count: int, see
 
 def webdataset_records(spec, *, process_index: int, process_count: int, seed: int, shuffle: bool,
                        num_epochs: int | None, cycle_length: int, shuffle_window: int) -> grain.IterDataset:
+    """Tar shards as this host's record stream, then a window shuffle. Every host passes the global shard list;
+    ``webdataset.ShardInterleaveIterDataset`` picks each reader's (host x worker) shards per epoch: equal shares
+    in an endless stream, each shard once in a finite pass."""
     from vlscale.data import shards as shards_lib
     from vlscale.data import webdataset
 
-    shard_list = shards_lib.host_shards(shards_lib.expand_shards(spec), process_index, process_count)
+    shard_list = shards_lib.expand_shards(spec)
+    shards_lib.check_enough_shards(len(shard_list), process_count)
     ds = webdataset.ShardInterleaveIterDataset(shard_list, seed=seed, shuffle=shuffle, cycle_length=cycle_length,
-                                               num_epochs=num_epochs)
+                                               num_epochs=num_epochs, process_index=process_index,
+                                               process_count=process_count)
     if shuffle and shuffle_window > 1:
         ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window, seed=seed)
     return ds

@@ -297,6 +297,19 @@ class _Trainer:
                     self._save(state, step, samples)
                     self.mngr.wait_until_finished()
                     raise
+                except StopIteration:  # finite data the preflight let through ran out (skipped bad samples)
+                    host = None
+                ran_out = int(host is None)
+                # Finite data on several hosts: all agree each step (a collective) whether every host has a batch,
+                # so none waits in a step that a host without data never joins.
+                if jax.process_count() > 1 and self.config.data.get("num_epochs", None) is not None:
+                    import numpy as np
+
+                    from vlscale.data import hosts
+
+                    ran_out = int(hosts.allgather_sum(np.asarray([ran_out], np.int64))[0])
+                if ran_out:
+                    raise self._data_ended(state, step, samples, target, ran_out)
                 batch = {k: jax.make_array_from_process_local_data(self.trainer.batch_shardings[k], host[k])
                          for k in ("image", "text")}
                 state, out = self.trainer.step(state, batch, sched)
@@ -437,6 +450,19 @@ class _Trainer:
             self._save(state, step, samples)
             self.mngr.wait_until_finished()
             raise
+
+    def _data_ended(self, state, step: int, samples: int, target: int, hosts_out: int) -> UserError:
+        """The one-line stop when the training data runs out before the run's end, after saving what was trained
+        (on every host together: with several, the loop agreed on ``hosts_out`` first)."""
+        import jax
+
+        self._save(state, step, samples)
+        self.mngr.wait_until_finished()
+        where = f" on {hosts_out} of {jax.process_count()} hosts" if jax.process_count() > 1 else ""
+        return UserError(f"training data ended{where} after step {step} of {target} ({samples:,} samples; "
+                         f"data.num_epochs={self.config.data.get('num_epochs', None)}, and samples skipped as bad "
+                         f"shorten it); checkpoint {self.workdir / 'checkpoints' / str(step)} saved; set "
+                         "--config.data.num_epochs=None (repeat forever) or lower --config.total_samples")
 
     def _save(self, state, step: int, samples: int) -> None:
         from vlscale.runtime import checkpoint

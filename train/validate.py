@@ -84,3 +84,73 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     for m in config.checkpoint_at_samples:
         if int(m) <= 0 or int(m) > int(config.total_samples):
             raise UserError(f"--config.checkpoint_at_samples: {m} is outside (0, total_samples]")
+    check_data_supply(config, process_count=process_count)
+
+
+def _record_count(data) -> int | None:
+    """Records in one epoch of a random-access training source; None for an endless synthetic stream."""
+    if data.source == "synth":
+        return int(data.in_memory_samples) if bool(data.get("in_memory", False)) else None
+    if data.source == "folder":
+        from vlscale.data.folder import FolderCaptionSource
+
+        return len(FolderCaptionSource(**dict(data.folder)))
+    if data.source == "tfds":
+        from vlscale.data.tfds_source import TfdsCaptionSource
+
+        return len(TfdsCaptionSource(**dict(data.tfds)))
+    return None  # an unknown source is named by the data pipeline itself
+
+
+def check_data_supply(config, *, process_count: int) -> None:
+    """Finite training data (``data.num_epochs`` set) must last the run, decided before anything compiles.
+
+    A random-access source has a known length: each host reads ``records // hosts`` records per epoch (at least;
+    ``ds[i::n]``) in full batches of ``global_batch_size / hosts``, so the run needs that many host batches per
+    host for its steps. A webdataset stream's length is unknown until it is read, so a finite one is refused.
+    Samples skipped as bad still shorten a finite source; the trainer then stops with a checkpoint (loop.py).
+    """
+    data = config.data
+    epochs = data.get("num_epochs", None)
+    if epochs is None:
+        return
+    epochs = int(epochs)
+    if epochs < 1:
+        raise UserError(f"--config.data.num_epochs={epochs}: must be at least 1 (or None: repeat forever)")
+    if data.source == "webdataset":
+        raise UserError(f"--config.data.num_epochs={epochs}: the length of a webdataset stream is not known before "
+                        "it is read, so training would stop wherever the shards end; set --config.data.num_epochs="
+                        "None (repeat forever) and choose the run's length with --config.total_samples")
+    records = _record_count(data)
+    if records is None:
+        return
+    gbs, steps = int(config.global_batch_size), total_steps(config)
+    in_memory = bool(data.get("in_memory", False))
+    batches = _host_batches(records, process_count, gbs, epochs, in_memory)
+    if batches >= steps:
+        return
+    what = f"{records:,} {data.source} records"
+    if process_count > 1:
+        what += f" ({records // process_count:,} per host of {process_count}, in batches of {gbs // process_count:,})"
+    need = _epochs_needed(records, process_count, gbs, steps, in_memory)
+    fix = f"raise data.num_epochs to {need}" if need else "use more data (not one full batch per epoch)"
+    raise UserError(f"--config.data.num_epochs={epochs}: {what} give {batches:,} full batches of {gbs:,}, but "
+                    f"--config.total_samples={int(config.total_samples):,} needs {steps:,}; {fix}, lower "
+                    "total_samples, or set data.num_epochs=None (repeat forever)")
+
+
+def _host_batches(records: int, process_count: int, gbs: int, epochs: int, in_memory: bool) -> int:
+    """Full batches each host can draw from ``epochs`` passes over its share (the smallest share)."""
+    host_batch, host_records = gbs // process_count, records // process_count
+    if in_memory:  # each epoch drops its partial batch (in_memory.ArrayBatches)
+        return host_records // host_batch * epochs
+    return host_records * epochs // host_batch  # epochs run into each other before batching
+
+
+def _epochs_needed(records: int, process_count: int, gbs: int, steps: int, in_memory: bool) -> int | None:
+    """The fewest epochs that give ``steps`` full batches on every host; None when no number of epochs does."""
+    host_batch, host_records = gbs // process_count, records // process_count
+    per_epoch = host_records // host_batch if in_memory else host_records
+    if per_epoch == 0:
+        return None
+    return -(-steps // per_epoch) if in_memory else -(-steps * host_batch // host_records)
