@@ -15,6 +15,7 @@ from vlscale.data import samples as samples_lib
 from vlscale.data.config_fields import per_host_batch_size, process_index_and_count, with_overrides, worker_count
 from vlscale.data.pipeline import build_dataset, in_global_order
 from vlscale.errors import UserError
+from vlscale.runtime.checkpoint import NeedsAllHosts
 
 STATE_VERSION = 3  # 3: global sample order (position = samples seen); 2 added the fingerprint, workers, host batch
 DEVICE_KEYS = ("image", "text")  # what goes onto the mesh; bookkeeping stays on the host
@@ -218,22 +219,30 @@ class DataIterator:
             self.batches = int(state["batches"])
             self.counter.set_state(state["counter"])
             return None
-        if int(state["process_count"]) != self.process_count:
-            raise UserError(
-                f"data state was saved with {state['process_count']} hosts but this run has {self.process_count}; "
-                "restore on the same host count (shards are assigned per host)"
-            )
         workers = state.get("worker_count")
-        if workers is not None and int(workers) != self.worker_count:
-            raise UserError(f"data state was saved with {workers} worker processes per host but data.worker_count "
-                            f"is {self.worker_count}; set data.worker_count={workers} to resume (each worker's "
-                            "position is saved separately)")
+        if int(state["process_count"]) != self.process_count or (workers is not None and int(workers) != self.worker_count):
+            # A shard stream on another topology: its new position comes from every saved host's state.
+            raise NeedsAllHosts(f"saved by {state['process_count']} hosts x {workers} workers")
         self._it.set_state(state["grain"])
         self._exhausted = False
         self.batches = int(state["batches"])
         self._samples_seen = int(state.get("samples_seen", self.batches * self.global_batch_size))
         self.counter.set_state(state["counter"])
         return None
+
+    def _resume_stream_elsewhere(self, states: list[Mapping[str, Any]]) -> None:
+        """A shard stream saved by another host or worker count: every reader starts at the first shard of the
+        epoch after the latest one any saved reader opened (``webdataset.elastic_state``; the rest of the
+        interrupted epoch is skipped, nothing is read twice within an epoch: docs/data.md)."""
+        from vlscale.data import webdataset
+
+        try:
+            grain_state = webdataset.elastic_state(states, self._it.get_state())
+        except ValueError as e:
+            raise UserError(f"the checkpoint's data position cannot continue on {self.process_count} hosts x "
+                            f"{self.worker_count} workers: {e}") from None
+        self._it.set_state(grain_state)
+        self._exhausted = False
 
     def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
         saved = state.get("fingerprint")
@@ -261,14 +270,14 @@ class DataIterator:
         seen = {int(st["samples_seen"]) for st in states}
         if len(seen) != 1:
             raise UserError(f"the checkpoint's data states disagree on the samples seen ({sorted(seen)})")
-        saved_hosts = int(states[0]["process_count"])
         if not self.global_order:
-            raise UserError(f"data state was saved with {saved_hosts} hosts but this run has {self.process_count}; "
-                            "a webdataset stream resumes on the same host count")
-        if states[0].get("order") != "global":
+            self._resume_stream_elsewhere(states)
+            self._samples_seen = seen.pop()
+        elif states[0].get("order") != "global":
             raise UserError("data state was saved by an older vlscale, whose order of samples depended on the "
                             "host count; resume it on the same host count with that version, or start again")
-        self._seek(seen.pop())
+        else:
+            self._seek(seen.pop())
         self.batches = int(states[0]["batches"])
         total = samples_lib.BadSampleCounter(self.counter.max_bad_fraction, self.counter.min_samples)
         if self.process_index == 0:

@@ -137,40 +137,47 @@ def save(mngr: ocp.CheckpointManager, state, data_iterator, meta: dict, *, force
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
     """(state on the current mesh, meta), verified (``CheckpointError`` naming the step directory if not); the
     data iterator is set to its saved position when given."""
-    import grain
 
     step_dir = mngr.directory / str(int(step))
     meta = read_meta(step_dir)  # checks the directory's layout and its recorded step first
     args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-    elastic = data_iterator is not None and not _own_data_file(step_dir).exists()
-    if data_iterator is not None and not elastic:
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     with _unreadable_as_error(step_dir):
         out = mngr.restore(int(step), args=ocp.args.Composite(**args))
-        if elastic:
-            _restore_data_elastic(step_dir, data_iterator)
+        if data_iterator is not None:
+            _restore_data(step_dir, data_iterator)
     verify(step_dir, meta, out["state"])
     return out["state"], meta
 
 
-def _own_data_file(step_dir):
-    import jax
+class NeedsAllHosts(Exception):
+    """Raised by a data iterator's ``set_state`` when this host's own saved state is not enough to continue (its
+    topology changed in a way only every host's state together can resolve); ``restore`` then passes them all."""
 
-    return epath.Path(step_dir) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
-
-def _restore_data_elastic(step_dir, data_iterator) -> None:
-    """A checkpoint written by another host count: the iterator gets ``{"elastic": [every saved host's state]}``
-    and decides (``DataIterator.load_state_dict``: the global sample order continues at the same sample; a
-    per-host shard stream refuses in one line)."""
-    import json
-
+def _restore_data(step_dir, data_iterator) -> None:
+    """Sets the iterator to its saved position: this host's own file (grain's handler wrote one per process) when
+    there is one and it suffices, else ``{"elastic": [every saved host's state]}`` (a checkpoint of another
+    host or worker count); the iterator decides what it can continue (``DataIterator.load_state_dict``)."""
+    own = _own_data_file(step_dir)
+    if own.exists():
+        try:
+            data_iterator.set_state(own.read_text().encode())
+            data_iterator.start_prefetch()
+            return
+        except NeedsAllHosts:
+            pass
     saved = list(epath.Path(step_dir, "data").glob("process_*-of-*.json"))
     if not saved:
         raise CheckpointError(f"checkpoint {step_dir} holds no data position (data/process_*-of-*.json)")
     saved.sort(key=lambda p: int(p.name.split("_", 1)[1].split("-", 1)[0]))
     data_iterator.set_state({"elastic": [json.loads(p.read_text()) for p in saved]})
     data_iterator.start_prefetch()
+
+
+def _own_data_file(step_dir):
+    import jax
+
+    return epath.Path(step_dir) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 def verify(step_dir, meta: dict, tree, *, prefix: str = "") -> None:
