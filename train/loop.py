@@ -300,9 +300,11 @@ class _Trainer:
                 except StopIteration:  # finite data the preflight let through ran out (skipped bad samples)
                     host = None
                 ran_out = int(host is None)
-                # Finite data on several hosts: all agree each step (a collective) whether every host has a batch,
-                # so none waits in a step that a host without data never joins.
-                if jax.process_count() > 1 and self.config.data.get("num_epochs", None) is not None:
+                # Finite per-host streams on several hosts: all agree each step (a collective) whether every host
+                # has a batch, so none waits in a step that a host without data never joins. The global sample
+                # order needs no agreement: every host's share holds the same number of full global batches.
+                if jax.process_count() > 1 and self.config.data.get("num_epochs", None) is not None \
+                        and not getattr(self.data, "global_order", False):
                     import numpy as np
 
                     from vlscale.data import hosts
