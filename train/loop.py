@@ -460,7 +460,10 @@ class _Trainer:
 
         self._save(state, step, samples)
         self.mngr.wait_until_finished()
-        where = f" on {hosts_out} of {jax.process_count()} hosts" if jax.process_count() > 1 else ""
+        where = ""
+        if jax.process_count() > 1:  # the global order ends on the same step on every host, with no agreement
+            where = (f" on all {jax.process_count()} hosts" if getattr(self.data, "global_order", False)
+                     else f" on {hosts_out} of {jax.process_count()} hosts")
         return UserError(f"training data ended{where} after step {step} of {target} ({samples:,} samples; "
                          f"data.num_epochs={self.config.data.get('num_epochs', None)}, and samples skipped as bad "
                          f"shorten it); checkpoint {self.workdir / 'checkpoints' / str(step)} saved; set "

@@ -105,11 +105,13 @@ def _record_count(data) -> int | None:
 def check_data_supply(config, *, process_count: int) -> None:
     """Finite training data (``data.num_epochs`` set) must last the run, decided before anything compiles.
 
-    A random-access source has a known length: each host reads ``records // hosts`` records per epoch (at least;
-    ``ds[i::n]``) in full batches of ``global_batch_size / hosts``, so the run needs that many host batches per
-    host for its steps. A webdataset stream's length is unknown until it is read, so a finite one is refused.
-    Samples skipped as bad still shorten a finite source; the trainer then stops with a checkpoint (loop.py).
+    A random-access source (and the in-memory path) has a known length and is read in the global sample order
+    (``data/global_order.py``): ``records × epochs`` samples in full global batches, the same count on every
+    host, so the run needs ``steps`` of them. A webdataset stream's length is unknown until it is read, so a
+    finite one is refused. Bad records are replaced by substitutes and do not shorten the stream; an in-memory
+    set that dropped bad samples at load can still end early, and the trainer then stops with a checkpoint.
     """
+    del process_count  # the global order gives every host the same number of batches
     data = config.data
     epochs = data.get("num_epochs", None)
     if epochs is None:
@@ -125,32 +127,13 @@ def check_data_supply(config, *, process_count: int) -> None:
     if records is None:
         return
     gbs, steps = int(config.global_batch_size), total_steps(config)
-    in_memory = bool(data.get("in_memory", False))
-    batches = _host_batches(records, process_count, gbs, epochs, in_memory)
+    batches = records * epochs // gbs
     if batches >= steps:
         return
-    what = f"{records:,} {data.source} records"
-    if process_count > 1:
-        what += f" ({records // process_count:,} per host of {process_count}, in batches of {gbs // process_count:,})"
-    need = _epochs_needed(records, process_count, gbs, steps, in_memory)
-    fix = f"raise data.num_epochs to {need}" if need else "use more data (not one full batch per epoch)"
-    raise UserError(f"--config.data.num_epochs={epochs}: {what} give {batches:,} full batches of {gbs:,}, but "
-                    f"--config.total_samples={int(config.total_samples):,} needs {steps:,}; {fix}, lower "
-                    "total_samples, or set data.num_epochs=None (repeat forever)")
+    need = -(-steps * gbs // records)
+    raise UserError(f"--config.data.num_epochs={epochs}: {records:,} {data.source} records give {batches:,} full "
+                    f"batches of {gbs:,}, but --config.total_samples={int(config.total_samples):,} needs {steps:,}; "
+                    f"raise data.num_epochs to {need}, lower total_samples, or set data.num_epochs=None "
+                    "(repeat forever)")
 
 
-def _host_batches(records: int, process_count: int, gbs: int, epochs: int, in_memory: bool) -> int:
-    """Full batches each host can draw from ``epochs`` passes over its share (the smallest share)."""
-    host_batch, host_records = gbs // process_count, records // process_count
-    if in_memory:  # each epoch drops its partial batch (in_memory.ArrayBatches)
-        return host_records // host_batch * epochs
-    return host_records * epochs // host_batch  # epochs run into each other before batching
-
-
-def _epochs_needed(records: int, process_count: int, gbs: int, steps: int, in_memory: bool) -> int | None:
-    """The fewest epochs that give ``steps`` full batches on every host; None when no number of epochs does."""
-    host_batch, host_records = gbs // process_count, records // process_count
-    per_epoch = host_records // host_batch if in_memory else host_records
-    if per_epoch == 0:
-        return None
-    return -(-steps // per_epoch) if in_memory else -(-steps * host_batch // host_records)

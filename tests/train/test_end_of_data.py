@@ -65,12 +65,14 @@ def test_a_folder_too_small_for_the_run_is_refused_before_compiling(tmp_path):
     assert not (tmp_path / "w").exists()
     config.data.num_epochs = 4  # 40 records in 10 batches of 4: enough
     validate.check_config(config, device_count=1, process_count=1)
-    # Two hosts each read 5 records per epoch in batches of 2; in memory an epoch's partial batch is dropped.
-    with pytest.raises(UserError, match=r"10 folder records \(5 per host of 2, in batches of 2\) give 10 full "):
+    # Global sample order: the same count on any host count (every host's share holds the same full global
+    # batches), in memory too (its epochs run into each other like the others').
+    with pytest.raises(UserError, match=r"10 folder records give 10 full batches of 4, but .* needs 11; raise "
+                                        r"data.num_epochs to 5"):
         validate.check_data_supply(_config("folder", batch=4, samples=44, epochs=4,
                                            folder__captions_file=str(captions)), process_count=2)
-    in_memory = _config("folder", batch=4, samples=40, epochs=4, in_memory=True, folder__captions_file=str(captions))
-    with pytest.raises(UserError, match="give 8 full batches of 4, .* needs 10; raise data.num_epochs to 5"):
+    in_memory = _config("folder", batch=4, samples=40, epochs=3, in_memory=True, folder__captions_file=str(captions))
+    with pytest.raises(UserError, match="give 7 full batches of 4, .* needs 10; raise data.num_epochs to 4"):
         validate.check_data_supply(in_memory, process_count=1)
     with pytest.raises(UserError, match="data.num_epochs=0: must be at least 1"):
         validate.check_data_supply(_config("folder", batch=4, samples=40, epochs=0), process_count=1)
@@ -94,9 +96,11 @@ def test_a_finite_webdataset_stream_in_training_is_refused_in_one_line(tmp_path)
 
 
 def test_data_that_runs_out_mid_run_stops_with_a_checkpoint_and_one_line(tmp_path):
-    # 12 rows pass the preflight (3 batches of 4 for 3 steps), but 4 images are empty: 8 good samples, 2 batches.
+    # 12 rows pass the preflight (3 batches of 4 for 3 steps), but 4 images are empty: held in memory, 8 good
+    # samples, 2 batches. (Streamed, the global order replaces a bad record by a substitute and does not end.)
     captions = _folder(tmp_path, good=8, broken=4)
-    config = _config("folder", batch=4, samples=12, epochs=1, shuffle=False, folder__captions_file=str(captions))
+    config = _config("folder", batch=4, samples=12, epochs=1, shuffle=False, in_memory=True,
+                     folder__captions_file=str(captions))
     work = tmp_path / "w"
     expected = ("training data ended after step 2 of 3 (8 samples; data.num_epochs=1, and samples skipped as bad "
                 f"shorten it); checkpoint {work / 'checkpoints' / '2'} saved; set --config.data.num_epochs=None "
@@ -112,18 +116,18 @@ def test_data_that_runs_out_mid_run_stops_with_a_checkpoint_and_one_line(tmp_pat
     assert str(e.value) == expected
 
 
-def test_two_hosts_stop_together_with_a_checkpoint_when_one_runs_out(tmp_path):
-    # 32 rows: 16 per host, 2 batches of 4 per host and step for 4 steps. The 4 empty images sit in rows 0, 2, 4, 6,
-    # all in one host's share (rows i::2, unshuffled): that host has 3 batches, the other 4. Without the agreement
-    # the first host exited and the other waited in step 4's collective until jax.distributed's shutdown barrier
-    # timed out and aborted both (exit 134, 6 minutes after the start; measured once on the development box).
+def test_two_hosts_stop_together_with_a_checkpoint_when_the_data_ends(tmp_path):
+    # 32 rows, 4 of them empty images: held in memory, 28 good samples on every host, 3 full global batches of 8
+    # for a 4-step run. Every host's share of the global order ends on the same step, so both stop there together,
+    # with one checkpoint and the same line, without a per-step agreement (a host that stopped alone would leave
+    # the other waiting in the next collective until jax.distributed aborted both).
     captions = _folder(tmp_path, good=28, broken=4, broken_rows=(0, 2, 4, 6))
     port = portpicker.pick_unused_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "VLSCALE_COMPILATION_CACHE": "none"}
     argv = [sys.executable, "-m", "vlscale", "train", "--config", "configs/train.py:model=tiny-clip,data=folder",
             f"--config.data.folder.captions_file={captions}", "--config.data.num_epochs=1",
-            "--config.data.shuffle=false", "--config.global_batch_size=8", "--config.total_samples=32",
+            "--config.data.in_memory=true", "--config.global_batch_size=8", "--config.total_samples=32",
             "--config.warmup=1", "--config.log_every=1", "--config.mesh.data=2", "--config.mesh.fsdp=4",
             "--workdir", str(tmp_path / "w"), "--no-progress", "--coordinator-address", f"127.0.0.1:{port}",
             "--num-processes", "2"]
@@ -135,9 +139,6 @@ def test_two_hosts_stop_together_with_a_checkpoint_when_one_runs_out(tmp_path):
         assert p.returncode == 2, err[-3000:]
         errors.append([line for line in err.splitlines() if line.startswith("vlscale train: error:")])
     assert errors[0] == errors[1] and len(errors[0]) == 1  # every host says the same one line
-    m = re.search(r"training data ended on (\d) of 2 hosts after step (\d) of 4 \(", errors[0][0])
-    assert m, errors[0][0]
-    step = int(m.group(2))
-    assert (int(m.group(1)), step) == (1, 3)  # rows i::2 per host (data/records.py)
-    assert f"checkpoint {tmp_path / 'w' / 'checkpoints' / str(step)} saved" in errors[0][0]
-    assert (tmp_path / "w" / "checkpoints" / str(step) / "data" / "process_1-of-2.json").exists()
+    assert "training data ended on all 2 hosts after step 3 of 4 (24 samples;" in errors[0][0], errors[0][0]
+    assert f"checkpoint {tmp_path / 'w' / 'checkpoints' / '3'} saved" in errors[0][0]
+    assert (tmp_path / "w" / "checkpoints" / "3" / "data" / "process_1-of-2.json").exists()
