@@ -51,8 +51,10 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("zeroshot", "retrieval", "generative"), help="what to evaluate")
     p.add_argument("--dataset", metavar="SPEC", help="dataset spec, e.g. synth:colour, tfds:imagenet2012")
     p.add_argument("--suite", metavar="NAME", help="a named suite instead of --task/--dataset: synth, paper")
-    p.add_argument("--out", metavar="DIR", help="where the JSON files go (default WORKDIR/eval/step_N or CKPT/eval)")
-    p.add_argument("--results", metavar="FILE.csv", help="results table to append to (default WORKDIR/results.csv)")
+    p.add_argument("--out", metavar="DIR", help="where the JSON files go: a folder or gs://BUCKET/PATH (default "
+                   "WORKDIR/eval/step_N or CKPT/eval; a workdir's checkpoints go to DIR/step_N)")
+    p.add_argument("--results", metavar="FILE.csv", help="results table to append to: a file or gs://BUCKET/PATH.csv "
+                   "(default WORKDIR/results.csv)")
     p.add_argument("--classnames", metavar="FILE", help="class names, one per line or a JSON list (label order)")
     p.add_argument("--templates", metavar="FILE", help="prompt templates with a {c} placeholder, one per line or JSON")
     p.add_argument("--name", help="downstream_dataset name to write (default: the dataset's canonical name)")
@@ -125,9 +127,9 @@ def _check_outputs(args) -> None:
             raise UserError(f"--results {args.results}: is a folder; give a CSV file name") from None
         return
     if args.out:
-        check_output_dir(args.out, flag="--out")
+        check_output_dir(args.out, flag="--out", remote_ok=True)
     if args.results:
-        check_output_file(args.results, flag="--results", suffixes=(".csv",))
+        check_output_file(args.results, flag="--results", suffixes=(".csv",), remote_ok=True)
 
 
 def _run_eval(args) -> int:
