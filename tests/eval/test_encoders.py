@@ -28,20 +28,22 @@ def test_unknown_precision_is_a_one_line_error():
         resolve_dtype("fp16")
 
 
+def _cli_precision(ckpt, out, *flags) -> str:
+    """The precision `vlscale eval` records in its JSON."""
+    rc = main(["eval", "--checkpoint", str(ckpt), "--task", "zeroshot", "--dataset", "synth:colour",
+               "--num-examples", "16", "--batch-size", "16", "--out", str(out), *flags])
+    assert rc == 0
+    return json.loads((out / "zeroshot_synth_colour.json").read_text())["precision"]
+
+
 def test_default_precision_is_auto_everywhere_and_recorded(tmp_path, clip_ckpt, monkeypatch, capsys):
     ckpt = checkpoints.load(clip_ckpt)
     assert EvalModel.create(ckpt.model_name, ckpt.params).dtype == "float32"  # this CPU backend
-    rc = main(["eval", "--checkpoint", str(clip_ckpt), "--task", "zeroshot", "--dataset", "synth:colour",
-               "--num-examples", "16", "--batch-size", "16", "--out", str(tmp_path / "cpu")])
-    assert rc == 0 and json.loads((tmp_path / "cpu" / "zeroshot_synth_colour.json").read_text())["precision"] == "float32"
+    assert _cli_precision(clip_ckpt, tmp_path / "cpu") == "float32"
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # what a GPU host reports
     assert EvalModel.create(ckpt.model_name, ckpt.params).dtype == "bfloat16"
-    rc = main(["eval", "--checkpoint", str(clip_ckpt), "--task", "zeroshot", "--dataset", "synth:colour",
-               "--num-examples", "16", "--batch-size", "16", "--out", str(tmp_path / "gpu")])
-    assert rc == 0 and json.loads((tmp_path / "gpu" / "zeroshot_synth_colour.json").read_text())["precision"] == "bfloat16"
-    rc = main(["eval", "--checkpoint", str(clip_ckpt), "--task", "zeroshot", "--dataset", "synth:colour",
-               "--num-examples", "16", "--batch-size", "16", "--precision", "fp32", "--out", str(tmp_path / "fp32")])
-    assert rc == 0 and json.loads((tmp_path / "fp32" / "zeroshot_synth_colour.json").read_text())["precision"] == "float32"
+    assert _cli_precision(clip_ckpt, tmp_path / "gpu") == "bfloat16"
+    assert _cli_precision(clip_ckpt, tmp_path / "fp32", "--precision", "fp32") == "float32"
     capsys.readouterr()
 
 
@@ -51,7 +53,8 @@ def test_bf16_on_cpu_gives_metrics_close_to_float32(tmp_path, clip_ckpt, monkeyp
     acc5 0.430 vs 0.422, retrieval recalls identical; image features at cosine >= 0.99998, top-1 predictions equal on
     117 of 128 images."""
     ckpt = checkpoints.load(clip_ckpt)
-    tasks = [("zeroshot", "synth:colour", {"num_examples": 128}), ("retrieval", "synth:retrieval", {"num_examples": 64})]
+    tasks = [("zeroshot", "synth:colour", {"num_examples": 128}),
+             ("retrieval", "synth:retrieval", {"num_examples": 64})]
     fp32 = evaluate_checkpoint(ckpt, tasks, batch_size=BATCH, dtype="fp32", out_dir=tmp_path / "a", log=lambda m: None)
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     bf16 = evaluate_checkpoint(ckpt, tasks, batch_size=BATCH, out_dir=tmp_path / "b", log=lambda m: None)  # auto
@@ -72,3 +75,23 @@ def test_bf16_on_cpu_gives_metrics_close_to_float32(tmp_path, clip_ckpt, monkeyp
     p32 = zeroshot.classify(em32, ds, w32, BATCH)["pred"]
     p16 = zeroshot.classify(em16, ds, w16, BATCH)["pred"]
     assert np.mean(p32 == p16) >= 0.85
+
+
+def test_study_and_in_training_evaluation_default_to_auto(tmp_path, clip_ckpt, monkeypatch):
+    """The study calls ``evaluate_run`` and the trainer the ``in_training`` callback, neither naming a precision."""
+    from tests.eval.conftest import make_workdir, perturbed_params
+    from vlscale.configs import train as train_config
+    from vlscale.eval import evaluate_run
+    from vlscale.eval.in_training import evaluator
+    from vlscale.runtime.sharding import make_mesh
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    w = make_workdir(tmp_path / "run", clip_ckpt, "tiny-clip", steps=(10,))
+    recs = evaluate_run(w, [("zeroshot", "synth:colour", {"num_examples": 16})], batch_size=BATCH, log=lambda m: None)
+    assert [r["precision"] for r in recs] == ["bfloat16"]
+    config = train_config.get_config("model=tiny-clip,data=synth")
+    config.eval_every, config.eval_suite = 1, "synth-quick"
+    metrics = evaluator(config)(perturbed_params("tiny-clip"), step=1, samples=32, mesh=make_mesh(), workdir=tmp_path)
+    assert "synth_colour/acc1" in metrics
+    doc = json.loads((tmp_path / "eval_in_training" / "step_1" / "zeroshot_synth_colour.json").read_text())
+    assert doc["precision"] == "bfloat16"
