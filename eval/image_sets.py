@@ -135,7 +135,9 @@ class ImageSet:
                         got_lab[k] = label
                 pixels[real], valid[real], lab[real] = got_px, got_ok, got_lab
                 if cached is not None:
-                    cached.complete(needed.setdefault(len(idx), _host_rows(len(idx), self.num_images)))
+                    if len(idx) not in needed:
+                        needed[len(idx)] = _host_rows(len(idx), self.num_images)
+                    cached.complete(needed[len(idx)])
             images = normalize_host(pixels)
             images[~valid] = 0.0
             out = {"image": images, "valid": valid}
