@@ -62,8 +62,9 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split to evaluate (tfds: default validation; karpathy: default test)")
     p.add_argument("--num-examples", type=int, metavar="N", help="synth: examples per task (default 1000)")
     p.add_argument("--batch-size", type=int, default=256, help="global eval batch size (default 256)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32: float32, highest matmul precision (default); bf16: bfloat16 compute")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto (default): bf16 on GPU/TPU, fp32 on CPU; fp32: float32, highest matmul precision; "
+                   "bf16: bfloat16 compute")
     p.add_argument("--all-checkpoints", action="store_true", help="with a workdir: evaluate every kept checkpoint")
     multihost.add_flags(p)
     ident = p.add_argument_group("identity of a converted checkpoint (rows are written only when all three are given)")
@@ -153,7 +154,7 @@ def _run_eval(args) -> int:
     import jax
 
     main = jax.process_index() == 0  # every process computes; the first one reports and writes
-    dtype = "float32" if args.precision == "fp32" else "bfloat16"
+    dtype = args.precision  # auto | fp32 | bf16, resolved by vlscale.eval.encoders.resolve_dtype
     if checkpoints.is_workdir(path) and (path / checkpoints.RUN_JSON).is_file():
         records = runner.evaluate_run(path, tasks, results=args.results, all_checkpoints=args.all_checkpoints,
                                       batch_size=args.batch_size, dtype=dtype, out_dir=args.out)
