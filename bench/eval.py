@@ -14,7 +14,13 @@ Rows:
     FLOPs, the least any evaluator of the same examples can cost (CLIPs; MaMMUT's FLOP count holds its captioning
     pass, which contrastive evaluation skips).
 
+  * image cache (``--cache-only``): N checkpoints of one model evaluated one after another in one process (as
+    ``vlscale study collect`` does) on a folder of JPEG files, zero-shot: total and per-checkpoint wall time with
+    the decoded-image cache off (``VLSCALE_EVAL_CACHE=none``), in memory (the default), and with a cache folder
+    first empty then filled by an earlier process; the metrics of every mode are checked equal.
+
 Usage: python bench/eval.py [--model tiny-clip] [--images 1024] [--batch 256] [--skip-budget] [--budget-models ...]
+       python bench/eval.py --cache-only [--model tiny-clip] [--cache-images 512] [--cache-checkpoints 3]
 Tiny configs on the CPU by default; on a GPU pass a real config (--model ViT-B-32). Needs the test extras
 (torch, open_clip_torch) for the open_clip rows.
 """
@@ -56,13 +62,14 @@ def _timed(fn, repeats: int = 2) -> float:
 def bench_classify(model_name: str, n: int, batch: int, device: str) -> list[tuple]:
     import torch
 
+    from vlscale.data.normalize import normalize_host
     from vlscale.eval import synth_sets, zeroshot
     from vlscale.eval.encoders import EvalModel
     from vlscale.models import convert
 
     tm = _open_clip_model(model_name).to(device)
     state = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
-    em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name))
+    em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name), dtype="float32")  # as open_clip
     size = em.config.image_size
     ds = synth_sets.synth_dataset("colour", n, knobs={"image_size": size})
     ds.loader(size)(np.arange(1))  # pre-process once: the rows time the model, not PIL
@@ -70,7 +77,7 @@ def bench_classify(model_name: str, n: int, batch: int, device: str) -> list[tup
     zeroshot.classify(em, ds, classifier, batch)  # compile
     ours = _timed(lambda: zeroshot.classify(em, ds, classifier, batch))
 
-    pixels, _ = ds._all_pixels(size)
+    pixels = normalize_host(ds._all_pixels(size)[0])
     x = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(device)
     w = torch.from_numpy(classifier).to(device)
 
@@ -99,7 +106,7 @@ def bench_classifier(model_name: str, batch: int, device: str) -> list[tuple]:
 
     tm = _open_clip_model(model_name).to(device)
     state = {k: v.detach().cpu().numpy() for k, v in tm.state_dict().items()}
-    em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name))
+    em = EvalModel.create(model_name, convert.torch_to_flax(state, model_name), dtype="float32")  # as open_clip
     p = prompts_lib.Prompts(tuple(prompts_lib.imagenet_classnames()), tuple(prompts_lib.openai_templates()))
     zeroshot.build_classifier(em, prompts_lib.Prompts(p.classnames[:8], p.templates), batch, progress=None)  # compile
     ours = _timed(lambda: zeroshot.build_classifier(em, p, batch, progress=None), repeats=1)
@@ -179,6 +186,69 @@ def _eval_compute(model: str, tasks: list[dict], knobs: dict) -> float:
     return total / flops.training_flops(model)
 
 
+def _jpeg_folder(root: str, n: int, classes: int = 4) -> str:
+    """``n`` JPEG files (quality 90) at 500 x 375, ImageNet's most common size, in ``classes`` class folders: smooth
+    random colour fields with noise and a few ellipses, so decoding costs what a photo of that size costs."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = os.path.join(root, f"class_{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+        px = np.clip(np.asarray(low, np.int16) + rng.integers(-12, 13, (375, 500, 3)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(px)
+        draw = ImageDraw.Draw(img)
+        for _ in range(4):
+            x, y = rng.integers(0, 450), rng.integers(0, 330)
+            draw.ellipse((x, y, x + rng.integers(20, 120), y + rng.integers(20, 120)),
+                         fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        img.save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+    return root
+
+
+def bench_cache(model: str, n_images: int, n_ckpts: int, batch: int, precision: str) -> list[tuple]:
+    """Rows (mode, total s, first checkpoint s, later checkpoints s each, speed-up of the total vs no cache)."""
+    from vlscale.eval import evaluate_checkpoint, image_cache
+    from vlscale.models import registry, saved_params
+
+    rows, metrics = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _jpeg_folder(os.path.join(tmp, "photos"), n_images)
+        ckpts = [str(saved_params.save_params(os.path.join(tmp, f"ckpt{k}"),
+                                              registry.init_params(registry.build_model(model), k), model))
+                 for k in range(n_ckpts)]
+        tasks = [("zeroshot", f"folder:{folder}")]
+
+        def evaluate_all(mode: str) -> list[float]:
+            times = []
+            for k, c in enumerate(ckpts):
+                t = time.perf_counter()
+                [rec] = evaluate_checkpoint(c, tasks, batch_size=batch, dtype=precision,
+                                            out_dir=os.path.join(tmp, "out", mode, str(k)), log=lambda m: None)
+                times.append(time.perf_counter() - t)
+                metrics.setdefault(k, rec["metrics"])
+                if rec["metrics"] != metrics[k]:
+                    raise AssertionError(f"{mode}: checkpoint {k} gives {rec['metrics']}, not {metrics[k]}")
+            return times
+
+        modes = [("no cache", "none"), ("memory (default)", ""), ("cache folder, empty", os.path.join(tmp, "cache")),
+                 ("cache folder, filled by an earlier process", os.path.join(tmp, "cache"))]
+        os.environ[image_cache.CACHE_ENV] = "none"
+        evaluate_all("compile")  # compiles the model's eval functions once, as a study process has
+        base = None
+        for label, env in modes:
+            os.environ[image_cache.CACHE_ENV] = env
+            image_cache.clear_memo()  # each mode starts as a new process would
+            times = evaluate_all(label)
+            total = sum(times)
+            base = base or total
+            later = f"{np.mean(times[1:]):.2f} s" if len(times) > 1 else "-"
+            rows.append((label, f"{total:.2f} s", f"{times[0]:.2f} s", later, f"{base / total:.2f}x"))
+        os.environ.pop(image_cache.CACHE_ENV, None)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny-clip")
@@ -188,10 +258,16 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-only", action="store_true", help="only the budget rows (no open_clip needed)")
     ap.add_argument("--budget-models", default="shapes-clip-XS,shapes-clip-S,shapes-mammut-XS")
     ap.add_argument("--budget-steps", type=int, default=24)
+    ap.add_argument("--cache-only", action="store_true", help="only the image-cache rows (no open_clip needed)")
+    ap.add_argument("--cache-images", type=int, default=512)
+    ap.add_argument("--cache-checkpoints", type=int, default=3)
+    ap.add_argument("--precision", default="auto", help="precision of the image-cache rows (auto, fp32, bf16)")
     args = ap.parse_args(argv)
     import jax
 
     print(f"# bench/eval.py on {jax.default_backend()} ({len(jax.devices())} devices), {os.cpu_count()} cores")
+    if args.cache_only:
+        return _print_cache(args)
     if args.budget_only:
         return _print_budget(args)
     import torch
@@ -206,6 +282,19 @@ def main(argv=None) -> int:
     sys.stdout.flush()
     if not args.skip_budget:
         _print_budget(args)
+    return 0
+
+
+def _print_cache(args) -> int:
+    from vlscale.eval.encoders import resolve_dtype
+
+    print(f"\n{args.cache_checkpoints} checkpoints of {args.model} ({resolve_dtype(args.precision)}), zero-shot on "
+          f"{args.cache_images} JPEGs (500 x 375) in one process, batch {args.batch}; compilation excluded")
+    print("| image cache | all checkpoints | first | each later one | speed-up |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in bench_cache(args.model, args.cache_images, args.cache_checkpoints, args.batch, args.precision):
+        print("| " + " | ".join(str(x) for x in r) + " |", flush=True)
+    print("metrics: equal in every mode, checkpoint by checkpoint")
     return 0
 
 

@@ -3,8 +3,9 @@
 The study evaluates many checkpoints of the same model in one process, so every jitted function is built once per
 (model config, dtype, mesh) and takes the parameters as an argument; a new checkpoint of the same model reuses the
 compiled code. float32 mode runs matmuls at "highest" precision (no TF32/bf16 passes on accelerators), which is
-what the open_clip parity needs; bf16 mode computes in bfloat16 with float32 parameters, as training does.
-Features always leave in float32, L2-normalised.
+what the open_clip parity needs; bf16 mode computes in bfloat16 with float32 parameters, as training does. "auto"
+(the default everywhere a precision is chosen) is bf16 on GPU/TPU backends and float32 on the CPU, where bf16 is
+emulated and slower. Features always leave in float32, L2-normalised.
 """
 
 from __future__ import annotations
@@ -21,6 +22,23 @@ import numpy as np
 from vlscale.errors import UserError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+AUTO = "auto"
+# Backends whose matmul units run bfloat16 natively: "auto" computes in bf16 there (jax.default_backend() names).
+BF16_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def backend() -> str:
+    """The platform evaluation runs on (jax's default backend: "cpu", "gpu", "tpu")."""
+    return jax.default_backend()
+
+
+def resolve_dtype(precision: str) -> str:
+    """``"auto"`` -> "bfloat16" on GPU/TPU, "float32" elsewhere; the explicit names -> their canonical dtype."""
+    if precision == AUTO:
+        return "bfloat16" if backend() in BF16_BACKENDS else "float32"
+    if precision not in DTYPES:
+        raise UserError(f"precision {precision!r}: use auto, float32 (fp32) or bfloat16 (bf16)")
+    return DTYPES[precision]
 
 
 def _normalize(x):
@@ -69,17 +87,15 @@ class EvalModel:
     model_name: str
     params: Any
     mesh: Any
-    dtype: str = "float32"
+    dtype: str = "float32"  # what it computes in: "float32" or "bfloat16" ("auto" is resolved by ``create``)
 
     @classmethod
-    def create(cls, model_name: str, params: Any, mesh=None, dtype: str = "float32") -> "EvalModel":
+    def create(cls, model_name: str, params: Any, mesh=None, dtype: str = AUTO) -> "EvalModel":
         from vlscale.models.config import get_config
         from vlscale.models.layer_layout import to_layout
         from vlscale.runtime import sharding
 
-        if dtype not in DTYPES:
-            raise UserError(f"precision {dtype!r}: use float32 (fp32) or bfloat16 (bf16)")
-        dtype = DTYPES[dtype]
+        dtype = resolve_dtype(dtype)
         mesh = mesh if mesh is not None else sharding.make_mesh()
         config = get_config(model_name)
         model = _model(config, dtype)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vlscale.errors import UserError
-from vlscale.eval import imagenet_layouts
+from vlscale.eval import image_cache, imagenet_layouts
 from vlscale.eval.image_sets import CANONICAL_NAMES, ClassificationSet, RetrievalSet, read_image_file
 from vlscale.eval.prompts import Prompts, openai_templates
 
@@ -56,9 +56,11 @@ def folder_dataset(root: str, classnames: list[str] | None = None, name: str | N
     if not paths:
         raise UserError(f"folder:{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
     prompts = Prompts(tuple(names), tuple(openai_templates()), source=f"folder:{root}")
-    return ClassificationSet(name=ds_name, spec=f"folder:{root}", num_images=len(paths),
+    spec = f"folder:{root}"
+    return ClassificationSet(name=ds_name, spec=spec, num_images=len(paths),
                              read=lambda i: read_image_file(paths[i]), labels=np.asarray(labels, np.int32),
-                             prompts=prompts, num_classes=len(names))
+                             prompts=prompts, num_classes=len(names),
+                             source=image_cache.source_of_files(spec, paths))
 
 
 def karpathy_dataset(spec_body: str, split: str | None = None, name: str | None = None) -> RetrievalSet:
@@ -86,5 +88,7 @@ def karpathy_dataset(spec_body: str, split: str | None = None, name: str | None 
     captions = [[s["raw"] for s in e.get("sentences", [])] for e in chosen]
     if any(not c for c in captions):
         raise UserError(f"karpathy: an image of {jp} has no sentences")
-    return RetrievalSet(name=name or CANONICAL_NAMES.get(jp.stem, jp.stem), spec=f"karpathy:{spec_body}",
-                        num_images=len(paths), read=lambda i: read_image_file(paths[i]), captions=captions)
+    spec = f"karpathy:{spec_body}"
+    return RetrievalSet(name=name or CANONICAL_NAMES.get(jp.stem, jp.stem), spec=spec, num_images=len(paths),
+                        read=lambda i: read_image_file(paths[i]), captions=captions,
+                        source=image_cache.source_of_files(spec, paths))

@@ -3,7 +3,8 @@
 
 Images are read one by one (``read(i)``: a PIL image, encoded bytes, a uint8 array, or an exception for an
 undecodable file, which the loader counts and skips). In-memory sets keep their preprocessed pixels per image size,
-so evaluating many checkpoints resizes them once. ``name`` is the ``downstream_dataset`` written to the results
+and sets read from files keep them in ``image_cache`` (per process, optionally on disk), so evaluating many
+checkpoints decodes and resizes each image once. ``name`` is the ``downstream_dataset`` written to the results
 table: the paper's name (``CANONICAL_NAMES``) where the data is one of the paper's benchmarks.
 """
 
@@ -40,24 +41,34 @@ class CorruptImage(Exception):
 
 @dataclass
 class ImageSet:
-    """Images read by index; ``name`` is the canonical downstream dataset name."""
+    """Images read by index; ``name`` is the canonical downstream dataset name.
+
+    ``source`` identifies what decides the images (the spec and the stamps of the files they come from,
+    ``image_cache.source_of_files``): sets that have one keep their decoded pixels across checkpoints
+    (``vlscale.eval.image_cache``); None: decoded again for every evaluation.
+    """
 
     name: str
     spec: str
     num_images: int
     read: Callable[[int], Any]
     pixels: np.ndarray | None = None  # uint8 [N, H, W, 3] for in-memory sets
+    source: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def preprocessed(self, i: int, image_size: int) -> np.ndarray | None:
         """The eval-transformed float32 image i, or None when it cannot be decoded."""
-        return self._example(i, image_size)[0]
+        from vlscale.data.normalize import normalize_host
 
-    def _example(self, i: int, image_size: int) -> tuple[np.ndarray | None, int | None]:
-        """(eval-transformed image or None if undecodable, label if ``read`` returns one with the image)."""
+        px = self._decode(i, image_size)[0]
+        return None if px is None else normalize_host(px)
+
+    def _decode(self, i: int, image_size: int) -> tuple[np.ndarray | None, int | None]:
+        """(uint8 [S, S, 3] after the eval transform's resize and crop, or None if undecodable; the label if
+        ``read`` returns one with the image). ``normalize_host`` of it is ``eval_transform``'s output bit for bit."""
         from PIL import Image
 
-        from vlscale.models.transforms import eval_transform, load_image
+        from vlscale.models.transforms import eval_resize_crop, load_image
 
         label = None
         try:
@@ -70,51 +81,85 @@ class ImageSet:
                 if img.ndim == 2:
                     img = np.repeat(img[..., None], 3, axis=-1)
                 img = Image.fromarray(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
-            return eval_transform(img, size=image_size), label
+            return np.asarray(eval_resize_crop(img, image_size).convert("RGB"), np.uint8), label
         except Exception:  # any decode failure of one file: counted, not fatal (the issue's rule)
             return None, label
 
     def _all_pixels(self, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, S, S, 3] of an in-memory set (zeros where undecodable) and which images decoded."""
         if image_size not in self._cache:
-            imgs = [self.preprocessed(i, image_size) for i in range(self.num_images)]
+            imgs = [self._decode(i, image_size)[0] for i in range(self.num_images)]
             ok = np.array([x is not None for x in imgs])
-            blank = np.zeros((image_size, image_size, 3), np.float32)
+            blank = np.zeros((image_size, image_size, 3), np.uint8)
             self._cache[image_size] = (np.stack([x if x is not None else blank for x in imgs]), ok)
         return self._cache[image_size]
 
     def loader(self, image_size: int) -> Callable[[np.ndarray], dict]:
-        """``load(indices)`` for ``batches.run_batched``: ``{"image", "valid"}`` (+ ``"label"`` for classification)."""
+        """``load(indices)`` for ``batches.run_batched``: ``{"image", "valid"}`` (+ ``"label"`` for classification).
+
+        Images are float32, normalised; rows that are padding or undecodable are zeros and not ``valid``."""
+        from vlscale.data.normalize import normalize_host
+        from vlscale.eval import image_cache
+
         labels = getattr(self, "labels", None)
         if self.pixels is not None and labels is None and isinstance(self, ClassificationSet):
             raise ValueError("in-memory classification sets carry their labels")
+        cached = image_cache.lookup(self.source, self.num_images, image_size) if self.pixels is None else None
+        needed = {}  # batch size -> the rows this host loads over a whole pass (when the cached set is complete)
 
         def load(idx: np.ndarray) -> dict:
             real = idx >= 0
+            rows = idx[real]
+            pixels = np.zeros((len(idx), image_size, image_size, 3), np.uint8)
+            valid = np.zeros(len(idx), bool)
+            lab = np.full(len(idx), -1, np.int32)
             if self.pixels is not None:
                 allpix, allok = self._all_pixels(image_size)
-                images = np.zeros((len(idx), image_size, image_size, 3), np.float32)
-                images[real] = allpix[idx[real]]
-                valid = np.zeros(len(idx), bool)
-                valid[real] = allok[idx[real]]
+                pixels[real], valid[real] = allpix[rows], allok[rows]
             else:
-                got = batches.map_examples(lambda i: self._example(i, image_size), idx)
-                valid = np.array([g is not None and g[0] is not None for g in got])
-                images = np.zeros((len(idx), image_size, image_size, 3), np.float32)
-                for r, g in enumerate(got):
-                    if g is not None and g[0] is not None:
-                        images[r] = g[0]
+                hit = cached.filled[rows] if cached is not None else np.zeros(len(rows), bool)
+                todo = rows[~hit]
+                decoded = batches.map_examples(lambda i: self._decode(i, image_size), todo)
+                if cached is not None:
+                    cached.store(todo, decoded)
+                got_px = np.zeros((len(rows), image_size, image_size, 3), np.uint8)
+                got_ok = np.zeros(len(rows), bool)
+                got_lab = np.full(len(rows), -1, np.int32)
+                if hit.any():
+                    got_px[hit], got_ok[hit] = cached.images[rows[hit]], cached.ok[rows[hit]]
+                    got_lab[hit] = cached.labels[rows[hit]]
+                for k, (px, label) in zip(np.flatnonzero(~hit), decoded):
+                    if px is not None:
+                        got_px[k], got_ok[k] = px, True
+                    if label is not None:
+                        got_lab[k] = label
+                pixels[real], valid[real], lab[real] = got_px, got_ok, got_lab
+                if cached is not None:
+                    if len(idx) not in needed:
+                        needed[len(idx)] = _host_rows(len(idx), self.num_images)
+                    cached.complete(needed[len(idx)])
+            images = normalize_host(pixels)
+            images[~valid] = 0.0
             out = {"image": images, "valid": valid}
             if isinstance(self, ClassificationSet):
-                lab = np.full(len(idx), -1, np.int32)
                 if labels is not None:
-                    lab[real] = labels[idx[real]]
+                    lab = np.full(len(idx), -1, np.int32)
+                    lab[real] = labels[rows]
                 else:  # labels arrive with the images
-                    lab[:] = [g[1] if g is not None and g[1] is not None else -1 for g in got]
                     valid &= lab >= 0
                 out["label"] = lab
             return out
 
         return load
+
+
+def _host_rows(per_host: int, n: int) -> np.ndarray:
+    """Every dataset row this host loads in a pass of ``batches.run_batched`` with ``per_host`` rows per batch."""
+    import jax
+
+    batch_size = per_host * jax.process_count()
+    idx = np.concatenate([batches.host_indices(b, batch_size, n) for b in range(batches.num_batches(n, batch_size))])
+    return idx[idx >= 0]
 
 
 @dataclass

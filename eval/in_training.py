@@ -34,7 +34,8 @@ def eval_batch(mesh) -> int:
 def evaluator(config) -> Callable | None:
     """The callback a training config asks for (``eval_every`` > 0), or None. It takes the parameters (per-block
     layout, host arrays), ``step``, ``samples``, the trainer's ``mesh`` and the run's ``workdir``, and returns
-    ``{"<dataset>/<metric>": value}``; its files go to ``WORKDIR/eval_in_training/step_N``."""
+    ``{"<dataset>/<metric>": value}``; its files go to ``WORKDIR/eval_in_training/step_N``. It computes at the
+    evaluator's default precision, "auto" (bf16 on GPU/TPU, float32 on CPU; ``encoders.resolve_dtype``)."""
     if not int(config.eval_every):
         return None
     suite = str(config.eval_suite)

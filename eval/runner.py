@@ -154,13 +154,15 @@ def default_out_dir(ckpt) -> Path:
 
 
 def evaluate_checkpoint(checkpoint, tasks: Iterable, *, out_dir=None, results=None, batch_size: int = DEFAULT_BATCH,
-                        identity: Mapping | None = None, dtype: str = "float32", mesh=None,
+                        identity: Mapping | None = None, dtype: str = "auto", mesh=None,
                         generative_batch_size: int | None = None, log=None) -> list[dict]:
     """Evaluates one checkpoint on ``tasks`` ((task, dataset spec) pairs or ``TaskSpec``s).
 
     Returns one record per task (``{"dataset", "model", "task", "metrics", ...}``), writes each as
     ``OUT/<task>_<name>.json`` and appends rows to ``results`` (default ``WORKDIR/results.csv``) when the identity is
     known: from run.json, or ``identity`` = {pretrain_dataset, lr_scheduler, samples_seen} for a converted checkpoint.
+    ``dtype``: "auto" (bf16 on GPU/TPU, float32 on CPU), "float32"/"fp32" or "bfloat16"/"bf16"; each record's
+    ``precision`` is the one used.
     """
     import jax
 
@@ -257,7 +259,7 @@ def protocol_checkpoints(workdir, run: dict, all_checkpoints: bool = False) -> l
 
 
 def evaluate_run(workdir, suite: str = "synth", *, results=None, all_checkpoints: bool = False,
-                 batch_size: int = DEFAULT_BATCH, dtype: str = "float32", mesh=None, out_dir=None,
+                 batch_size: int = DEFAULT_BATCH, dtype: str = "auto", mesh=None, out_dir=None,
                  log=None) -> list[dict]:
     """Evaluates the checkpoints of a run the protocol needs and that have no rows yet (idempotent).
 

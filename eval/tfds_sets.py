@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from vlscale.errors import UserError
+from vlscale.eval import image_cache
 from vlscale.eval.image_sets import CANONICAL_NAMES, ClassificationSet
 from vlscale.eval.imagenet_layouts import WNID as _WNID
 from vlscale.eval.prompts import (IMAGENET_SUBSETS, Prompts, imagenet_classnames, imagenet_subset_indices,
@@ -73,4 +76,18 @@ def tfds_dataset(spec_body: str, data_dir: str | None, name: str | None = None,
         return ex["image"], int(to_subset[label]) if to_subset is not None else label
 
     return ClassificationSet(name=name or canonical or ds_name.replace("/", "_"), spec=f"tfds:{spec_body}",
-                             num_images=n, read=read, labels=None, prompts=prompts, num_classes=len(names))
+                             num_images=n, read=read, labels=None, prompts=prompts, num_classes=len(names),
+                             source=_source(builder, f"tfds:{ds_name}", split))
+
+
+def _source(builder, spec: str, split: str) -> str | None:
+    """The prepared dataset's files (its version folder: every split's records and its metadata), stamped; None
+    when there is no local folder to stamp."""
+    folder = getattr(builder, "data_dir", None)
+    if folder is None or "://" in os.fspath(folder):
+        return None
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    return image_cache.source_of_files(spec, [os.path.join(folder, f) for f in names], split=split)

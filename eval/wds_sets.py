@@ -10,18 +10,20 @@ from pathlib import Path
 import numpy as np
 
 from vlscale.errors import UserError
+from vlscale.eval import image_cache
 from vlscale.eval.image_sets import CANONICAL_NAMES, ClassificationSet, CorruptImage, RetrievalSet
 
 
-def _wds_records(spec: str) -> list[dict]:
+def _wds_records(spec: str) -> tuple[list[dict], list[str]]:
+    """The good samples of the shards, and the shards' paths."""
     from vlscale.data import shards, webdataset
 
-    records = []
-    for path in shards.expand_shards(spec):
+    records, paths = [], [str(p) for p in shards.expand_shards(spec)]
+    for path in paths:
         for rec in webdataset.iter_tar_samples(path):
             if webdataset.BAD_KEY not in rec:
                 records.append(rec)
-    return records
+    return records, paths
 
 
 def _wds_image(rec: dict):
@@ -46,11 +48,12 @@ def _json_field(rec: dict, key: str):
 def wds_dataset(spec_body: str, task: str, name: str | None = None):
     """Webdataset shards held in memory (eval-sized sets): a ``cls`` field or json ``label`` for classification,
     ``txt`` or json ``captions`` for retrieval."""
-    records = _wds_records(spec_body)
+    records, paths = _wds_records(spec_body)
     if not records:
         raise UserError(f"wds:{spec_body}: the shards hold no samples")
     name = name or wds_base_name(spec_body)
     read = lambda i: _wds_image(records[i])  # noqa: E731
+    source = image_cache.source_of_files(f"wds:{spec_body}", paths)  # the shards decide the images and their order
     if task == "retrieval":
         captions = []
         for rec in records:
@@ -60,7 +63,8 @@ def wds_dataset(spec_body: str, task: str, name: str | None = None):
             if not caps:
                 raise UserError(f"wds:{spec_body}: sample {rec['__key__']} has no captions (txt or json 'captions')")
             captions.append([str(c) for c in caps])
-        return RetrievalSet(name=name, spec=f"wds:{spec_body}", num_images=len(records), read=read, captions=captions)
+        return RetrievalSet(name=name, spec=f"wds:{spec_body}", num_images=len(records), read=read, captions=captions,
+                            source=source)
     labels = []
     for rec in records:
         label = rec.get("cls")
@@ -69,7 +73,7 @@ def wds_dataset(spec_body: str, task: str, name: str | None = None):
             raise UserError(f"wds:{spec_body}: sample {rec['__key__']} has no label (a cls field or json 'label')")
         labels.append(int(label))
     return ClassificationSet(name=name, spec=f"wds:{spec_body}", num_images=len(records), read=read,
-                             labels=np.asarray(labels, np.int32), prompts=None, num_classes=None)
+                             labels=np.asarray(labels, np.int32), prompts=None, num_classes=None, source=source)
 
 
 def wds_base_name(body: str) -> str:

@@ -115,7 +115,9 @@ def train_command(cfg, run, study_dir: Path, vlscale: str = "vlscale") -> str:
 
 
 def _study_run(opts: LaunchOptions, study_dir: Path, run_expr: str, distributed: bool = True) -> str:
-    return (f"{opts.vlscale} study run --dir {_q(study_dir)} --only {run_expr} --no-eval"
+    """A run's job: it trains the run and then evaluates its checkpoints on the same hosts (all processes of the
+    job, under ``jax.distributed``), so evaluation runs in parallel across runs instead of in one serial tail."""
+    return (f"{opts.vlscale} study run --dir {_q(study_dir)} --only {run_expr} --no-report"
             + (" --distributed" if distributed else ""))
 
 
@@ -164,7 +166,8 @@ def write_slurm(cfg, plan: Plan, study_dir: Path, opts: LaunchOptions) -> list[P
         files += [lst, p]
     body = _sbatch_header(opts, f"vlscale-{plan.name}-collect", logs, None, 1)
     body += [_cd(opts).rstrip("\n")] if opts.repo else []
-    body += ["# evaluates every checkpoint still missing, fits, compares, writes the report",
+    body += ["# the run jobs evaluated their own checkpoints: this evaluates only what they left (a failed or",
+             "# interrupted evaluation), then fits, compares and writes the report",
              f"{opts.vlscale} study collect {_q(study_dir)}"]
     p = out / "collect.sbatch"
     layout.write_text(p, "\n".join(body) + "\n")
@@ -201,7 +204,8 @@ def write_tpu(cfg, plan: Plan, study_dir: Path, opts: LaunchOptions) -> list[Pat
         for r in plan.stage(s):
             cmd = cd + _study_run(opts, study_dir, _q(r.name))
             lines.append(f"{ssh} --worker=all --command {_q(cmd)} || failed=1")
-    lines += ["# evaluation, fits and report on worker 0",
+    lines += ["# each run's command above also evaluated its checkpoints on every worker (jax.distributed);",
+              "# worker 0 evaluates what is left, fits and writes the report",
               f"{ssh} --worker=0 --command {_q(cd + f'{opts.vlscale} study collect {_q(study_dir)}')} || failed=1",
               'exit "$failed"']
     p = out / "run_tpu.sh"

@@ -7,6 +7,9 @@ DIR/runs/<run>/results.csv      the evaluator's rows for the run
 DIR/results.csv                 all runs' rows in plan order (rebuilt from the per-run files, so it does not
                                 depend on where a study was interrupted)
 DIR/report.md, report.html, figures/, fit.json, launch/
+
+DIR may be a local folder or an object-store URL (``gs://bucket/study``): every path here comes from
+``paths.resolve`` (a ``pathlib.Path`` or an ``etils.epath.Path``) and every write goes through ``runtime.files``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from vlscale.runtime import files
+from vlscale.runtime import files, paths
 
 STUDY_FILE = "study.json"
 STATE_FILE = "study_state.json"
@@ -27,8 +30,15 @@ ERROR_FILE = "study_error.txt"
 WRITER = True
 
 
+def study_path(study_dir) -> Path:
+    """The study directory as a path to read and write: a local one made absolute (Orbax refuses relative
+    checkpoint paths), an object-store URL as an epath."""
+    p = paths.resolve(study_dir)
+    return p.absolute() if paths.is_local(p) else p
+
+
 def run_dir(study_dir: Path, name: str) -> Path:
-    return Path(study_dir) / "runs" / name
+    return paths.resolve(study_dir) / "runs" / name
 
 
 def write_json(path: Path, obj) -> None:
@@ -46,7 +56,7 @@ def write_text(path: Path, text: str | bytes) -> None:
 
 def read_json(path: Path, default=None):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(paths.resolve(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return default
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import io
 import json
 import math
 import re
@@ -21,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from vlscale.runtime import csv_cells
+from vlscale.runtime import csv_cells, files
 from vlscale.errors import UserError
 from vlscale.study import layout
 from vlscale.study.plan import Plan, fmt_seconds
@@ -250,11 +251,14 @@ def _comparison_lines(c, noise: dict, level: float, laws: dict | None = None) ->
 def _figure(c, path: Path) -> None:
     from vlscale.scaling import plots
 
-    plots.plot_fit(c.fit, title_extra=c.verdict, offscreen=True).figure.savefig(path, dpi=90)
+    if not layout.WRITER:
+        return
+    with files.atomic_path(path) as tmp:  # a local file or an object, never half of one
+        plots.plot_fit(c.fit, title_extra=c.verdict, offscreen=True).figure.savefig(tmp, dpi=90, format="png")
 
 
 def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: float | None, fit_s: float) -> str:
-    study_dir = Path(study_dir)
+    study_dir = layout.study_path(study_dir)
     level = float(cfg.fit.level)
     noise = replicate_noise(df) if df is not None else {}
     run_rows, failed, totals = _run_rows(cfg, plan, study_dir, df)
@@ -294,7 +298,8 @@ def build_markdown(cfg, plan: Plan, study_dir: Path, df, fits: dict, wall_s: flo
         lines += _table(["protocol", "benchmark", "lower error", "diff (pp)", "bootstrap agreement", "resolved"], rows)
     # Figures.
     fig_dir = study_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    if layout.WRITER:
+        fig_dir.mkdir(parents=True, exist_ok=True)
     if real:
         lines += ["## Error vs compute", "",
                   "Per fitted benchmark and protocol: every evaluated checkpoint, the frontier, the fitted law with "
@@ -426,9 +431,10 @@ def write_report(cfg, plan: Plan, study_dir: str | Path, *, wall_s: float | None
     """Fits, compares and writes DIR/report.md, report.html, figures/*.png and fit.json; returns report.md."""
     import pandas as pd
 
-    study_dir = Path(study_dir)
+    study_dir = layout.study_path(study_dir)
     path = study_dir / layout.RESULTS_FILE
-    df = csv_cells.restore_frame(pd.read_csv(path)) if path.is_file() and path.stat().st_size else None
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    df = csv_cells.restore_frame(pd.read_csv(io.StringIO(text))) if text else None
     t0 = time.perf_counter()
     fits = fit_protocols(cfg, df, progress=progress) if df is not None and len(df) else {}
     fit_s = time.perf_counter() - t0

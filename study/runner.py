@@ -13,6 +13,7 @@ The trainer and evaluator are injected (``train_fn``, ``eval_fn``) and default t
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import shutil
 import time
@@ -22,7 +23,7 @@ from typing import Callable
 
 import ml_collections
 
-from vlscale.runtime import csv_cells
+from vlscale.runtime import csv_cells, paths
 from vlscale.errors import UserError
 from vlscale.study import config as study_config
 from vlscale.study import layout, timing
@@ -53,7 +54,7 @@ def open_study(cfg: ml_collections.ConfigDict, study_dir: str | Path) -> Plan:
     """Writes (or checks) DIR/study.json and returns the plan."""
     from vlscale.study.preflight import check_study
 
-    study_dir = Path(study_dir)
+    study_dir = layout.study_path(study_dir)
     plan = make_plan(cfg)
     check_study(cfg, plan)  # every run's config, task and benchmark, before anything is written or trained
     path = study_dir / layout.STUDY_FILE
@@ -71,7 +72,7 @@ def open_study(cfg: ml_collections.ConfigDict, study_dir: str | Path) -> Plan:
 
 def load_study(study_dir: str | Path) -> tuple[ml_collections.ConfigDict, Plan]:
     """The config and plan recorded in DIR/study.json (for status, collect and launched jobs)."""
-    data = layout.read_json(Path(study_dir) / layout.STUDY_FILE)
+    data = layout.read_json(layout.study_path(study_dir) / layout.STUDY_FILE)
     if data is None:
         raise UserError(f"{study_dir} is not a study directory (no {layout.STUDY_FILE}); run "
                         "`vlscale study run --config F --dir DIR` or `vlscale study launch` first")
@@ -179,7 +180,10 @@ def _prune(workdir: Path) -> None:
         return
     steps = sorted((p for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     for p in steps[:-1]:
-        shutil.rmtree(p, ignore_errors=True)
+        if paths.is_local(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.rmtree()  # an object-store prefix (epath)
 
 
 def run_one(cfg, plan: Plan, run: Run, study_dir: Path, *, train_fn, eval_fn, config_fn, do_train: bool = True,
@@ -243,12 +247,13 @@ def collect_results(plan: Plan, study_dir: str | Path):
     """DIR/results.csv from the per-run tables, in plan order (rows within a run sorted by step and task)."""
     import pandas as pd
 
-    study_dir = Path(study_dir)
+    study_dir = layout.study_path(study_dir)
     frames = []
     for r in plan.runs:
         p = layout.run_dir(study_dir, r.name) / layout.RESULTS_FILE
-        if p.is_file() and p.stat().st_size:
-            df = csv_cells.restore_frame(pd.read_csv(p))
+        text = p.read_text(encoding="utf-8") if p.is_file() else ""
+        if text:
+            df = csv_cells.restore_frame(pd.read_csv(io.StringIO(text)))
             keys = [k for k in ("step", "samples_seen", "downstream_dataset", "metric") if k in df.columns]
             frames.append(df.sort_values(keys, kind="stable") if keys else df)
     out = study_dir / layout.RESULTS_FILE
@@ -264,7 +269,7 @@ def run_study(cfg, study_dir: str | Path, *, train_fn=None, eval_fn=None, config
               do_train: bool = True, do_eval: bool = True, report: bool = True,
               progress: Callable[[str], None] = print) -> Outcome:
     """Plans, trains, evaluates, collects and reports (see module doc)."""
-    study_dir = Path(study_dir).absolute()  # Orbax refuses relative checkpoint paths
+    study_dir = layout.study_path(study_dir)  # absolute when local: Orbax refuses relative checkpoint paths
     t0 = time.perf_counter()
     plan = open_study(cfg, study_dir)
     runs = list(plan.runs) if not only else [plan.run(n) for n in only]

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from vlscale.runtime import paths
 from vlscale.study import layout
 from vlscale.study.plan import fmt_seconds
 
@@ -37,7 +38,7 @@ def _last_samples(workdir: Path) -> int | None:
     p = workdir / "metrics.jsonl"
     if not p.is_file():
         return None
-    with open(p, "rb") as f:
+    with p.open("rb") as f:  # a local file or an object (epath): both seek
         f.seek(0, 2)
         f.seek(max(0, f.tell() - 4096))
         tail = f.read().decode(errors="replace").strip().splitlines()
@@ -55,7 +56,7 @@ _LOG_NAME = re.compile(r"-stage(\d+)_(\d+)_(\d+)\.out$")  # launch.py's %x_%A_%a
 def job_logs(study_dir: Path) -> dict[str, tuple[str, Path]]:
     """Run name -> (SLURM job id ``A_a``, its log) for the runs a launched array task started; the newest log
     of a run when it was submitted more than once."""
-    launch = Path(study_dir) / "launch"
+    launch = paths.resolve(study_dir) / "launch"
     logs = launch / "logs"
     if not logs.is_dir():
         return {}
@@ -131,7 +132,7 @@ def run_status(study_dir: Path, run, logs: dict | None = None) -> dict:
 def collect_status(study_dir: str | Path) -> Status:
     from vlscale.study.runner import load_study
 
-    study_dir = Path(study_dir)
+    study_dir = layout.study_path(study_dir)
     _, plan = load_study(study_dir)
     logs = job_logs(study_dir)
     rows = [run_status(study_dir, r, logs) for r in plan.runs]

@@ -17,6 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
+from vlscale.runtime import paths
 from vlscale.study import layout
 
 
@@ -48,7 +49,7 @@ def from_config(cfg) -> TimeModel:
 
 def steady_samples_per_s(workdir: Path) -> float | None:
     """Median samples/s of a run's logged steps after the first (the first holds the compilation)."""
-    p = Path(workdir) / "metrics.jsonl"
+    p = paths.resolve(workdir) / "metrics.jsonl"
     if not p.is_file():
         return None
     rates = []
@@ -65,7 +66,7 @@ def steady_samples_per_s(workdir: Path) -> float | None:
 def calibrated(cfg, plan, study_dir) -> TimeModel:
     """The config's estimate, replaced by what the study directory's finished runs measured on this machine."""
     base = from_config(cfg)
-    if study_dir is None or not Path(study_dir).is_dir():
+    if study_dir is None or not paths.resolve(study_dir).is_dir():
         return base
     rates, startups, evals, by_model = [], [], [], {}
     for r in plan.runs:

@@ -134,7 +134,8 @@ def test_bf16_mode_runs_and_is_recorded(tmp_path, clip_ckpt, capsys):
     assert rc == 0 and json.loads((tmp_path / "zeroshot_synth_colour.json").read_text())["precision"] == "bfloat16"
     ckpt = checkpoints.load(clip_ckpt)
     prompts = datasets.open_dataset("synth:colour", "zeroshot", num_examples=16).prompts
-    w32 = zeroshot.build_classifier(EvalModel.create(ckpt.model_name, ckpt.params), prompts, 16, progress=None)
+    w32 = zeroshot.build_classifier(EvalModel.create(ckpt.model_name, ckpt.params, dtype="fp32"), prompts, 16,
+                                    progress=None)
     w16 = zeroshot.build_classifier(EvalModel.create(ckpt.model_name, ckpt.params, dtype="bf16"), prompts, 16,
                                     progress=None)
     assert w16.dtype == np.float32 and 0 < np.abs(w16 - w32).max() < 0.05  # bf16 rounding, nothing worse

@@ -15,7 +15,7 @@ from vlscale.models.mammut import MaMMUT
 @pytest.fixture(scope="module")
 def mammut(mammut_ckpt):
     ckpt = checkpoints.load(mammut_ckpt)
-    return EvalModel.create(ckpt.model_name, ckpt.params)
+    return EvalModel.create(ckpt.model_name, ckpt.params, dtype="float32")  # compared with a float32 loop
 
 
 def naive_scores(em, images, prompts_tokens, context):

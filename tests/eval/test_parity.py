@@ -50,11 +50,12 @@ def test_classifier_and_zeroshot_metrics_equal_open_clips(models):
     from vlscale.models import checkpoints
 
     ckpt = checkpoints.load(path)
-    em = EvalModel.create(ckpt.model_name, ckpt.params)
+    em = EvalModel.create(ckpt.model_name, ckpt.params, dtype="float32")  # parity is float32 on any backend
     ours = zeroshot.build_classifier(em, prompts, BATCH, progress=None)
     assert np.abs(ours - ref_classifier).max() < 1e-5
     rec = evaluate_checkpoint(ckpt, [("zeroshot", "synth:colour", {"num_examples": 48})], batch_size=BATCH,
-                              out_dir=path.parent / "out", log=lambda m: None)[0]
+                              out_dir=path.parent / "out", dtype="float32", log=lambda m: None)[0]
+    assert rec["precision"] == "float32"
     assert rec["metrics"] == pytest.approx(ref_metrics, abs=1e-12)
     assert 0 < ref_metrics["acc5"] < 1  # a non-trivial check: some hits, some misses
 
@@ -71,7 +72,7 @@ def test_retrieval_recalls_equal_open_clips(models):
     img /= np.linalg.norm(img, axis=-1, keepdims=True)
     ref = reference.retrieval(img, txt, text_image)
     rec = evaluate_checkpoint(path, [("retrieval", "synth:retrieval", {"num_examples": 24})], batch_size=BATCH,
-                              out_dir=path.parent / "out", log=lambda m: None)[0]
+                              out_dir=path.parent / "out", dtype="float32", log=lambda m: None)[0]
     assert rec["metrics"] == pytest.approx(ref, abs=1e-12)
     assert set(rec["metrics"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
 

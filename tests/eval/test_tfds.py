@@ -110,7 +110,7 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-def test_tfds_zeroshot_cli_equals_the_same_images_as_a_folder(prepared, clip_ckpt, tmp_path, capsys):
+def test_tfds_zeroshot_cli_equals_the_same_images_as_a_folder(prepared, clip_ckpt, tmp_path, capsys, monkeypatch):
     from vlscale.eval import evaluate_checkpoint
 
     data_dir, images = prepared
@@ -139,11 +139,17 @@ def test_tfds_zeroshot_cli_equals_the_same_images_as_a_folder(prepared, clip_ckp
                      "--batch-size", BATCH)
     assert rc == 0, err
     assert json.loads((tmp_path / "train" / f"zeroshot_{NAME}.json").read_text())["num_images"] == 2
+    # The test split again, as a later checkpoint: its images were kept (vlscale.eval.image_cache), none is decoded.
+    from vlscale.models import transforms
+
+    decoded, load_image = [], transforms.load_image
+    monkeypatch.setattr(transforms, "load_image", lambda src, *a, **k: decoded.append(1) or load_image(src, *a, **k))
     rc, _, err = run(capsys, "--checkpoint", str(clip_ckpt), "--task", "zeroshot", "--dataset", f"tfds:{NAME}",
                      "--data-dir", str(data_dir), "--out", str(tmp_path / "default"), "--batch-size", BATCH)
     assert rc == 0, err
     default = json.loads((tmp_path / "default" / f"zeroshot_{NAME}.json").read_text())
     assert default["num_images"] == doc["num_images"] and default["metrics"] == doc["metrics"]
+    assert decoded == []
 
 
 @pytest.mark.parametrize("case", ["catalog_not_prepared", "custom_not_prepared", "no_such_split", "split_conflict",

@@ -38,7 +38,7 @@ def test_slurm_arrays_with_afterok_cooldowns_and_a_final_collect(tmp_path):
     s0 = (d / "stage0.sbatch").read_text()
     assert "#SBATCH --array=0-2" in s0 and "#SBATCH --nodes=2" in s0 and "#SBATCH --gpus-per-node=8" in s0
     assert "#SBATCH --partition=gpu" in s0 and "cd /opt/vlscale" in s0
-    assert re.search(r'srun --ntasks-per-node=1 /\S+/vlscale study run --dir \S+ --only "\$RUN" --no-eval --distributed', s0)
+    assert re.search(r'srun --ntasks-per-node=1 /\S+/vlscale study run --dir \S+ --only "\$RUN" --no-report --distributed', s0)
     assert (d / "runs_stage0.txt").read_text().split() == [r.name for r in plan.stage(0)]
     assert (d / "runs_stage1.txt").read_text().split() == [r.name for r in plan.stage(1)]
     assert f"--array=0-{len(plan.stage(1)) - 1}" in (d / "stage1.sbatch").read_text()
@@ -72,7 +72,7 @@ def test_tpu_vm_one_ssh_line_per_run_in_stage_order(tmp_path):
     script = tmp_path / "launch" / "run_tpu.sh"
     _bash_ok(script)
     text = script.read_text()
-    runs = re.findall(r"--worker=all --command .*--only (\S+) --no-eval --distributed", text)
+    runs = re.findall(r"--worker=all --command .*--only (\S+) --no-report --distributed", text)
     assert [r.strip("'") for r in runs] == [r.name for r in plan.runs]
     assert text.count("gcloud compute tpus tpu-vm ssh v5e-64 --zone us-west4-a") == len(plan.runs) + 1
     assert "--worker=0 --command" in text.splitlines()[-2] and "study collect" in text.splitlines()[-2]

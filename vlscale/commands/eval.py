@@ -51,8 +51,10 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("zeroshot", "retrieval", "generative"), help="what to evaluate")
     p.add_argument("--dataset", metavar="SPEC", help="dataset spec, e.g. synth:colour, tfds:imagenet2012")
     p.add_argument("--suite", metavar="NAME", help="a named suite instead of --task/--dataset: synth, paper")
-    p.add_argument("--out", metavar="DIR", help="where the JSON files go (default WORKDIR/eval/step_N or CKPT/eval)")
-    p.add_argument("--results", metavar="FILE.csv", help="results table to append to (default WORKDIR/results.csv)")
+    p.add_argument("--out", metavar="DIR", help="where the JSON files go: a folder or gs://BUCKET/PATH (default "
+                   "WORKDIR/eval/step_N or CKPT/eval; a workdir's checkpoints go to DIR/step_N)")
+    p.add_argument("--results", metavar="FILE.csv", help="results table to append to: a file or gs://BUCKET/PATH.csv "
+                   "(default WORKDIR/results.csv)")
     p.add_argument("--classnames", metavar="FILE", help="class names, one per line or a JSON list (label order)")
     p.add_argument("--templates", metavar="FILE", help="prompt templates with a {c} placeholder, one per line or JSON")
     p.add_argument("--name", help="downstream_dataset name to write (default: the dataset's canonical name)")
@@ -60,8 +62,9 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split to evaluate (tfds: default validation; karpathy: default test)")
     p.add_argument("--num-examples", type=int, metavar="N", help="synth: examples per task (default 1000)")
     p.add_argument("--batch-size", type=int, default=256, help="global eval batch size (default 256)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32: float32, highest matmul precision (default); bf16: bfloat16 compute")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto (default): bf16 on GPU/TPU, fp32 on CPU; fp32: float32, highest matmul precision; "
+                   "bf16: bfloat16 compute")
     p.add_argument("--all-checkpoints", action="store_true", help="with a workdir: evaluate every kept checkpoint")
     multihost.add_flags(p)
     ident = p.add_argument_group("identity of a converted checkpoint (rows are written only when all three are given)")
@@ -125,9 +128,9 @@ def _check_outputs(args) -> None:
             raise UserError(f"--results {args.results}: is a folder; give a CSV file name") from None
         return
     if args.out:
-        check_output_dir(args.out, flag="--out")
+        check_output_dir(args.out, flag="--out", remote_ok=True)
     if args.results:
-        check_output_file(args.results, flag="--results", suffixes=(".csv",))
+        check_output_file(args.results, flag="--results", suffixes=(".csv",), remote_ok=True)
 
 
 def _run_eval(args) -> int:
@@ -151,7 +154,7 @@ def _run_eval(args) -> int:
     import jax
 
     main = jax.process_index() == 0  # every process computes; the first one reports and writes
-    dtype = "float32" if args.precision == "fp32" else "bfloat16"
+    dtype = args.precision  # auto | fp32 | bf16, resolved by vlscale.eval.encoders.resolve_dtype
     if checkpoints.is_workdir(path) and (path / checkpoints.RUN_JSON).is_file():
         records = runner.evaluate_run(path, tasks, results=args.results, all_checkpoints=args.all_checkpoints,
                                       batch_size=args.batch_size, dtype=dtype, out_dir=args.out)

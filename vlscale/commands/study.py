@@ -31,7 +31,9 @@ def _common(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     p.add_argument("--config", default=d, metavar="F",
                    help="study config: a .py with get_config() or a built-in name (default: tiny_shapes, or the "
                         "config recorded in DIR)")
-    p.add_argument("--dir", default=d, metavar="DIR", help="study directory (default: runs/<study name>)")
+    p.add_argument("--dir", default=d, metavar="DIR",
+                   help="study directory: a local folder or gs://BUCKET/PATH (plan, run, status and collect; launch "
+                        "needs a local or shared folder) (default: runs/<study name>)")
 
 
 def _run_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -107,16 +109,17 @@ def _resolve(args, *, need_dir: bool = True):
     """(config, study dir): --config, else the config recorded in --dir, else the built-in default."""
     from pathlib import Path
 
+    from vlscale.runtime.paths import resolve
     from vlscale.study import config as study_config
     from vlscale.study import layout, runner
 
     spec = getattr(args, "config", None)
     d = getattr(args, "dir", None)
-    if spec is None and d is not None and (Path(d) / layout.STUDY_FILE).is_file():
+    if spec is None and d is not None and (resolve(d) / layout.STUDY_FILE).is_file():
         cfg, _ = runner.load_study(d)
     else:
         cfg = study_config.load(spec)
-    return cfg, Path(d) if d else Path("runs") / str(cfg.name)
+    return cfg, resolve(d) if d else Path("runs") / str(cfg.name)
 
 
 def handle_plan(args) -> int:
@@ -177,7 +180,8 @@ def handle_run(args) -> int:
 
 
 def _study_lock(study_dir, command: str, flag: str = "--dir"):
-    """The study directory's writer lock (process 0 of a multi-host study holds it for all)."""
+    """The study directory's writer lock (process 0 of a multi-host study holds it for all). On object storage it
+    is a lock object created only if absent (runtime/locks.py); creating it is the check that DIR can be written."""
     from pathlib import Path
 
     from vlscale.runtime import locks
@@ -190,7 +194,7 @@ def _study_lock(study_dir, command: str, flag: str = "--dir"):
     if not files.is_remote(study_dir):
         files.check_output_dir(study_dir, flag=flag)  # a file or an unwritable parent: one line naming --dir
         Path(study_dir).mkdir(parents=True, exist_ok=True)
-    return locks.exclusive(study_dir, flag=flag, command=command)
+    return locks.exclusive(study_dir, flag=flag, command=command, object_store=True)
 
 
 def _no_lock():
@@ -216,6 +220,13 @@ def handle_launch(args) -> int:
                                 tpu_name=args.tpu_name, zone=args.zone, project=args.project, submit=args.submit)
     launch.check_options(opts)
     cfg, study_dir = _resolve(args)
+    from vlscale.runtime import files
+
+    if files.is_remote(study_dir):
+        from vlscale.errors import UserError
+
+        raise UserError(f"--dir {study_dir}: study launch writes job scripts and logs that the scheduler reads from a "
+                        "file system; give a local or shared folder (`vlscale study run --dir gs://...` works)")
     plan = runner.open_study(cfg, study_dir)
     for line in launch.launch(cfg, plan, study_dir, opts):
         print(line)

@@ -80,12 +80,15 @@ def _probe_writable(folder: Path) -> str | None:
     return None
 
 
-def check_output_dir(path: str | os.PathLike, *, flag: str = "--out") -> Path:
+def check_output_dir(path: str | os.PathLike, *, flag: str = "--out", remote_ok: bool = False) -> Path:
     """``path`` as a Path if it is, or can be created as, a writable folder; else a one-line UserError.
 
     Rejects an existing file, a path under a file, and a folder (or nearest existing parent) that cannot be
-    written. Creates nothing.
+    written. Creates nothing. An object-store URL is refused unless the caller writes through this module
+    (``remote_ok``); then it is checked by writing and deleting a probe object, and returned as an epath.
     """
+    if is_remote(path):
+        return _check_remote(path, flag, remote_ok)
     p = Path(path)
     if str(path) == "":
         raise UserError(f"{flag}: empty path")
@@ -105,11 +108,20 @@ def _check_creatable(p: Path, start: Path, flag: str) -> None:
         raise UserError(f"{flag} {p}: cannot write in {base} ({reason})")
 
 
-def check_output_file(path: str | os.PathLike, *, flag: str = "--out", suffixes: Sequence[str] | None = None) -> Path:
+def check_output_file(path: str | os.PathLike, *, flag: str = "--out", suffixes: Sequence[str] | None = None,
+                      remote_ok: bool = False) -> Path:
     """``path`` as a Path if a file can be written there (its folder may not exist yet); else a UserError.
 
     ``suffixes``: the accepted file name endings (lower case, with the dot), e.g. (".pt", ".safetensors").
+    ``remote_ok``: as in ``check_output_dir`` (the probe object goes beside the file).
     """
+    if is_remote(path):
+        if suffixes and os.path.splitext(os.fspath(path))[1].lower() not in suffixes:
+            raise UserError(f"{flag} {os.fspath(path)}: use a file name ending in {' or '.join(suffixes)}")
+        _check_remote(os.fspath(path).rstrip("/").rsplit("/", 1)[0], flag, remote_ok, shown=os.fspath(path))
+        from etils import epath
+
+        return epath.Path(os.fspath(path))
     p = Path(path)
     if str(path) == "":
         raise UserError(f"{flag}: empty path")
@@ -188,6 +200,37 @@ def _commit_dir(tmp: Path, target: Path, owned: Sequence[str]) -> None:
 def is_remote(path: str | os.PathLike) -> bool:
     """An object-store or other URL path (``gs://bucket/x``), read and written through ``etils.epath``."""
     return "://" in os.fspath(path)
+
+
+def _check_remote(path, flag: str, remote_ok: bool, shown: str | None = None):
+    """An object-store folder this process can write in (a probe object written and deleted), as an epath."""
+    from etils import epath
+
+    shown = shown or os.fspath(path)
+    if not remote_ok:
+        raise UserError(f"{flag} {shown}: this command writes to a local or mounted folder only, not object storage")
+    folder = epath.Path(os.fspath(path))
+    import uuid
+
+    probe = folder / f".vlscale-write-check-{uuid.uuid4().hex}"
+    try:
+        if folder.is_file():
+            raise UserError(f"{flag} {shown}: is an existing object, not a folder")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - no bucket, no permission, no network: one line before any work
+        raise UserError(f"{flag} {shown}: cannot write there ({remote_error(e)})") from None
+    return folder
+
+
+def remote_error(e: BaseException) -> str:
+    """An object-store failure in a few words (gcsfs reports a missing bucket as FileNotFoundError(URL))."""
+    if isinstance(e, FileNotFoundError):
+        return "no such bucket"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @contextlib.contextmanager
