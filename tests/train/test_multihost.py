@@ -191,7 +191,7 @@ def test_parameters_split_over_two_processes_evaluate_and_caption(matrix, tmp_pa
     out = _two_processes(cache, [sys.executable, "-m", "vlscale", "caption", "--checkpoint", str(mammut),
                                     "--method", "greedy", "--batch-size", "4", *images])
     ckpt = checkpoints.load(mammut)
-    em = EvalModel.create(ckpt.model_name, ckpt.params)
+    em = EvalModel.create(ckpt.model_name, ckpt.params, dtype="float32")  # caption defaults to fp32
     size = em.config.image_size
     batch = np.stack([transforms.eval_transform(transforms.load_image(p), size=size) for p in images] * 2)[:4]
     want = generative.caption_images(em, batch, method="greedy")[:3]
