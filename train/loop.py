@@ -106,11 +106,21 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
 
     lock = locks.exclusive(workdir, flag="--workdir", command="vlscale train") if jax.process_index() == 0 \
         else contextlib.nullcontext()
-    with lock:
-        return _Trainer(config, workdir, saved, steps, progress, evaluate).run()
+    # Several processes: a stop asked for while the run starts (restoring, compiling) is held until the hosts' first
+    # agreement step, where all of them save the same step; one process stops at once, as before.
+    held = signals.stop_on_signals(raise_on_signal=False) if jax.process_count() > 1 else contextlib.nullcontext()
+    with held as held_stop, lock:
+        trainer = _Trainer(config, workdir, saved, steps, progress, evaluate)
+        trainer.held_stop = held_stop
+        final = trainer.run()
+    if held_stop is not None:
+        held_stop.raise_if_requested()  # came after the loop: the run is complete, the signal still ends it
+    return final
 
 
 class _Trainer:
+    held_stop: signals.StopFlag | None = None  # several processes: a signal heard before the loop (see run)
+
     def __init__(self, config, workdir: Path, saved: dict | None, steps: int | None, progress: bool | None,
                  evaluate: Evaluator | None = None):
         import jax
@@ -328,7 +338,8 @@ class _Trainer:
                     self._quick_eval(state, step, samples)
                 if save_now:
                     self._save(state, step, samples)
-                if self.stopper.should_stop(stop.requested, step, synced=log_now or save_now):
+                asked = stop.requested or (self.held_stop is not None and self.held_stop.requested)
+                if self.stopper.should_stop(asked, step, synced=log_now or save_now):
                     self._save(state, step, samples)
                     self.mngr.wait_until_finished()
                     self._update_run_json(run_json, time.perf_counter() - t_start)
@@ -337,6 +348,8 @@ class _Trainer:
                         print(f"vlscale train: stopped at step {step}; checkpoint {self.workdir / 'checkpoints' / str(step)} "
                               "saved, re-run the same command to continue", flush=True)
                     stop.raise_if_requested()
+                    if self.held_stop is not None:
+                        self.held_stop.raise_if_requested()
                     raise signals.StopRequested(signal.SIGTERM)  # another host was told to stop
         self.mngr.wait_until_finished()
         progress.close()
