@@ -297,7 +297,7 @@ class _Trainer:
         log_every, ckpt_every = int(self.config.log_every), int(self.config.checkpoint_every)
         # SIGTERM (a preemption notice) or SIGINT: finish the step, save, then raise StopRequested (exit 143/130).
         # Several processes stop together at their next agreement step (train/preemption.py): no per-step barrier.
-        with signals.stop_on_signals(raise_on_signal=False) as stop:
+        with signals.stop_on_signals(raise_on_signal=False, heard_before=self.held_stop) as stop:
             while step < stop_at:
                 try:
                     host = next(self.data)
@@ -338,8 +338,7 @@ class _Trainer:
                     self._quick_eval(state, step, samples)
                 if save_now:
                     self._save(state, step, samples)
-                asked = stop.requested or (self.held_stop is not None and self.held_stop.requested)
-                if self.stopper.should_stop(asked, step, synced=log_now or save_now):
+                if self.stopper.should_stop(stop.requested, step, synced=log_now or save_now):
                     self._save(state, step, samples)
                     self.mngr.wait_until_finished()
                     self._update_run_json(run_json, time.perf_counter() - t_start)
@@ -348,8 +347,6 @@ class _Trainer:
                         print(f"vlscale train: stopped at step {step}; checkpoint {self.workdir / 'checkpoints' / str(step)} "
                               "saved, re-run the same command to continue", flush=True)
                     stop.raise_if_requested()
-                    if self.held_stop is not None:
-                        self.held_stop.raise_if_requested()
                     raise signals.StopRequested(signal.SIGTERM)  # another host was told to stop
         self.mngr.wait_until_finished()
         progress.close()
