@@ -106,11 +106,21 @@ def run(config, workdir, *, steps: int | None = None, progress: bool | None = No
 
     lock = locks.exclusive(workdir, flag="--workdir", command="vlscale train") if jax.process_index() == 0 \
         else contextlib.nullcontext()
-    with lock:
-        return _Trainer(config, workdir, saved, steps, progress, evaluate).run()
+    # Several processes: a stop asked for while the run starts (restoring, compiling) is held until the hosts' first
+    # agreement step, where all of them save the same step; one process stops at once, as before.
+    held = signals.stop_on_signals(raise_on_signal=False) if jax.process_count() > 1 else contextlib.nullcontext()
+    with held as held_stop, lock:
+        trainer = _Trainer(config, workdir, saved, steps, progress, evaluate)
+        trainer.held_stop = held_stop
+        final = trainer.run()
+    if held_stop is not None:
+        held_stop.raise_if_requested()  # came after the loop: the run is complete, the signal still ends it
+    return final
 
 
 class _Trainer:
+    held_stop: signals.StopFlag | None = None  # several processes: a signal heard before the loop (see run)
+
     def __init__(self, config, workdir: Path, saved: dict | None, steps: int | None, progress: bool | None,
                  evaluate: Evaluator | None = None):
         import jax
@@ -153,6 +163,9 @@ class _Trainer:
         fp = getattr(self.data, "fingerprint", None)
         if callable(fp):
             self.fingerprint = fp()
+        from vlscale.train import preemption
+
+        self.stopper = preemption.StopAgreement(int(config.stop_check_every))
 
     # --- state ------------------------------------------------------------------------------------------------
 
@@ -289,7 +302,8 @@ class _Trainer:
         compile_s = None  # the session's first step: compilation (or a cache load) plus one step
         log_every, ckpt_every = int(self.config.log_every), int(self.config.checkpoint_every)
         # SIGTERM (a preemption notice) or SIGINT: finish the step, save, then raise StopRequested (exit 143/130).
-        with signals.stop_on_signals(raise_on_signal=False) as stop:
+        # Several processes stop together at their next agreement step (train/preemption.py): no per-step barrier.
+        with signals.stop_on_signals(raise_on_signal=False, heard_before=self.held_stop) as stop:
             while step < stop_at:
                 try:
                     host = next(self.data)
@@ -345,7 +359,7 @@ class _Trainer:
                     self._quick_eval(state, step, samples)
                 if save_now:
                     self._save(state, step, samples)
-                if self._stop_requested(stop.requested):
+                if self.stopper.should_stop(stop.requested, step, synced=log_now or save_now):
                     self._save(state, step, samples)
                     self.mngr.wait_until_finished()
                     self._update_run_json(run_json, time.perf_counter() - t_start)
@@ -477,18 +491,6 @@ class _Trainer:
         meta = {"step": step, "samples_seen": samples, "model": str(self.config.model),
                 "milestone": step in self.milestone_steps, "data_fingerprint": self.fingerprint}
         checkpoint.save(self.mngr, state, self.data, meta)
-
-    def _stop_requested(self, local: bool) -> bool:
-        import jax
-
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-
-        import numpy as np
-
-        flags = multihost_utils.process_allgather(np.int32(local))
-        return bool(np.any(flags))
 
     def _schedule_batch_size(self, how: str) -> int:
         """The global batch the learning-rate schedule counts steps of: the one this run started with."""

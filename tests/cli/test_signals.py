@@ -170,6 +170,18 @@ def test_poll_mode_sets_a_flag_and_a_second_signal_raises():
     assert info.value.exit_code == 130
 
 
+def test_a_signal_heard_by_an_enclosing_block_counts_as_the_first():
+    with signals.stop_on_signals(raise_on_signal=False) as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        with signals.stop_on_signals(raise_on_signal=False, heard_before=outer) as inner:
+            assert inner.requested and inner.exit_code == 143
+            with pytest.raises(signals.StopRequested) as info:  # the next one: the user insists
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+    assert info.value.exit_code == 143
+
+
 def test_previous_handlers_are_restored():
     before = signal.getsignal(signal.SIGINT)
     with signals.stop_on_signals():

@@ -31,6 +31,13 @@ def process_info() -> tuple[int, int]:
     return int(_STARTED.get("index", 0)), int(_STARTED.get("count", 1))
 
 
+def _leave_sigterm_to_vlscale(jax) -> None:
+    """JAX's preemption service installs a C SIGTERM handler that replaces Python's, so a SIGTERM that came before
+    the next ``signal.signal`` was swallowed (a run told to stop during start-up trained on to the end).
+    vlscale.runtime.signals handles SIGTERM itself, and the trainer agrees on stops over hosts."""
+    jax.config.update("jax_enable_preemption_service", False)
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> int:
     """Starts the multi-controller runtime when asked or detected; returns the process count."""
@@ -46,9 +53,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             # CPU devices of several processes talk through gloo (tests, CPU clusters); asking the backend
             # here would start it before the runtime, so only the environment is read.
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        _leave_sigterm_to_vlscale(jax)
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=int(num_processes),
                                    process_id=int(process_id))
     elif cluster_detected():
+        _leave_sigterm_to_vlscale(jax)
         jax.distributed.initialize()
     else:
         return jax.process_count()

@@ -134,16 +134,20 @@ def hard_exit(code: int) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = None):
+def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = None,
+                    heard_before: StopFlag | None = None):
     """Turns SIGINT/SIGTERM into ``StopRequested`` (``raise_on_signal=True``) or into a flag to poll.
 
     Yields a ``StopFlag``. ``force_after``: seconds after the first signal at which the process ends with
     ``hard_exit(exit_code)`` if it is still running (covers a main thread stuck in one long compiled call; open
     ``deferred()`` blocks are waited for). None: never forced by time. Either way a second signal ends the
     process (exit code of the first) if it is still running 2 s later: the user insists. Outside the main
-    thread this does nothing but yield a flag that stays unset.
+    thread this does nothing but yield a flag that stays unset. ``heard_before``: the flag of an enclosing
+    polling block; a signal it heard counts as this block's first (so the next one is the user insisting).
     """
     flag = StopFlag(raises=raise_on_signal)
+    if heard_before is not None and heard_before.signum is not None:
+        flag.signum, flag.count = heard_before.signum, heard_before.count
     if not _in_main_thread():
         yield flag
         return
@@ -252,7 +256,8 @@ class _Watchdog:
         self._w = self._r = None
 
     def _run(self) -> None:
-        seen, first_at, signum = 0, None, None
+        seen, signum = self.flag.count, self.flag.signum  # a signal heard before the block (heard_before) counts
+        first_at = None if signum is None else time.monotonic()
         redelivering = False
         while True:
             deadline = None
