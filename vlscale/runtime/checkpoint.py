@@ -58,11 +58,12 @@ class CheckpointInfo:
 
 class _DiskErrorLogFilter(logging.Filter):
     """Drops the logs (each with a traceback) that Orbax's background save threads write for a full or
-    read-only disk: the trainer reports that error in one line when the save is awaited."""
+    read-only disk: the trainer reports that error in one line when the save is awaited. Also those for an
+    interrupt (Ctrl-C, a stop signal raised while Orbax waits for a save): the command reports it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and disk_errors.is_disk_error(exc):
+        if exc is not None and (disk_errors.is_disk_error(exc) or not isinstance(exc, Exception)):
             return False
         try:
             return not disk_errors.is_disk_error(RuntimeError(record.getMessage()))
