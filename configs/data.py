@@ -66,8 +66,10 @@ def get_config(source: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = ml_collections.FieldReference(None, field_type=int)  # None: repeat forever
     c.drop_remainder = True
 
-    # Workers (0 = in the main process, e.g. on Colab).
-    c.worker_count = 0
+    # Workers: -1 = sized from the host's cores and local devices (0 on a 2-core box; data/config_fields.py
+    # worker_count); 0 = decode in the main process; N = that many spawned processes. Not part of a run's
+    # identity: a resume with another count continues the same samples (global order).
+    c.worker_count = -1
     c.worker_buffer_size = 2
     c.prefetch = 2  # batches a main-process thread keeps ready (0: none)
     c.read_threads = 0  # random-access sources: reader threads per process (raise for remote storage)

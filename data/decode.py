@@ -45,35 +45,41 @@ class DecodeIterDataset(grain.IterDataset):
         return f"DecodeIterDataset(image_size={self.image_size}, train={self.train})"
 
 
-class _DecodeIterator(grain.DatasetIterator):
-    def __init__(self, ds: DecodeIterDataset, parent):
-        super().__init__(parent)
-        from vlscale.models import tokenizer as tokenizer_lib
-        from vlscale.models import transforms
+class SampleDecoder:
+    """One record to one sample: ``{"image": [H,W,3], "text": int32 [ctx]}``; raises ``samples.BadSample``.
 
-        self._ds = ds
-        self._tokenizer = tokenizer_lib.get_tokenizer(ds.context_length)
-        self._transforms = transforms
-        self._read = 0
-        self._warner = samples_lib.RateLimitedWarner(ds.warn_interval_s)
+    ``rng`` given: the training augmentation (RandomResizedCrop) draws from it; None: the eval geometry.
+    Picklable (the tokenizer is built on first use), so grain can ship it to worker processes.
+    """
 
-    def _process(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def __init__(self, *, image_size: int, context_length: int, train_scale=(0.9, 1.0), image_dtype: str = "uint8"):
+        if image_dtype not in IMAGE_DTYPES:
+            raise UserError(f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES}")
+        self.image_size, self.context_length = int(image_size), int(context_length)
+        self.train_scale, self.image_dtype = tuple(train_scale), image_dtype
+        self._tokenizer = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+    def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        from vlscale.models import transforms as t
+
         image, caption = samples_lib.decode_record(record)
         try:
-            t = self._transforms
-            size = self._ds.image_size
-            rng = None
-            if self._ds.train:
-                key = f"{record.get('__url__', '')}/{record.get('__key__', '')}".encode()
-                rng = np.random.default_rng([self._ds.seed, self._read, zlib.crc32(key)])
-            if self._ds.image_dtype == "float32":  # the models' transforms, as they are
+            if self._tokenizer is None:
+                from vlscale.models import tokenizer as tokenizer_lib
+
+                self._tokenizer = tokenizer_lib.get_tokenizer(self.context_length)
+            size = self.image_size
+            if self.image_dtype == "float32":  # the models' transforms, as they are
                 if rng is not None:
-                    pixels = t.train_transform(image, size, rng, scale=self._ds.train_scale)
+                    pixels = t.train_transform(image, size, rng, scale=self.train_scale)
                 else:
                     pixels = t.eval_transform(image, size)
             else:  # the same geometry, stopping before normalisation (tested equal after normalize_images)
                 if rng is not None:
-                    image = t.train_resize_crop(image, size, rng, scale=self._ds.train_scale)
+                    image = t.train_resize_crop(image, size, rng, scale=self.train_scale)
                 else:
                     image = t.eval_resize_crop(image, size)
                 pixels = np.asarray(image.convert("RGB"), np.uint8)
@@ -81,6 +87,23 @@ class _DecodeIterator(grain.DatasetIterator):
         except Exception as e:  # noqa: BLE001 - one bad sample must not end a multi-day run
             raise samples_lib.BadSample("transform_error", f"{type(e).__name__}: {e}") from None
         return {"image": pixels, "text": np.asarray(tokens, np.int32)}
+
+
+class _DecodeIterator(grain.DatasetIterator):
+    def __init__(self, ds: DecodeIterDataset, parent):
+        super().__init__(parent)
+        self._ds = ds
+        self._decoder = SampleDecoder(image_size=ds.image_size, context_length=ds.context_length,
+                                      train_scale=ds.train_scale, image_dtype=ds.image_dtype)
+        self._read = 0
+        self._warner = samples_lib.RateLimitedWarner(ds.warn_interval_s)
+
+    def _process(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        rng = None
+        if self._ds.train:
+            key = f"{record.get('__url__', '')}/{record.get('__key__', '')}".encode()
+            rng = np.random.default_rng([self._ds.seed, self._read, zlib.crc32(key)])
+        return self._decoder(record, rng)
 
     def __next__(self) -> dict[str, np.ndarray]:
         skipped = np.zeros(len(samples_lib.BAD_REASONS), np.int32)

@@ -19,56 +19,58 @@ log = logging.getLogger(__name__)
 
 
 class ArrayBatches:
-    """Random-access source of whole batches gathered from preprocessed arrays (the in-memory path).
+    """Random-access source of this host's batches gathered from preprocessed arrays (the in-memory path).
 
-    Batch ``b`` is slice ``b mod k`` of epoch ``b // k``'s permutation (``k`` full batches per epoch),
-    so any batch is computed directly from its index: grain's index is the whole iterator state.
+    The held samples form one global stream: position ``p`` is sample ``perm_e[p mod n]`` of epoch ``e = p // n``
+    (a fresh permutation per epoch, by the data seed). Global batch ``k`` is positions ``start + k·B ...``, its
+    indices sorted (a cheaper gather), and this host serves rows ``row0 ... row0 + b`` of it. Every host holds
+    all samples, so the batches are a function of the seed and the global position only: any host count, and a
+    resume with another global batch continues at position ``start`` = the samples already seen.
     """
 
-    def __init__(self, images: np.ndarray, tokens: np.ndarray, *, batch_size: int, seed: int, shuffle: bool,
-                 num_epochs: int | None, normalize: bool):
+    def __init__(self, images: np.ndarray, tokens: np.ndarray, *, global_batch_size: int, process_index: int,
+                 process_count: int, seed: int, shuffle: bool, num_epochs: int | None, normalize: bool,
+                 start: int = 0):
         self.images, self.tokens, self.normalize = images, tokens, normalize
-        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.batches_per_epoch = len(images) // batch_size
-        if self.batches_per_epoch == 0:
-            raise UserError(f"{len(images)} samples in memory cannot fill one batch of {batch_size}")
-        self.length = self.batches_per_epoch * num_epochs if num_epochs is not None else 2**62
-        self._perm: tuple[int, np.ndarray] | None = None
-        self._skipped = np.zeros((batch_size, len(samples_lib.BAD_REASONS)), np.int32)
-        self._valid = np.ones(batch_size, bool)
+        self.global_batch_size, self.seed, self.shuffle = int(global_batch_size), seed, shuffle
+        self.batch_size = per_host_batch_size(self.global_batch_size, process_count)
+        self.row0, self.start = int(process_index) * self.batch_size, int(start)
+        n = len(images)
+        if n < self.global_batch_size:
+            raise UserError(f"{n} samples in memory cannot fill one global batch of {self.global_batch_size}")
+        total = n * num_epochs if num_epochs is not None else 2**62
+        self.length = max((total - self.start) // self.global_batch_size, 0)
+        self._perms: dict[int, np.ndarray] = {}
+        self._skipped = np.zeros((self.batch_size, len(samples_lib.BAD_REASONS)), np.int32)
+        self._valid = np.ones(self.batch_size, bool)
 
     def __len__(self) -> int:
         return self.length
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
+        perm = self._perms.get(epoch)
+        if perm is None:
             n = len(self.images)
             perm = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._perm = (epoch, perm)
-        return self._perm[1]
+            if len(self._perms) >= 2:  # a batch spans at most two epochs
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = perm
+        return perm
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        epoch, b = divmod(int(index), self.batches_per_epoch)
-        idx = np.sort(self._permutation(epoch)[b * self.batch_size : (b + 1) * self.batch_size])
+        n = len(self.images)
+        first = self.start + int(index) * self.global_batch_size
+        positions = np.arange(first, first + self.global_batch_size, dtype=np.int64)
+        epochs = positions // n
+        idx = np.empty(self.global_batch_size, np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            idx[sel] = self._permutation(int(e))[positions[sel] % n]
+        idx = np.sort(idx)[self.row0 : self.row0 + self.batch_size]
         images = self.images[idx]
         if self.normalize:
             images = normalize_host(images)
         return {"image": images, "text": self.tokens[idx], "skipped": self._skipped, "valid": self._valid}
-
-    def remap_index(self, index: int, saved_batch_size: int) -> int:
-        """The batch index that continues a run saved at batch ``index`` with another per-host batch size.
-
-        It stays in the same epoch (same permutation) and starts at the first batch boundary at or after
-        the samples already consumed in it, so no sample of the epoch is repeated; fewer than one batch
-        of them may be skipped.
-        """
-        n = len(self.images)
-        saved_per_epoch = n // saved_batch_size
-        epoch, b = divmod(int(index), saved_per_epoch)
-        nb = -(-(b * saved_batch_size) // self.batch_size)
-        if nb >= self.batches_per_epoch:
-            epoch, nb = epoch + 1, 0
-        return epoch * self.batches_per_epoch + nb
 
 
 def load_arrays(config, process_index: int, process_count: int, *, check: bool = True
@@ -121,20 +123,22 @@ def _read_arrays(config, process_index: int, process_count: int) -> tuple[np.nda
     return np.stack(images), np.stack(tokens), skipped
 
 
-def in_memory_batches(config, process_index: int, process_count: int) -> grain.IterDataset:
+def in_memory_batches(config, process_index: int, process_count: int, *, start: int = 0) -> grain.IterDataset:
     """Batches served from arrays held in memory: decode, resize and tokenise happen once, at start.
 
     For datasets that fit in RAM (the CPU scaling demo's synthetic sets): a batch is one gather, so
     the data wait is negligible next to even a tiny model's step. Images get the eval geometry (no
-    per-epoch RandomResizedCrop); order is a fresh permutation per epoch, resumable by index.
+    per-epoch RandomResizedCrop); order is a fresh permutation per epoch (``ArrayBatches``). Every host loads
+    the whole set (small by definition), so the order does not depend on the host count.
     """
-    images, tokens, skipped = load_arrays(config, process_index, process_count, check=process_count == 1)
+    images, tokens, skipped = load_arrays(config, 0, 1, check=process_count == 1)
     log.info("holding %d samples in memory (%.1f MB); skipped at load: %s", len(images),
              (images.nbytes + tokens.nbytes) / 1e6, {r: int(n) for r, n in zip(samples_lib.BAD_REASONS, skipped) if n})
-    source = ArrayBatches(images, tokens, batch_size=per_host_batch_size(int(config.batch_size), process_count),
-                          seed=int(config.seed), shuffle=bool(config.shuffle), num_epochs=config.get("num_epochs", None),
+    source = ArrayBatches(images, tokens, global_batch_size=int(config.batch_size), process_index=process_index,
+                          process_count=process_count, seed=int(config.seed), shuffle=bool(config.shuffle),
+                          num_epochs=config.get("num_epochs", None), start=start,
                           normalize=str(config.get("image_dtype", "uint8")) == "float32")
     out = grain.MapDataset.source(source).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=1))
-    out.load_counts = (len(images), skipped)  # DataIterator's bad-sample accounting is the load pass
-    out.array_batches = source  # to remap the position when a run resumes with another batch size
+    # DataIterator's bad-sample accounting is the load pass; every host read it all, so host 0 counts it.
+    out.load_counts = (len(images), skipped) if process_index == 0 else (0, np.zeros_like(skipped))
     return out

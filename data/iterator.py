@@ -12,11 +12,12 @@ import numpy as np
 from vlscale.data import hosts
 from vlscale.data import identity as identity_lib
 from vlscale.data import samples as samples_lib
-from vlscale.data.config_fields import per_host_batch_size, process_index_and_count, with_overrides
-from vlscale.data.pipeline import build_dataset
+from vlscale.data.config_fields import per_host_batch_size, process_index_and_count, with_overrides, worker_count
+from vlscale.data.pipeline import build_dataset, in_global_order
 from vlscale.errors import UserError
+from vlscale.runtime.checkpoint import NeedsAllHosts
 
-STATE_VERSION = 2  # 2 added the data fingerprint, worker count and host batch size; 1 still restores
+STATE_VERSION = 3  # 3: global sample order (position = samples seen); 2 added the fingerprint, workers, host batch
 DEVICE_KEYS = ("image", "text")  # what goes onto the mesh; bookkeeping stays on the host
 
 
@@ -44,8 +45,11 @@ class DataIterator:
         self.host_batch_size = per_host_batch_size(self.global_batch_size, self.process_count)
         self.image_dtype = str(config.get("image_dtype", "uint8"))
         self._in_memory = bool(config.get("in_memory", False))
-        self.worker_count = 0 if self._in_memory else int(config.worker_count)  # in memory: no workers
-        self._ds = build_dataset(config, self.process_index, self.process_count)
+        self.worker_count = 0 if self._in_memory else worker_count(config)  # in memory: no workers
+        # Global order: the position is the global sample index (= samples seen), whatever the host and worker
+        # counts; a stream (webdataset shards) is positioned by its grain state, saved per host and worker.
+        self.global_order = in_global_order(config)
+        self._ds = build_dataset(config, self.process_index, self.process_count, workers=self.worker_count)
         self._it = iter(self._ds)
         self._identity = identity_lib.data_identity(config)
         self._fingerprint = identity_lib.fingerprint(self._identity)
@@ -193,38 +197,96 @@ class DataIterator:
             "fingerprint": self._fingerprint,
             "identity": self._identity,
             "counter": self.counter.get_state(),
-            "grain": self._it.get_state(),
+            "order": "global" if self.global_order else "stream",
+            # Global order needs no grain state: the position is samples_seen.
+            "grain": None if self.global_order else self._it.get_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues from a saved state: this host's own, or ``{"elastic": [state of every saved host]}`` when the
+        checkpoint was written by another host count (``runtime.checkpoint``'s data handler gives that)."""
+        if "elastic" in state:
+            return self._load_elastic(list(state["elastic"]))
         version = int(state.get("version", -1))
-        if version not in (1, STATE_VERSION):
+        if version not in (1, 2, STATE_VERSION):
             raise UserError(f"data iterator state has version {state.get('version')}, expected {STATE_VERSION}")
-        if int(state["process_count"]) != self.process_count:
-            raise UserError(
-                f"data state was saved with {state['process_count']} hosts but this run has {self.process_count}; "
-                "restore on the same host count (shards are assigned per host)"
-            )
+        self._check_fingerprint(state)
+        if self.global_order:
+            if state.get("order") != "global":
+                raise UserError("data state was saved by an older vlscale, whose order of samples depended on the "
+                                "host count; resume it with that version, or start the run again")
+            self._seek(int(state["samples_seen"]))
+            self.batches = int(state["batches"])
+            self.counter.set_state(state["counter"])
+            return None
+        workers = state.get("worker_count")
+        if int(state["process_count"]) != self.process_count or (workers is not None and int(workers) != self.worker_count):
+            # A shard stream on another topology: its new position comes from every saved host's state.
+            raise NeedsAllHosts(f"saved by {state['process_count']} hosts x {workers} workers")
+        self._it.set_state(state["grain"])
+        self._exhausted = False
+        self.batches = int(state["batches"])
+        self._samples_seen = int(state.get("samples_seen", self.batches * self.global_batch_size))
+        self.counter.set_state(state["counter"])
+        return None
+
+    def _resume_stream_elsewhere(self, states: list[Mapping[str, Any]]) -> None:
+        """A shard stream saved by another host or worker count: every reader starts at the first shard of the
+        epoch after the latest one any saved reader opened (``webdataset.elastic_state``; the rest of the
+        interrupted epoch is skipped, nothing is read twice within an epoch: docs/data.md)."""
+        from vlscale.data import webdataset
+
+        try:
+            grain_state = webdataset.elastic_state(states, self._it.get_state())
+        except ValueError as e:
+            raise UserError(f"the checkpoint's data position cannot continue on {self.process_count} hosts x "
+                            f"{self.worker_count} workers: {e}") from None
+        self._it.set_state(grain_state)
+        self._exhausted = False
+
+    def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
         saved = state.get("fingerprint")
         if saved is not None and saved != self._fingerprint:
             what = identity_lib.describe_difference(state.get("identity") or {}, self._identity)
             raise UserError(f"data state was saved for other data (fingerprint {saved}, now {self._fingerprint}: "
                             f"{what}); resume with the data config the run was started with")
-        workers = state.get("worker_count")
-        if workers is not None and int(workers) != self.worker_count:
-            raise UserError(f"data state was saved with {workers} worker processes per host but data.worker_count "
-                            f"is {self.worker_count}; set data.worker_count={workers} to resume (each worker's "
-                            "position is saved separately)")
-        grain_state = state["grain"]
-        saved_batch = state.get("host_batch_size")
-        if self._in_memory and saved_batch is not None and int(saved_batch) != self.host_batch_size:
-            grain_state = {**grain_state, "next_index": self._ds.array_batches.remap_index(
-                int(grain_state["next_index"]), int(saved_batch))}
-        self._it.set_state(grain_state)
+
+    def _seek(self, samples_seen: int) -> None:
+        """Rebuilds the pipeline at global sample ``samples_seen`` (global order only)."""
+        self.close()
+        self._ds = build_dataset(self.config, self.process_index, self.process_count, start=samples_seen,
+                                 workers=self.worker_count)
+        self._it = iter(self._ds)
         self._exhausted = False
-        self.batches = int(state["batches"])
-        self._samples_seen = int(state.get("samples_seen", self.batches * self.global_batch_size))
-        self.counter.set_state(state["counter"])
+        self._samples_seen = samples_seen
+
+    def _load_elastic(self, states: list[Mapping[str, Any]]) -> None:
+        """A state saved by another host count: continue at the same global sample (global order); the
+        bad-sample counts of all saved hosts are summed on host 0, so the guard's totals are unchanged."""
+        if not states:
+            raise UserError("the checkpoint holds no data state")
+        for st in states:
+            self._check_fingerprint(st)
+        seen = {int(st["samples_seen"]) for st in states}
+        if len(seen) != 1:
+            raise UserError(f"the checkpoint's data states disagree on the samples seen ({sorted(seen)})")
+        if not self.global_order:
+            self._resume_stream_elsewhere(states)
+            self._samples_seen = seen.pop()
+        elif states[0].get("order") != "global":
+            raise UserError("data state was saved by an older vlscale, whose order of samples depended on the "
+                            "host count; resume it on the same host count with that version, or start again")
+        else:
+            self._seek(seen.pop())
+        self.batches = int(states[0]["batches"])
+        total = samples_lib.BadSampleCounter(self.counter.max_bad_fraction, self.counter.min_samples)
+        if self.process_index == 0:
+            for st in states:
+                part = samples_lib.BadSampleCounter()
+                part.set_state(st["counter"])
+                total.good += part.good
+                total.bad = total.bad + part.bad
+        self.counter.set_state(total.get_state())
 
     def get_state(self) -> bytes:
         return json.dumps(self.state_dict(), indent=1).encode()

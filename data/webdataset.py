@@ -118,6 +118,16 @@ def iter_tar_members(f, want: Callable[[str], bool]) -> Iterator[tuple[str, byte
         yield name, data[:size]
 
 
+def open_shard(path: str):
+    """A shard opened for reading: a local file with a large buffer, an object-store URL (``gs://...``) through
+    ``etils.epath`` (``runtime.paths.resolve``)."""
+    if "://" in path:
+        from vlscale.runtime import paths
+
+        return paths.resolve(path).open("rb")
+    return open(path, "rb", buffering=_READ_BUFFER)
+
+
 def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
     """Yields the samples of one shard in order, after skipping the first ``skip`` records.
 
@@ -134,8 +144,9 @@ def iter_tar_samples(path: str, skip: int = 0) -> Iterator[dict[str, Any]]:
 
     f = None
     try:
-        f = open(path, "rb", buffering=_READ_BUFFER)
-        head = f.peek(BLOCK)[:BLOCK]
+        f = open_shard(path)
+        head = f.read(BLOCK)
+        f.seek(0)
         if len(head) < BLOCK or (head.strip(b"\0") and not _octal_checksum_ok(head)):
             raise TarFormatError("not a tar file")
     except (OSError, TarFormatError, ValueError) as e:
@@ -243,22 +254,53 @@ class ShardWriter:
 
 
 def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The order shards are opened in during ``epoch``: a fresh permutation per epoch, fixed by the seed."""
+    """A permutation of ``num_shards`` for ``epoch``: fresh per epoch, fixed by the seed (identity unshuffled)."""
     if not shuffle:
         return np.arange(num_shards)
     return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(num_shards)
 
 
+def balanced_epoch_length(num_shards: int, readers: int) -> int:
+    """Shard visits per epoch over all readers (hosts x workers) of an endless stream: ``readers * (num_shards //
+    readers)``, so that every reader reads the same number of shards.
+
+    With a fixed split ``shards[i::n]``, 1000 shards over 256 hosts give 4 to some hosts and 3 to others, and in
+    an endless stream a host with 3 reads each of them a third more often. The shards an epoch leaves out rotate
+    (``balanced_epoch_window``), so in the long run each shard is read equally often. With fewer shards than
+    readers each reader still gets one per epoch, and some shards are read twice in that epoch.
+    """
+    return readers * max(1, num_shards // readers)
+
+
+def balanced_epoch_window(num_shards: int, readers: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The shard indices of ``epoch`` of an endless stream; reader ``r`` reads ``window[r::readers]``.
+
+    The window is the next ``balanced_epoch_length`` shards of the shard list read as a ring (epoch ``e`` starts
+    at ``e * length mod num_shards``), shuffled by ``shard_order``: a seeded global permutation per epoch, the
+    same on every host.
+    """
+    length = balanced_epoch_length(num_shards, readers)
+    ring = ((epoch * length) + np.arange(length)) % num_shards
+    return ring[shard_order(length, seed, epoch, shuffle)]
+
+
 class ShardInterleaveIterDataset(grain.IterDataset):
     """Streams samples from tar shards: ``cycle_length`` shards open at once, read round-robin.
 
-    Shards are visited as one endless sequence of positions ``p`` (epoch ``p // n``, shard
-    ``order(epoch)[p % n]``), so epochs follow each other without a drain. The iterator state is a
-    few integers (next position, each open slot's position and records read, round-robin pointer),
-    which makes it JSON-serialisable and exact: restoring reopens the slots' shards and skips the
-    records already read.
+    The shard list is global (every host passes the same one). The readers are the hosts times grain's
+    worker processes (``set_slice`` tells a worker its index). Which shards a reader reads in an epoch:
 
-    ``set_slice`` lets grain's ``mp_prefetch`` hand each worker process its own subset of shards.
+    * endless stream (``num_epochs=None``, training): reader ``r`` of ``R`` reads
+      ``balanced_epoch_window(...)[r::R]``, the same number of shards as every other reader;
+    * finite pass (evaluation): each shard exactly once per epoch, reader shares fixed (host ``i`` of ``n``
+      reads ``shards[i::n]``, its worker ``w`` of ``W`` every ``W``-th of those), in a per-epoch order.
+
+    A reader visits its shards as one endless sequence of positions ``p`` (epoch ``p // k``, its
+    ``p % k``-th shard of that epoch, ``k`` shards per epoch), so epochs follow each other without a
+    drain. The iterator state is a few integers (next position, each open slot's position and records
+    read, round-robin pointer, plus ``k`` and the epoch for ``elastic_state``), which makes it
+    JSON-serialisable and exact on the same topology: restoring reopens the slots' shards and skips the
+    records already read.
     """
 
     def __init__(
@@ -269,6 +311,8 @@ class ShardInterleaveIterDataset(grain.IterDataset):
         shuffle: bool = True,
         cycle_length: int = 4,
         num_epochs: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
     ):
         super().__init__()
         self._shards = list(shards)
@@ -276,38 +320,71 @@ class ShardInterleaveIterDataset(grain.IterDataset):
         self._shuffle = shuffle
         self._cycle_length = max(1, cycle_length)
         self._num_epochs = num_epochs
+        self._process_index, self._process_count = process_index, process_count
+        self._worker, self._workers = 0, 1
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """Worker ``sl.start`` of ``sl.step`` (grain's ``mp_prefetch``) becomes a reader of its own."""
         del sequential_slice  # Shards are already the unit of locality.
-        self._shards = self._shards[sl]
+        worker, workers = sl.start or 0, sl.step or 1
+        if sl.stop is not None or not 0 <= worker < workers:
+            raise ValueError(f"ShardInterleaveIterDataset takes slices worker::workers, not {sl}")
+        self._worker, self._workers = worker, workers
+
+    @property
+    def reader(self) -> tuple[int, int]:
+        """(this reader's index, number of readers): hosts x workers, host-major."""
+        return self._process_index * self._workers + self._worker, self._process_count * self._workers
 
     @property
     def shards(self) -> list[str]:
+        """The global shard list (every reader draws its shares from it, epoch by epoch)."""
         return list(self._shards)
+
+    def _fixed_share(self) -> np.ndarray:
+        return np.arange(len(self._shards))[self._process_index :: self._process_count][self._worker :: self._workers]
+
+    @property
+    def shards_per_epoch(self) -> int:
+        """How many shards this reader reads in each epoch."""
+        if self._num_epochs is not None:
+            return len(self._fixed_share())
+        _, count = self.reader
+        return balanced_epoch_length(len(self._shards), count) // count
+
+    def epoch_shards(self, epoch: int) -> np.ndarray:
+        """Indices into ``shards`` of what this reader reads in ``epoch``, in reading order."""
+        if self._num_epochs is not None:
+            share = self._fixed_share()
+            return share[shard_order(len(share), self._seed, epoch, self._shuffle)]
+        r, count = self.reader
+        return balanced_epoch_window(len(self._shards), count, self._seed, epoch, self._shuffle)[r::count]
 
     def __iter__(self) -> "_ShardInterleaveIterator":
         return _ShardInterleaveIterator(self)
 
     def __str__(self) -> str:
-        return f"ShardInterleaveIterDataset(num_shards={len(self._shards)}, cycle_length={self._cycle_length})"
+        r, count = self.reader
+        return f"ShardInterleaveIterDataset(num_shards={len(self._shards)}, reader={r}/{count}, " \
+               f"cycle_length={self._cycle_length})"
 
 
 class _ShardInterleaveIterator(grain.DatasetIterator):
     def __init__(self, ds: ShardInterleaveIterDataset):
         super().__init__()
         self._ds = ds
-        self._n = len(ds._shards)
-        self._orders: dict[int, np.ndarray] = {}
+        self._k = ds.shards_per_epoch
+        self._windows: dict[int, np.ndarray] = {}
         self._set_positions(next_pos=0, slots=[], rr=0)
 
     def _total_positions(self) -> float:
-        return float("inf") if self._ds._num_epochs is None else self._n * self._ds._num_epochs
+        return float("inf") if self._ds._num_epochs is None else self._k * self._ds._num_epochs
 
     def _shard_at(self, pos: int) -> str:
-        epoch, i = divmod(pos, self._n)
-        if epoch not in self._orders:
-            self._orders = {epoch: shard_order(self._n, self._ds._seed, epoch, self._ds._shuffle)}
-        return self._ds._shards[int(self._orders[epoch][i])]
+        epoch, j = divmod(pos, self._k)
+        if epoch not in self._windows:
+            self._windows = {epoch: self._ds.epoch_shards(epoch)}
+        return self._ds._shards[int(self._windows[epoch][j])]
 
     def _set_positions(self, next_pos: int, slots: list, rr: int) -> None:
         self._next_pos = next_pos
@@ -317,7 +394,7 @@ class _ShardInterleaveIterator(grain.DatasetIterator):
         self._fill()
 
     def _fill(self) -> None:
-        while len(self._slots) < self._ds._cycle_length and self._next_pos < self._total_positions() and self._n:
+        while len(self._slots) < self._ds._cycle_length and self._next_pos < self._total_positions() and self._k:
             p = self._next_pos
             self._next_pos += 1
             self._slots.append([p, 0])
@@ -331,7 +408,7 @@ class _ShardInterleaveIterator(grain.DatasetIterator):
             except StopIteration:
                 # Replace the finished slot in place so the round-robin order of the others is kept.
                 del self._slots[k], self._readers[k]
-                if self._next_pos < self._total_positions() and self._n:
+                if self._next_pos < self._total_positions() and self._k:
                     p = self._next_pos
                     self._next_pos += 1
                     self._slots.insert(k, [p, 0])
@@ -343,10 +420,102 @@ class _ShardInterleaveIterator(grain.DatasetIterator):
         raise StopIteration
 
     def get_state(self) -> dict[str, Any]:
-        return {"next_pos": self._next_pos, "slots": [list(s) for s in self._slots], "rr": self._rr}
+        # Not needed to restore on the same topology: elastic_state reads shards_per_epoch, and epoch (that of the
+        # next shard to open) is for people reading a checkpoint.
+        return {"next_pos": self._next_pos, "slots": [list(s) for s in self._slots], "rr": self._rr,
+                "shards_per_epoch": self._k, "epoch": self._next_pos // self._k if self._k else 0}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if "next_pos" not in state:  # elastic_state's form: the start of an epoch, for this reader's share
+            self._set_positions(int(state[START_EPOCH]) * self._k, [], 0)
+            return
         self._set_positions(int(state["next_pos"]), state["slots"], int(state["rr"]))
 
     def __str__(self) -> str:
         return f"_ShardInterleaveIterator(next_pos={self._next_pos})"
+
+
+START_EPOCH = "start_epoch"
+_LEAF_KEYS = ("next_pos", "slots", "rr")
+_WINDOW_START = "parent_window_start_state"  # grain WindowShuffleIterDataset's saved parent state
+
+
+def _is_leaf_state(node: Any) -> bool:
+    return isinstance(node, Mapping) and all(k in node for k in _LEAF_KEYS)
+
+
+def _leaf_states(node: Any, windowed: bool = False) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """Every ``_ShardInterleaveIterator`` state inside a (nested, JSON-like) grain pipeline state, each with
+    whether it is a window shuffle's window-start state (grain's ``parent_window_start_state``)."""
+    if _is_leaf_state(node):
+        yield node, windowed
+    elif isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _leaf_states(v, windowed or k == _WINDOW_START)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _leaf_states(v, windowed)
+
+
+def _replace_leaves(node: Any, leaf: Mapping[str, Any]) -> Any:
+    if _is_leaf_state(node):
+        return dict(leaf)
+    if isinstance(node, Mapping):
+        return {k: _replace_leaves(v, leaf) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_leaves(v, leaf) for v in node]
+    return node
+
+
+def resume_epoch(saved_states: Sequence[Mapping[str, Any]]) -> int | None:
+    """The first epoch no saved reader can have opened a shard of; None when the states hold no shard stream.
+
+    A reader's ``next_pos`` is the next shard position it would open, so it has opened shards of epochs up to
+    ``ceil(next_pos / k) - 1``. Behind a grain window shuffle the saved state is the one at the window's start,
+    and the window is read again on restore, so the reader may also have opened position ``next_pos``: then
+    epoch ``next_pos // k`` counts as started (this assumes one window holds fewer records than a shard).
+    The answer is the largest such bound over all readers.
+    """
+    epochs = []
+    for state in saved_states:
+        for leaf, windowed in _leaf_states(state.get("grain", state) if isinstance(state, Mapping) else state):
+            k = int(leaf.get("shards_per_epoch", 0))
+            if k < 1:
+                raise ValueError("a shard-stream state without shards_per_epoch (saved before elastic resume "
+                                 "existed, or by a reader with no shards) cannot be resumed on another topology")
+            pos = int(leaf["next_pos"])
+            epochs.append(pos // k + 1 if windowed else -(-pos // k))
+    return max(epochs) if epochs else None
+
+
+def elastic_state(saved_states: Sequence[Mapping[str, Any]], fresh_state: Mapping[str, Any]) -> dict | None:
+    """The grain state that resumes a webdataset stream on another topology, or None for other sources.
+
+    ``saved_states``: the saved iterator states of *every* process of the checkpoint (each a
+    ``DataIterator.state_dict()`` with its ``"grain"`` entry, or the grain states themselves), written with
+    any process count P and worker count W. ``fresh_state``: ``get_state()`` of the new process's grain
+    iterator, built for the new topology (P', W') and not yet advanced. Returns ``fresh_state`` with every
+    shard-stream leaf replaced by ``{"start_epoch": S}`` (``resume_epoch``); pass it to the new iterator's
+    ``set_state``. Every new process computes the same ``S`` from the same saved states, so all new readers
+    start together at the first shard of epoch ``S`` of the new topology, and from there the stream is the one
+    an uninterrupted run on the new topology reads from epoch ``S``.
+
+    The bound: the old run's last, interrupted epoch is not finished, and the new run does not start it again,
+    so no sample is read twice within an epoch, and each shard is read at most once less than in an
+    uninterrupted run. Skipped are the unread rest of that epoch (each reader's open slots and not yet opened
+    shards, at most one epoch) and the records held in shuffle buffers and prefetch queues; plus one whole epoch
+    when a shuffle window's saved start sat exactly on an epoch boundary of the most advanced reader (see
+    ``resume_epoch``). ``samples_seen`` and the learning-rate schedule are not affected: they count steps.
+
+    Use it only when the topology changed: on the same P and W, restoring the saved state itself is exact.
+    Returns None when neither the saved states nor ``fresh_state`` contain a shard stream (a random-access
+    source); raises ``ValueError`` when only one side does.
+    """
+    start = resume_epoch(saved_states)
+    has_fresh = any(True for _ in _leaf_states(fresh_state))
+    if start is None and not has_fresh:
+        return None
+    if start is None or not has_fresh:
+        raise ValueError("elastic_state: the saved states and the new pipeline disagree on whether the data is a "
+                         "shard stream")
+    return _replace_leaves(fresh_state, {START_EPOCH: start})

@@ -279,11 +279,17 @@ class _Trainer:
         state, meta, how = self._restore_or_init()
         step = int(meta["step"])
         samples = int(meta["samples_seen"])
-        # A resume with another global batch size (allow_config_change) keeps the samples already seen.
+        # A resume with another global batch size (allow_config_change) keeps the samples already seen, and the
+        # learning rate continues the same curve over samples seen (optim's module docstring).
         target = step + max(math.ceil((int(self.config.total_samples) - samples) / self.gbs), 0)
         self.total_steps = target
-        sched = optim.schedule_params(self.config, target)
-        run_json = self._write_run_json(how)
+        unit = self._schedule_batch_size(how)
+        if unit == self.gbs and samples == step * self.gbs:
+            sched = optim.schedule_params(self.config, target)
+        else:
+            sched = optim.schedule_params(self.config, math.ceil(int(self.config.total_samples) / unit),
+                                          resume_step=step, resume_samples=samples, schedule_batch_size=unit)
+        run_json = self._write_run_json(how, schedule_batch_size=unit)
         stop_at = target if self.step_cap is None else min(target, self.step_cap)
         if self.is_main:
             print(f"vlscale train: {run_json['run']} — {how} at step {step}/{target} "
@@ -305,6 +311,21 @@ class _Trainer:
                     self._save(state, step, samples)
                     self.mngr.wait_until_finished()
                     raise
+                except StopIteration:  # finite data the preflight let through ran out (skipped bad samples)
+                    host = None
+                ran_out = int(host is None)
+                # Finite per-host streams on several hosts: all agree each step (a collective) whether every host
+                # has a batch, so none waits in a step that a host without data never joins. The global sample
+                # order needs no agreement: every host's share holds the same number of full global batches.
+                if jax.process_count() > 1 and self.config.data.get("num_epochs", None) is not None \
+                        and not getattr(self.data, "global_order", False):
+                    import numpy as np
+
+                    from vlscale.data import hosts
+
+                    ran_out = int(hosts.allgather_sum(np.asarray([ran_out], np.int64))[0])
+                if ran_out:
+                    raise self._data_ended(state, step, samples, target, ran_out)
                 batch = {k: jax.make_array_from_process_local_data(self.trainer.batch_shardings[k], host[k])
                          for k in ("image", "text")}
                 state, out = self.trainer.step(state, batch, sched)
@@ -446,6 +467,22 @@ class _Trainer:
             self.mngr.wait_until_finished()
             raise
 
+    def _data_ended(self, state, step: int, samples: int, target: int, hosts_out: int) -> UserError:
+        """The one-line stop when the training data runs out before the run's end, after saving what was trained
+        (on every host together: with several, the loop agreed on ``hosts_out`` first)."""
+        import jax
+
+        self._save(state, step, samples)
+        self.mngr.wait_until_finished()
+        where = ""
+        if jax.process_count() > 1:  # the global order ends on the same step on every host, with no agreement
+            where = (f" on all {jax.process_count()} hosts" if getattr(self.data, "global_order", False)
+                     else f" on {hosts_out} of {jax.process_count()} hosts")
+        return UserError(f"training data ended{where} after step {step} of {target} ({samples:,} samples; "
+                         f"data.num_epochs={self.config.data.get('num_epochs', None)}, and samples skipped as bad "
+                         f"shorten it); checkpoint {self.workdir / 'checkpoints' / str(step)} saved; set "
+                         "--config.data.num_epochs=None (repeat forever) or lower --config.total_samples")
+
     def _save(self, state, step: int, samples: int) -> None:
         from vlscale.runtime import checkpoint
 
@@ -455,11 +492,18 @@ class _Trainer:
                 "milestone": step in self.milestone_steps, "data_fingerprint": self.fingerprint}
         checkpoint.save(self.mngr, state, self.data, meta)
 
-    def _write_run_json(self, how: str) -> dict:
+    def _schedule_batch_size(self, how: str) -> int:
+        """The global batch the learning-rate schedule counts steps of: the one this run started with."""
+        if how == "resumed" and self.saved is not None:
+            return int(self.saved.get("schedule_batch_size") or self.saved.get("global_batch_size") or self.gbs)
+        return self.gbs
+
+    def _write_run_json(self, how: str, *, schedule_batch_size: int) -> dict:
         from vlscale.train import run_info
 
         run_json = run_info.build_run_json(self.config, total_steps=self.total_steps,
                                            data_fingerprint=self.fingerprint)
+        run_json["schedule_batch_size"] = int(schedule_batch_size)
         if self.saved is not None:
             run_json["wall_time_s"] = float(self.saved.get("wall_time_s", 0.0))
             run_json["device_hours"] = float(self.saved.get("device_hours", 0.0))

@@ -5,6 +5,12 @@ Schedules follow open_clip ``scheduler.py`` (reference-models.md §8): warm-up `
 ``0.5·(1+cos(π·e/es))·lr`` with e = step − warmup, es = total − warmup; ``const``; ``const-cooldown`` constant,
 then ``(1 − e/es)·lr`` over the last ``cooldown`` steps (power 1, end 0). ``step`` is the number of updates done
 before this one (0 for the first update).
+
+The schedule is a function of samples seen: its lengths (warm-up, total, cooldown) count steps of the run's
+*schedule batch* (the global batch it started with). A run resumed with another global batch size
+(``allow_config_change``) continues the same curve: the update after ``step`` sits at position
+``(samples seen before the resume + (step − resume step) × new batch) / schedule batch`` on it. Without a change
+the position is the step itself, exactly.
 """
 
 from __future__ import annotations
@@ -26,12 +32,29 @@ NO_DECAY_LEAVES = frozenset({"bias", "scale", "gamma", "class_embedding", "logit
 CLIP_NORM_EPS = 1e-6
 
 
-def schedule_params(config, total_steps: int) -> dict[str, np.ndarray]:
-    """The schedule as arrays (passed to the jitted step, so changing a length never recompiles)."""
+def schedule_params(config, total_steps: int, *, resume_step: int = 0, resume_samples: int | None = None,
+                    schedule_batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """The schedule as arrays (passed to the jitted step, so changing a length never recompiles).
+
+    ``total_steps``: the run's length in steps of ``schedule_batch_size`` (default: the config's global batch).
+    ``resume_step`` / ``resume_samples``: where a run resumed with another global batch size continued (see the
+    module docstring); with the schedule batch they change nothing.
+    """
     if config.schedule not in SCHEDULE_CODES:
         raise UserError(f"schedule {config.schedule!r} is not one of {', '.join(SCHEDULE_CODES)}")
+    batch = int(config.global_batch_size)
+    unit = int(schedule_batch_size or batch)
+    if resume_samples is None:
+        resume_samples = resume_step * batch
+    if unit == batch and resume_samples == resume_step * unit:
+        base, ratio = float(resume_step), 1.0  # position == step, exactly
+    else:
+        base, ratio = resume_samples / unit, batch / unit
     cooldown = cooldown_steps(config, total_steps)
     return {
+        "resume_step": np.float32(resume_step),
+        "resume_position": np.float32(base),
+        "batch_ratio": np.float32(ratio),
         "kind": np.int32(SCHEDULE_CODES[config.schedule]),
         "peak_lr": np.float32(config.lr),
         "warmup": np.float32(config.warmup),
@@ -50,8 +73,10 @@ def cooldown_steps(config, total_steps: int) -> int:
 
 
 def learning_rate(step: jax.Array, sched: dict[str, jax.Array]) -> jax.Array:
-    """LR of the update that follows ``step`` completed updates."""
+    """LR of the update that follows ``step`` completed updates (at its position on the sample-indexed curve)."""
     step = jnp.asarray(step, jnp.float32)
+    if "resume_step" in sched:
+        step = sched["resume_position"] + (step - sched["resume_step"]) * sched["batch_ratio"]
     peak, warmup, total, cooldown = sched["peak_lr"], sched["warmup"], sched["total"], sched["cooldown"]
     warm = peak * (step + 1.0) / jnp.maximum(warmup, 1.0)
     e, es = step - warmup, jnp.maximum(total - warmup, 1.0)

@@ -84,3 +84,56 @@ def check_config(config, *, device_count: int, process_count: int) -> None:
     for m in config.checkpoint_at_samples:
         if int(m) <= 0 or int(m) > int(config.total_samples):
             raise UserError(f"--config.checkpoint_at_samples: {m} is outside (0, total_samples]")
+    check_data_supply(config, process_count=process_count)
+
+
+def _record_count(data) -> int | None:
+    """Records in one epoch of a random-access training source; None for an endless synthetic stream."""
+    if data.source == "synth":
+        return int(data.in_memory_samples) if bool(data.get("in_memory", False)) else None
+    if data.source == "folder":
+        from vlscale.data.folder import FolderCaptionSource
+
+        return len(FolderCaptionSource(**dict(data.folder)))
+    if data.source == "tfds":
+        from vlscale.data.tfds_source import TfdsCaptionSource
+
+        return len(TfdsCaptionSource(**dict(data.tfds)))
+    return None  # an unknown source is named by the data pipeline itself
+
+
+def check_data_supply(config, *, process_count: int) -> None:
+    """Finite training data (``data.num_epochs`` set) must last the run, decided before anything compiles.
+
+    A random-access source (and the in-memory path) has a known length and is read in the global sample order
+    (``data/global_order.py``): ``records × epochs`` samples in full global batches, the same count on every
+    host, so the run needs ``steps`` of them. A webdataset stream's length is unknown until it is read, so a
+    finite one is refused. Bad records are replaced by substitutes and do not shorten the stream; an in-memory
+    set that dropped bad samples at load can still end early, and the trainer then stops with a checkpoint.
+    """
+    del process_count  # the global order gives every host the same number of batches
+    data = config.data
+    epochs = data.get("num_epochs", None)
+    if epochs is None:
+        return
+    epochs = int(epochs)
+    if epochs < 1:
+        raise UserError(f"--config.data.num_epochs={epochs}: must be at least 1 (or None: repeat forever)")
+    if data.source == "webdataset":
+        raise UserError(f"--config.data.num_epochs={epochs}: the length of a webdataset stream is not known before "
+                        "it is read, so training would stop wherever the shards end; set --config.data.num_epochs="
+                        "None (repeat forever) and choose the run's length with --config.total_samples")
+    records = _record_count(data)
+    if records is None:
+        return
+    gbs, steps = int(config.global_batch_size), total_steps(config)
+    batches = records * epochs // gbs
+    if batches >= steps:
+        return
+    need = -(-steps * gbs // records)
+    raise UserError(f"--config.data.num_epochs={epochs}: {records:,} {data.source} records give {batches:,} full "
+                    f"batches of {gbs:,}, but --config.total_samples={int(config.total_samples):,} needs {steps:,}; "
+                    f"raise data.num_epochs to {need}, lower total_samples, or set data.num_epochs=None "
+                    "(repeat forever)")
+
+

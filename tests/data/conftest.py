@@ -28,6 +28,7 @@ def make_config(source="webdataset", **overrides):
     c.synth.knobs.image_size = 32
     c.bad_fraction_min_samples = 1
     c.prefetch = 0  # tests that need the prefetch thread turn it on
+    c.worker_count = 0  # tests that need worker processes ask for them
     c.max_bad_fraction = 1.0
     c.image_dtype = "float32"  # the tests written for the host path; uint8 ones say so
     c.cache_dir = "none"  # no files in the user's cache from tests

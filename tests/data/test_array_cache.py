@@ -38,10 +38,13 @@ def test_in_memory_synth_set_is_rendered_once_and_reused(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["image"], c["image"])
         np.testing.assert_array_equal(a["text"], c["text"])
-    # Another batch size, seed or dtype is the same set; another knob, count or host share is not.
+    # Another batch size, seed, dtype or host (every host holds the whole set) is the same set; another knob
+    # or count is not.
     _first_batches(make_config("synth", in_memory=True, in_memory_samples=24, batch_size=4, seed=3,
                                image_dtype="float32", cache_dir=str(tmp_path)))
-    for other in ({"synth.knobs.max_count": 2}, {"in_memory_samples": 16}, {"process_index": 1, "process_count": 2}):
+    _first_batches(make_config("synth", in_memory=True, in_memory_samples=24, batch_size=8, cache_dir=str(tmp_path),
+                               process_index=1, process_count=2))
+    for other in ({"synth.knobs.max_count": 2}, {"in_memory_samples": 16}):
         overrides = dict(in_memory=True, in_memory_samples=24, batch_size=8, cache_dir=str(tmp_path))
         overrides.update(other)
         with pytest.raises(AssertionError, match="rendered again"):

@@ -5,6 +5,7 @@ import pytest
 
 from vlscale.data import identity, iterator
 from vlscale.errors import UserError
+from vlscale.runtime.checkpoint import NeedsAllHosts
 
 from .conftest import make_config
 
@@ -84,19 +85,35 @@ def test_resume_on_other_data_is_refused_naming_what_differs(tiny_shards):
     assert "saved for other data" in msg and "synth.seed 0 -> 3" in msg
     msg = _refusal(make_config(shards=str(out)), make_config(shards=str(out / "{00000..00002}.tar")))
     assert "shards.count 4 -> 3" in msg
-    msg = _refusal(make_config("synth"), make_config("synth", worker_count=1))
-    assert "set data.worker_count=0" in msg
-    # What is not the data resumes: another prefetch depth and batch size.
+    # A shard stream's position is saved per worker: another worker count needs every host's state (the
+    # checkpoint layer then passes them all, and the stream continues at the next epoch: test_webdataset.py).
+    with iterator.make_iterator(make_config(shards=str(out))) as it:
+        next(it)
+        state = it.get_state()
+    with iterator.make_iterator(make_config(shards=str(out), worker_count=1)) as it, pytest.raises(NeedsAllHosts):
+        it.set_state(state)
+    # What is not the data resumes: another prefetch depth, batch size or worker count (global order).
     with iterator.make_iterator(make_config("synth")) as it:
         next(it)
         state = it.get_state()
-    with iterator.make_iterator(make_config("synth", prefetch=2, batch_size=8)) as it:
+    with iterator.make_iterator(make_config("synth", prefetch=2, batch_size=8, worker_count=1)) as it:
         it.set_state(state)
         assert it.samples_seen == 4
 
 
-def test_version_1_states_still_restore():
+def test_states_of_the_host_dependent_order_are_refused_for_random_access_sources():
     config = make_config("synth", train=False)
+    with iterator.make_iterator(config) as it:
+        next(it)
+        old = {k: v for k, v in it.state_dict().items() if k != "order"}
+    old["version"] = 2
+    with iterator.make_iterator(config) as it, pytest.raises(UserError, match="older vlscale"):
+        it.set_state(old)
+
+
+def test_version_1_states_of_a_shard_stream_still_restore(tiny_shards):
+    out, _ = tiny_shards
+    config = make_config(shards=str(out), train=False)
     with iterator.make_iterator(config) as it:
         next(it), next(it)
         state = it.state_dict()

@@ -108,3 +108,34 @@ def test_adamw_update_matches_torch():
         opt.step()
     np.testing.assert_allclose(np.asarray(params["kernel"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(params["bias"]), tb.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "const-cooldown"])
+@pytest.mark.parametrize("new_batch", [16, 4, 12])
+def test_a_resume_with_another_global_batch_continues_the_same_curve_over_samples(kind, new_batch):
+    """Started at batch 8 (100 steps = 800 samples), resumed at step 40 (320 samples) with another batch: the
+    update after j more steps has the LR the original run had at sample 320 + j * new_batch."""
+    c = train_config.get_config()
+    c.lr, c.warmup, c.schedule, c.cooldown_steps, c.global_batch_size = 1e-3, 10, kind, 20, 8
+    original = {k: jnp.asarray(v) for k, v in optim.schedule_params(c, 100).items()}
+    c.global_batch_size = new_batch
+    resumed = {k: jnp.asarray(v) for k, v in optim.schedule_params(c, 100, resume_step=40, resume_samples=320,
+                                                                      schedule_batch_size=8).items()}
+    steps = np.arange(40, 40 + (800 - 320) // new_batch)
+    ours = np.asarray(jax.vmap(lambda s: optim.learning_rate(s, resumed))(jnp.asarray(steps)))
+    positions = (320 + (steps - 40) * new_batch) / 8  # on the original run's step axis (fractional)
+    want = np.array([_schedule(kind, p) for p in positions])
+    np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-9)
+    if new_batch == 16:  # whole positions: exactly the original run's LRs at steps 40, 42, 44, ...
+        np.testing.assert_array_equal(ours, np.asarray(jax.vmap(lambda s: optim.learning_rate(s, original))(
+            jnp.asarray(40 + 2 * (steps - 40)))))
+
+
+def test_without_a_batch_change_the_position_is_the_step_exactly():
+    c = train_config.get_config()
+    c.lr, c.warmup, c.schedule, c.global_batch_size = 1e-3, 10, "cosine", 8
+    plain = {k: jnp.asarray(v) for k, v in optim.schedule_params(c, 100).items()}
+    resumed = {k: jnp.asarray(v) for k, v in optim.schedule_params(c, 100, resume_step=37).items()}
+    s = jnp.arange(37, 100)
+    np.testing.assert_array_equal(jax.vmap(lambda t: optim.learning_rate(t, plain))(s),
+                                  jax.vmap(lambda t: optim.learning_rate(t, resumed))(s))

@@ -58,11 +58,12 @@ class CheckpointInfo:
 
 class _DiskErrorLogFilter(logging.Filter):
     """Drops the logs (each with a traceback) that Orbax's background save threads write for a full or
-    read-only disk: the trainer reports that error in one line when the save is awaited."""
+    read-only disk: the trainer reports that error in one line when the save is awaited. Also those for an
+    interrupt (Ctrl-C, a stop signal raised while Orbax waits for a save): the command reports it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and disk_errors.is_disk_error(exc):
+        if exc is not None and (disk_errors.is_disk_error(exc) or not isinstance(exc, Exception)):
             return False
         try:
             return not disk_errors.is_disk_error(RuntimeError(record.getMessage()))
@@ -137,17 +138,47 @@ def save(mngr: ocp.CheckpointManager, state, data_iterator, meta: dict, *, force
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
     """(state on the current mesh, meta), verified (``CheckpointError`` naming the step directory if not); the
     data iterator is set to its saved position when given."""
-    import grain
 
     step_dir = mngr.directory / str(int(step))
     meta = read_meta(step_dir)  # checks the directory's layout and its recorded step first
     args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-    if data_iterator is not None:
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     with _unreadable_as_error(step_dir):
         out = mngr.restore(int(step), args=ocp.args.Composite(**args))
+        if data_iterator is not None:
+            _restore_data(step_dir, data_iterator)
     verify(step_dir, meta, out["state"])
     return out["state"], meta
+
+
+class NeedsAllHosts(Exception):
+    """Raised by a data iterator's ``set_state`` when this host's own saved state is not enough to continue (its
+    topology changed in a way only every host's state together can resolve); ``restore`` then passes them all."""
+
+
+def _restore_data(step_dir, data_iterator) -> None:
+    """Sets the iterator to its saved position: this host's own file (grain's handler wrote one per process) when
+    there is one and it suffices, else ``{"elastic": [every saved host's state]}`` (a checkpoint of another
+    host or worker count); the iterator decides what it can continue (``DataIterator.load_state_dict``)."""
+    own = _own_data_file(step_dir)
+    if own.exists():
+        try:
+            data_iterator.set_state(own.read_text().encode())
+            data_iterator.start_prefetch()
+            return
+        except NeedsAllHosts:
+            pass
+    saved = list(epath.Path(step_dir, "data").glob("process_*-of-*.json"))
+    if not saved:
+        raise CheckpointError(f"checkpoint {step_dir} holds no data position (data/process_*-of-*.json)")
+    saved.sort(key=lambda p: int(p.name.split("_", 1)[1].split("-", 1)[0]))
+    data_iterator.set_state({"elastic": [json.loads(p.read_text()) for p in saved]})
+    data_iterator.start_prefetch()
+
+
+def _own_data_file(step_dir):
+    import jax
+
+    return epath.Path(step_dir) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 def verify(step_dir, meta: dict, tree, *, prefix: str = "") -> None:
