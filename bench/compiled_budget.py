@@ -80,6 +80,7 @@ class Collective:
     times: int = 1  # executions per step (loop trip counts multiplied)
     trip_known: bool = True
     op_name: str = ""
+    shape: str = ""  # the HLO result shape (a tuple for a combined collective)
 
     @property
     def bytes_per_step(self) -> int:
@@ -154,7 +155,8 @@ def parse_collectives(hlo_text: str) -> list[Collective]:
             nbytes = sum(shape_bytes(shapes.get(o, "")) for o in operands) or shape_bytes(shape)
         n, known = times(comp)
         op_name = _OP_NAME.search(tail)
-        out.append(Collective(kind, name, comp, nbytes, n, known, op_name.group(1) if op_name else ""))
+        out.append(Collective(kind, name, comp, nbytes, n, known, op_name.group(1) if op_name else "",
+                              re.sub(r"\{[\d,]*\}", "", shape)))
     return out
 
 
@@ -255,7 +257,8 @@ def format_budget(r: dict) -> str:
     lines.append(f"  peak memory     {r['peak_bytes_per_device'] / 2**30:.3f} GiB per device "
                  f"(temporaries {r['temp_bytes_per_device'] / 2**30:.3f} GiB)")
     for s in r["sites"]:
-        lines.append(f"    {s['kind']:<18} x{s['times']:<4} {_mb(s['bytes_per_step']):>10} MB  {s['op_name'][-90:]}")
+        lines.append(f"    {s['kind']:<18} x{s['times']:<4} {_mb(s['bytes_per_step']):>10} MB  {s['shape'][:60]:<60}  "
+                     f"{s['op_name'][-70:]}")
     return "\n".join(lines)
 
 
