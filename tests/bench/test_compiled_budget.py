@@ -161,3 +161,17 @@ def test_caption_head_collectives_are_outside_the_chunk_loop(mesh_shape):
         assert big == {"all-gather": 1, "reduce-scatter": 1, "all-reduce": 0, "all-to-all": 0, "collective-permute": 0}
     else:
         assert big == {"all-gather": 0, "reduce-scatter": 0, "all-reduce": 1, "all-to-all": 0, "collective-permute": 0}
+
+
+def test_matmul_flops_count_loop_bodies_per_iteration():
+    """[8, 16] x [16, 32] in a 5-step scan and once after it, then [8, 32] x [32, 4]: 6·2·8·16·32 + 2·8·32·4."""
+    def f(x, w, v):
+        def body(c, _):
+            return jnp.tanh(c @ w)[:, :16], None
+
+        c, _ = jax.lax.scan(body, x, None, length=5)
+        return jnp.tanh(c @ w) @ v
+
+    args = (jnp.ones((8, 16)), jnp.ones((16, 32)), jnp.ones((32, 4)))
+    _, flops = budget.parse_program(jax.jit(f).lower(*args).compile().as_text())
+    assert flops == 6 * 2 * 8 * 16 * 32 + 2 * 8 * 32 * 4
