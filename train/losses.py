@@ -212,7 +212,8 @@ def _reduce_head_grad(g: jax.Array, spec: PartitionSpec, batch_axes: tuple[str, 
 
 def _split_axes(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """``spec`` without the mesh axes of size 1 (a collective over one of them is still a copy of the whole head)."""
-    kept = [tuple(a for a in ((axes,) if isinstance(axes, str) else (axes or ())) if mesh.shape[a] > 1) for axes in spec]
+    names = [(axes,) if isinstance(axes, str) else tuple(axes or ()) for axes in spec]
+    kept = [tuple(a for a in axes if mesh.shape[a] > 1) for axes in names]
     return PartitionSpec(*[k[0] if len(k) == 1 else (k or None) for k in kept])
 
 
@@ -251,8 +252,8 @@ def _caption_nll(hidden, head, labels, chunk, pad_id, mesh):
 
 
 def _caption_nll_fwd(hidden, head, labels, chunk, pad_id, mesh):
-    # The gradients come out of the same loop: the backward only scales them (one head product per chunk fewer
-    # than a rematerialised scan; the same peak memory, measured in bench/compiled_budget.py).
+    # The gradients come out of the same loop and the backward only scales them: one head product per chunk fewer
+    # than recomputing the logits in the backward, at the same peak memory (both measured, bench/compiled_budget.py).
     total, dhidden, dhead = _sharded_caption_nll(hidden, head, labels, chunk, pad_id, mesh, with_grads=True)
     return total, (dhidden, dhead.astype(head.dtype))
 
