@@ -20,6 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from vlscale.models.layers import EMBED, VOCAB
+from vlscale.runtime import sharding
+
 # open_clip CoCaLoss defaults, unchanged by the paper's training command (reference §2.5).
 CLIP_LOSS_WEIGHT = 1.0
 CAPTION_LOSS_WEIGHT = 2.0
@@ -27,6 +30,9 @@ CAPTION_LOSS_WEIGHT = 2.0
 PAD_ID = 0
 # Caption positions per step of the chunked LM head + cross-entropy: [B, chunk, V] float32 logits at a time.
 CAPTION_CHUNK = 8
+# Vocabulary blocks of the LM head's gradient accumulation per chunk (_add_head_grad): tiny-mammut's step on 8 fake
+# devices, fsdp=8, peaks at 86.1 MB per device with 1 block, 82.8 MB with 8.
+HEAD_GRAD_BLOCKS = 8
 # The mesh axes the batch is split over (train/sharding.py LOGICAL_RULES, "batch").
 BATCH_AXES = ("data", "fsdp")
 
@@ -105,59 +111,177 @@ def caption_loss(logits: jax.Array, labels: jax.Array, pad_id: int = PAD_ID) -> 
 
 
 def caption_nll_from_hidden(hidden: jax.Array, lm_head: jax.Array, labels: jax.Array, *,
-                            chunk: int = CAPTION_CHUNK, pad_id: int = PAD_ID) -> tuple[jax.Array, jax.Array]:
+                            chunk: int = CAPTION_CHUNK, pad_id: int = PAD_ID,
+                            mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
     """(sum of next-token NLLs over non-pad targets, their count) from decoder hidden states, in chunks.
 
     ``hidden`` [B, T, w] (the decoder's ``ln_final`` output, any compute dtype), ``lm_head`` [w, V], ``labels``
-    int [B, T]. Equals ``caption_loss(hidden @ lm_head, labels) * count`` but applies the head ``chunk`` positions
-    at a time inside a rematerialised ``lax.scan``: neither pass holds more than [B, chunk, V] float32 logits
-    (the plain path keeps [B, T, V] plus float32 copies, 3.8 GB each for mammut_ViT-B-32 at batch 256), and a
-    chunk whose targets are all padding (late positions of short captions) is skipped.
+    int [B, T]. Equals ``caption_loss(hidden @ lm_head, labels) * count`` (value and gradients) but applies the head
+    ``chunk`` positions at a time: no pass holds more than [b, chunk, V] float32 logits (the plain path keeps
+    [B, T, V] plus float32 copies, 3.8 GB each for mammut_ViT-B-32 at batch 256).
+
+    The forward computes the gradients too (a ``custom_vjp``): each chunk's logits are made once, not again in
+    the backward, and the head gradient accumulates in the loop's carry. With ``mesh``, the loop runs inside
+    ``jax.shard_map`` over the batch axes, so it holds no collective: the head is gathered once before it (from
+    its parameter sharding, in the compute dtype) and its float32 gradient reduced once after it (a
+    reduce-scatter back to that sharding under FSDP, an all-reduce under pure data parallelism).
     """
+    labels = labels.astype(jnp.int32)
+    count = (labels != pad_id).sum().astype(jnp.float32)
+    return _caption_nll(hidden, lm_head, labels, chunk, pad_id, mesh), count
+
+
+def _chunk_nll(h: jax.Array, head: jax.Array, y: jax.Array, pad_id: int, with_grads: bool):
+    """One chunk: (NLL sum, d/dh, d/dlogits) of ``h`` [b, c, w] with ``head`` [w, V] and labels ``y``."""
+    logits = jnp.einsum("bcw,wv->bcv", h, head, preferred_element_type=jnp.float32)
+    keep = y != pad_id
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+    nll = jnp.sum(jnp.where(keep, lse - target, 0.0))
+    if not with_grads:
+        return nll, None, None
+    # d(lse - target)/dlogits = softmax - onehot(target), zero where the target is padding.
+    vocab = jnp.arange(logits.shape[-1], dtype=y.dtype)
+    dlogits = jnp.exp(logits - lse[..., None]) - (vocab == y[..., None])
+    dlogits = jnp.where(keep[..., None], dlogits, 0.0).astype(h.dtype)
+    dh = jnp.einsum("bcv,wv->bcw", dlogits, head, preferred_element_type=jnp.float32).astype(h.dtype)
+    return nll, dh, dlogits
+
+
+def _add_head_grad(acc: jax.Array, h: jax.Array, dlogits: jax.Array) -> jax.Array:
+    """``acc + hᵀ·dlogits`` [w, V] float32, one vocabulary block at a time, updated in place (a whole-vocabulary
+    product would need a second [w, V] buffer beside the accumulator)."""
+    vocab = acc.shape[1]
+    blocks = next(k for k in (HEAD_GRAD_BLOCKS, 4, 2, 1) if vocab % k == 0)
+    size = vocab // blocks
+
+    def block(j, acc):
+        part = jnp.einsum("bcw,bcv->wv", h, jax.lax.dynamic_slice_in_dim(dlogits, j * size, size, axis=2),
+                          preferred_element_type=jnp.float32)
+        return jax.lax.dynamic_update_slice_in_dim(
+            acc, jax.lax.dynamic_slice_in_dim(acc, j * size, size, axis=1) + part, j * size, axis=1)
+
+    return jax.lax.fori_loop(0, blocks, block, acc)
+
+
+def _local_caption_nll(hidden, head, labels, chunk: int, pad_id: int, with_grads: bool):
+    """(NLL sum, d/dhidden, d/dhead float32) over the rows given, in a ``lax.scan`` over position chunks."""
     b, t, w = hidden.shape
     n = -(-t // chunk)
     if n * chunk != t:
         hidden = jnp.pad(hidden, ((0, 0), (0, n * chunk - t), (0, 0)))
         labels = jnp.pad(labels, ((0, 0), (0, n * chunk - t)), constant_values=pad_id)
-    labels = labels.astype(jnp.int32)
-    # Position-major chunks [n, B, chunk, ...]: each step sees the whole (sharded) batch at a few positions.
+    # Position-major chunks [n, b, chunk, ...]: each step sees all rows at a few positions.
     hs = jnp.swapaxes(hidden.reshape(b, n, chunk, w), 0, 1)
     ys = jnp.swapaxes(labels.reshape(b, n, chunk), 0, 1)
-    head = lm_head.astype(hidden.dtype)
+    head = head.astype(hidden.dtype)
 
-    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
-    def chunk_nll(head, h, y):
-        keep = y != pad_id
+    def body(carry, xs):
+        (total, dhead), (h, y) = carry, xs
+        nll, dh, dlogits = _chunk_nll(h, head, y, pad_id, with_grads)
+        if with_grads:
+            dhead = _add_head_grad(dhead, h, dlogits)
+        return (total + nll, dhead), dh
 
-        def nll(_):
-            logits = jnp.einsum("bcw,wv->bcv", h, head, preferred_element_type=jnp.float32)
-            target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-            return jnp.sum(jnp.where(keep, jax.nn.logsumexp(logits, axis=-1) - target, 0.0))
+    init = (jnp.float32(0.0), jnp.zeros(head.shape, jnp.float32) if with_grads else None)
+    (total, dhead), dhs = jax.lax.scan(body, init, (hs, ys))
+    if not with_grads:
+        return total, None, None
+    return total, jnp.swapaxes(dhs, 0, 1).reshape(b, n * chunk, w)[:, :t], dhead
 
-        return jax.lax.cond(keep.any(), nll, lambda _: jnp.float32(0.0), None)
 
-    def body(total, xs):
-        return total + chunk_nll(head, *xs), None
+def _reduce_head_grad(g: jax.Array, spec: PartitionSpec, batch_axes: tuple[str, ...], mesh: Mesh) -> jax.Array:
+    """Inside shard_map: this device's head-gradient partial sum [w, V] -> its block of the reduced gradient."""
+    done: set[str] = set()
+    for dim, axes in enumerate(spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if not names:
+            continue
+        if all(a in batch_axes for a in names):
+            g = jax.lax.psum_scatter(g, names, scatter_dimension=dim, tiled=True)
+        else:  # split over a model axis (tensor): the rows there are the same, take this device's block
+            summed = tuple(a for a in names if a in batch_axes)
+            if summed:
+                g = jax.lax.psum(g, summed)
+            size = g.shape[dim] // math.prod(mesh.shape[a] for a in names)
+            g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(names) * size, size, axis=dim)
+        done.update(names)
+    rest = tuple(a for a in batch_axes if a not in done)
+    return jax.lax.psum(g, rest) if rest else g
 
-    total, _ = jax.lax.scan(body, jnp.float32(0.0), (hs, ys))
-    return total, (labels != pad_id).sum().astype(jnp.float32)
+
+def _split_axes(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+    """``spec`` without the mesh axes of size 1 (a collective over one of them is still a copy of the whole head)."""
+    names = [(axes,) if isinstance(axes, str) else tuple(axes or ()) for axes in spec]
+    kept = [tuple(a for a in axes if mesh.shape[a] > 1) for axes in names]
+    return PartitionSpec(*[k[0] if len(k) == 1 else (k or None) for k in kept])
+
+
+def _sharded_caption_nll(hidden, head, labels, chunk: int, pad_id: int, mesh: Mesh | None, with_grads: bool):
+    """``_local_caption_nll`` over the global batch: in ``shard_map`` over the batch axes when ``mesh`` splits it."""
+    axes = () if mesh is None else tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    n = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    spec = PartitionSpec() if mesh is None else _split_axes(
+        sharding.logical_to_mesh_spec((EMBED, VOCAB), shape=head.shape, mesh=mesh), mesh)
+    if mesh is None or hidden.shape[0] % n or (not axes and not any(spec)):
+        total, dh, dhead = _local_caption_nll(hidden, head, labels, chunk, pad_id, with_grads)
+        return total, dh, dhead
+    rows = PartitionSpec(axes)
+
+    def local(h, head_block, y):
+        head_block = head_block.astype(h.dtype)  # gather in the compute dtype
+        for dim, block_axes in enumerate(spec):
+            if block_axes:
+                head_block = jax.lax.all_gather(head_block, block_axes, axis=dim, tiled=True)
+        total, dh, dhead = _local_caption_nll(h, head_block, y, chunk, pad_id, with_grads)
+        total = jax.lax.psum(total, axes) if axes else total
+        if not with_grads:
+            return total
+        return total, dh, _reduce_head_grad(dhead, spec, axes, mesh)
+
+    out_specs = (PartitionSpec(), rows, spec) if with_grads else PartitionSpec()
+    # Every value leaving is reduced or split explicitly above; the replication check cannot follow all_gather.
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(rows, spec, rows), out_specs=out_specs, check_vma=False)
+    out = fn(hidden, head, labels)
+    return (out, None, None) if not with_grads else out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _caption_nll(hidden, head, labels, chunk, pad_id, mesh):
+    return _sharded_caption_nll(hidden, head, labels, chunk, pad_id, mesh, with_grads=False)[0]
+
+
+def _caption_nll_fwd(hidden, head, labels, chunk, pad_id, mesh):
+    # The gradients come out of the same loop and the backward only scales them: one head product per chunk fewer
+    # than recomputing the logits in the backward, at the same peak memory (both measured, bench/compiled_budget.py).
+    total, dhidden, dhead = _sharded_caption_nll(hidden, head, labels, chunk, pad_id, mesh, with_grads=True)
+    return total, (dhidden, dhead.astype(head.dtype))
+
+
+def _caption_nll_bwd(chunk, pad_id, mesh, residuals, g):
+    dhidden, dhead = residuals
+    return (g * dhidden).astype(dhidden.dtype), (g * dhead).astype(dhead.dtype), None
+
+
+_caption_nll.defvjp(_caption_nll_fwd, _caption_nll_bwd)
 
 
 def caption_loss_from_hidden(hidden: jax.Array, lm_head: jax.Array, labels: jax.Array, *,
-                             chunk: int = CAPTION_CHUNK, pad_id: int = PAD_ID) -> jax.Array:
+                             chunk: int = CAPTION_CHUNK, pad_id: int = PAD_ID, mesh: Mesh | None = None) -> jax.Array:
     """``caption_loss`` of ``hidden @ lm_head`` without materialising the logits (``caption_nll_from_hidden``).
 
     Use it with ``MaMMUT(...)(images, tokens, caption_head=False)``, whose output carries ``caption_hidden`` and
     ``lm_head``. A batch with no real target gives 0.
     """
-    total, count = caption_nll_from_hidden(hidden, lm_head, labels, chunk=chunk, pad_id=pad_id)
+    total, count = caption_nll_from_hidden(hidden, lm_head, labels, chunk=chunk, pad_id=pad_id, mesh=mesh)
     return total / jnp.maximum(count, 1.0)
 
 
-def _caption(out: dict, pad_id: int, chunk: int) -> jax.Array:
+def _caption(out: dict, pad_id: int, chunk: int, mesh: Mesh | None) -> jax.Array:
     if "logits" in out:
         return caption_loss(out["logits"], out["labels"], pad_id)
-    return caption_loss_from_hidden(out["caption_hidden"], out["lm_head"], out["labels"], chunk=chunk, pad_id=pad_id)
+    return caption_loss_from_hidden(out["caption_hidden"], out["lm_head"], out["labels"], chunk=chunk, pad_id=pad_id,
+                                    mesh=mesh)
 
 
 def _contrastive(out: dict, mesh: Mesh | None) -> jax.Array:
@@ -181,9 +305,10 @@ def mammut_loss(
     for logging. With ``clip_weight == 0`` (the "cap" runs) the contrastive term is not computed.
     The caption term uses ``logits`` when the forward returned them, else the chunked head on ``caption_hidden``
     (``caption_head=False``; ``caption_chunk`` positions per step).
-    ``mesh``: compute the contrastive term with ``clip_loss_sharded`` on that mesh.
+    ``mesh``: compute the contrastive term with ``clip_loss_sharded`` and the chunked caption head inside
+    ``shard_map`` on that mesh.
     """
-    parts = {"caption_loss": _caption(out, pad_id, caption_chunk)}
+    parts = {"caption_loss": _caption(out, pad_id, caption_chunk, mesh)}
     total = caption_weight * parts["caption_loss"]
     if clip_weight:
         parts["clip_loss"] = _contrastive(out, mesh)

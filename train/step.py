@@ -161,7 +161,8 @@ class TrainStep:
         s = self.spec
         if self.family == "mammut":
             # Hidden states + LM head: the caption CE applies the head in chunks, so the [B, L-1, vocab] logits
-            # and their float32 copies never exist whole (losses.caption_nll_from_hidden).
+            # and their float32 copies never exist whole (losses.caption_nll_from_hidden); on the mesh, the LM head
+            # is gathered once and its gradient reduced once per step.
             out = self.model.apply({"params": params}, images, tokens, caption_head=False)
         else:
             out = self.model.apply({"params": params}, images, tokens)
@@ -184,7 +185,8 @@ class TrainStep:
             weight = 1.0 if self.family == "clip" else s.clip_loss_weight
             total = total + weight * parts["contrastive_loss"]
         if self.family == "mammut":
-            token_sum, _ = losses.caption_nll_from_hidden(out["caption_hidden"], out["lm_head"], out["labels"])
+            token_sum, _ = losses.caption_nll_from_hidden(out["caption_hidden"], out["lm_head"], out["labels"],
+                                                          mesh=self.mesh)
             parts["caption_loss"] = token_sum / jnp.maximum(n_tokens, 1.0)
             total = total + s.caption_loss_weight * parts["caption_loss"]
         parts["logit_scale"] = out["logit_scale"]
