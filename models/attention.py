@@ -191,7 +191,9 @@ def fused_attention(q, k, v, mask, dtype, kernel: str, multiple: int | None = No
     if key_mask is not None:
         key_valid = key_valid & jnp.pad(key_mask, ((0, 0), (0, lkp - lk)))
     if kernel == "pallas":
-        out = _pallas_flash(qp, kp, vp, key_valid, causal, head_dim)
+        kv_valid = jnp.broadcast_to(key_valid, (batch, lkp)).astype(jnp.int32)
+        flash = lambda *a: _pallas_flash(*a, causal=causal, head_dim=head_dim)  # noqa: E731
+        out = _per_device(flash, qp, kp, vp, kv_valid)
     else:
         impl = "cudnn" if kernel == "cudnn" else "xla"
         kw = {}
@@ -209,14 +211,40 @@ def fused_attention(q, k, v, mask, dtype, kernel: str, multiple: int | None = No
     return out[:, :lq].astype(dtype)
 
 
-def _pallas_flash(q, k, v, key_valid, causal: bool, head_dim: int):
-    """JAX's Pallas TPU flash attention on [B, L, H, hd] inputs already padded to multiples of 128; padded keys
-    are a second segment (every query is in the first)."""
+def _mesh_axes_dividing(logical: str, size: int, mesh) -> tuple[str, ...] | None:
+    """The mesh axes the active logical rules put ``logical`` on, the longest prefix of them whose sizes divide
+    ``size``; None when there is none."""
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a in mesh.shape)
+    while axes and size % math.prod(mesh.shape[a] for a in axes):
+        axes = axes[:-1]
+    return axes or None
+
+
+def _per_device(fn, q, k, v, kv_valid):
+    """``fn(q, k, v, kv_valid)`` under ``jax.shard_map`` over the batch and heads axes of the active mesh (a Pallas
+    kernel is one custom call that XLA's partitioner cannot split: without this it would gather its operands onto
+    every device). Plain call when no mesh is set."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(q, k, v, kv_valid)
+    from jax.sharding import PartitionSpec as P
+
+    b = _mesh_axes_dividing(BATCH, q.shape[0], mesh)
+    h = _mesh_axes_dividing(HEADS, q.shape[2], mesh)
+    spec = P(b, None, h, None)
+    return jax.shard_map(fn, in_specs=(spec, spec, spec, P(b, None)), out_specs=spec, check_vma=False)(
+        q, k, v, kv_valid)
+
+
+def _pallas_flash(q, k, v, kv_valid, causal: bool, head_dim: int):
+    """JAX's Pallas TPU flash attention on [B, L, H, hd] inputs already padded to multiples of 128; ``kv_valid``
+    [B, Lk] int32 is 1 for real keys: padded keys are a second segment (every query is in the first)."""
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
     batch, lq = q.shape[:2]
-    kv_seg = jnp.broadcast_to(key_valid, (batch, k.shape[1])).astype(jnp.int32)
-    seg = fa.SegmentIds(q=jnp.ones((batch, lq), jnp.int32), kv=kv_seg)
+    seg = fa.SegmentIds(q=jnp.ones((batch, lq), jnp.int32), kv=kv_valid)
     to_bhld = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
     out = fa.flash_attention(to_bhld(q), to_bhld(k), to_bhld(v), segment_ids=seg, causal=causal,
                              sm_scale=1.0 / math.sqrt(head_dim))

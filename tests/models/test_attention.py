@@ -143,3 +143,25 @@ def test_models_with_fused_attention_match_xla():
             for key in want:
                 if want[key] is not None and key != "logit_scale":
                     np.testing.assert_allclose(got[key], want[key], atol=2e-5, err_msg=f"{name} {impl} {key}")
+
+
+def test_pallas_kernel_runs_per_device_under_a_mesh(monkeypatch):
+    """Under the trainer's mesh (data 2 x fsdp 2 x tensor 2 on 8 CPU devices) the Pallas kernel runs inside
+    shard_map on each device's batch and heads ([1, 128, 1, 8] of [4, 50, 2, 8]), values and gradients as the
+    einsum's."""
+    from vlscale.runtime import sharding
+
+    seen = []
+    kernel = attention._pallas_flash
+
+    def recording(q, k, v, kv_valid, **kw):
+        seen.append(q.shape)
+        return kernel(q, k, v, kv_valid, **kw)
+
+    monkeypatch.setattr(attention, "_pallas_flash", recording)
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    q, k, v = _qkv(50, batch=4)
+    fused = lambda q, k, v: attention.dot_product_attention(q, k, v, implementation="pallas")  # noqa: E731
+    with sharding.activation_sharding(mesh), pltpu.force_tpu_interpret_mode():
+        _assert_same(fused, _reference(None), q, k, v)
+    assert set(seen) == {(1, 128, 1, 8)}
