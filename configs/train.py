@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.remat = "none"  # none | block | full
     c.scan_layers = False
     c.param_dtype = "float32"  # float32 | bfloat16 parameter storage (logit_scale stays float32)
-    c.attention = "xla"  # xla (einsum) | dot_product | cudnn (jax.nn.dot_product_attention kernels)
+    c.attention = "auto"  # auto: cudnn on GPU, pallas on TPU, else xla | xla (reference) | dot_product | cudnn | pallas
     # Contrastive loss under shard_map that never builds the B x B logits on one device (global batches >~ 32k).
     c.sharded_contrastive = False
     c.seed = 0

@@ -128,14 +128,15 @@ class RuntimeOptions:
         so deep models such as ViT-H compile faster (H100: 32 s instead of 83 s for a ViT-H-14 train step).
     attention: "xla" (default) is the explicit einsum softmax, the path the parity tests check; "dot_product"
         calls ``jax.nn.dot_product_attention`` (JAX picks the kernel); "cudnn" forces its fused cuDNN kernel
-        (GPU with bf16 compute only).
+        (GPU with bf16 compute only), "pallas" JAX's Pallas flash attention (TPU), both on padded lengths;
+        "auto" picks per platform (``vlscale.models.attention.resolve_attention``).
     """
 
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "block", "full"] = "none"
     scan_layers: bool = False
     param_dtype: Literal["float32", "bfloat16"] = "float32"
-    attention: Literal["xla", "dot_product", "cudnn"] = "xla"
+    attention: Literal["xla", "dot_product", "cudnn", "pallas", "auto"] = "xla"
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
@@ -144,8 +145,9 @@ class RuntimeOptions:
             raise UserError(f"param_dtype {self.param_dtype!r} is not supported; use 'float32' or 'bfloat16'")
         if self.remat not in ("none", "block", "full"):
             raise UserError(f"remat {self.remat!r} is not supported; use 'none', 'block' or 'full'")
-        if self.attention not in ("xla", "dot_product", "cudnn"):
-            raise UserError(f"attention {self.attention!r} is not supported; use 'xla', 'dot_product' or 'cudnn'")
+        if self.attention not in ("xla", "dot_product", "cudnn", "pallas", "auto"):
+            raise UserError(f"attention {self.attention!r} is not supported; "
+                            "use 'xla', 'dot_product', 'cudnn', 'pallas' or 'auto'")
 
 
 # --- the paper's models (reference §1.5) -------------------------------------------------------------------------

@@ -22,7 +22,8 @@ def build_model(name_or_config: str | ModelConfig, **runtime_options) -> nn.Modu
     """A Flax module for a named (or given) configuration.
 
     runtime_options: ``dtype`` and ``param_dtype`` ("float32" | "bfloat16"), ``remat`` ("none" | "block" |
-    "full"), ``scan_layers`` (bool), ``attention`` ("xla" | "dot_product" | "cudnn"); see ``RuntimeOptions``.
+    "full"), ``scan_layers`` (bool), ``attention`` ("xla" | "auto" | "dot_product" | "cudnn" | "pallas"); see
+    ``RuntimeOptions``.
     """
     cfg = get_config(name_or_config)
     runtime = RuntimeOptions(**runtime_options)

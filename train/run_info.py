@@ -116,6 +116,20 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def attention_kernel(config) -> str:
+    """The attention kernel ``config.attention`` runs as on this platform ("auto" resolved: cudnn | pallas | xla),
+    "vision: ..., text: ..." where the towers' head widths make them differ."""
+    from vlscale.models.attention import resolve_attention
+    from vlscale.models.config import get_config
+
+    cfg = get_config(config.model)
+    kernel = {tower: resolve_attention(str(config.get("attention", "xla")), str(config.get("dtype", "float32")),
+                                       head_dim=getattr(cfg, tower).head_width) for tower in ("vision", "text")}
+    if kernel["vision"] == kernel["text"]:
+        return kernel["vision"]
+    return f"vision: {kernel['vision']}, text: {kernel['text']}"
+
+
 def build_run_json(config, *, total_steps: int, data_fingerprint: str | None) -> dict[str, Any]:
     from vlscale.models.config import get_config
 
@@ -135,6 +149,7 @@ def build_run_json(config, *, total_steps: int, data_fingerprint: str | None) ->
         "seed": int(config.seed),
         "init_from": str(config.init_from) or None,
         "data_fingerprint": data_fingerprint,
+        "attention_kernel": attention_kernel(config),
         "config": config.to_dict(),
         "provenance": provenance(),
         "wall_time_s": 0.0,

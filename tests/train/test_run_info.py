@@ -24,3 +24,22 @@ def test_in_training_evaluation_needs_an_evaluator(tmp_path, make_config):
     with pytest.raises(UserError, match="eval_every=4: in-training evaluation needs an evaluator"):
         loop.run(make_config("tiny-clip", steps=8, eval_every=4, mesh__devices=1), tmp_path / "w")
     assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+def test_run_json_names_the_attention_kernel(make_config, monkeypatch):
+    """run.json says which kernel "auto" resolved to: xla on this CPU; cudnn on a GPU under bf16 for towers whose
+    head widths cuDNN takes; pallas on a TPU."""
+    import jax
+
+    cfg = loop.resolve_config(make_config("tiny-clip", steps=8, mesh__devices=1))
+    assert cfg.attention == "auto"
+    assert run_info.build_run_json(cfg, total_steps=8, data_fingerprint=None)["attention_kernel"] == "xla"
+    cfg.dtype = "bfloat16"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert run_info.attention_kernel(cfg) == "cudnn"
+    cfg.model = "ViT-H-14"  # head widths 80 (vision) and 64 (text): both multiples of 8, at most 128
+    assert run_info.attention_kernel(cfg) == "cudnn"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert run_info.attention_kernel(cfg) == "pallas"
+    cfg.attention = "xla"
+    assert run_info.attention_kernel(cfg) == "xla"
