@@ -129,10 +129,11 @@ class TextDecoder(nn.Module):
         length = tokens.shape[1]
         if length > cfg.context_length:
             raise ValueError(f"{length} tokens exceed the context length {cfg.context_length}")
-        # Fused attention kernels want lengths that are multiples of 8 (77 and 76 are not): with a non-default
-        # attention, pad at the end. Causal masking already hides trailing positions from real queries; the
-        # bidirectional pass masks them as keys; their outputs are cut off below.
-        pad = (-length) % 8 if self.attention != "xla" and not decode else 0
+        # jax.nn.dot_product_attention ("dot_product") wants lengths that are multiples of 8 (77 and 76 are not): pad
+        # at the end. Causal masking already hides trailing positions from real queries; the bidirectional pass
+        # masks them as keys; their outputs are cut off below. The fused kernels ("cudnn", "pallas", and "auto"
+        # where it picks one) pad inside the attention call (models/attention.py), so the model does not.
+        pad = (-length) % 8 if self.attention == "dot_product" and not decode else 0
         if pad:
             tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
         padded = length + pad
