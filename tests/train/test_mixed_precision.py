@@ -80,7 +80,7 @@ def test_an_update_below_bf16_resolution_is_kept_in_the_master_weights():
     for _ in range(steps):
         params = optim.adamw_update(params, updates, mask, lr, jnp.float32(0.0))
         bf16 = optim.adamw_update(bf16, updates, mask, lr, jnp.float32(0.0))
-    np.testing.assert_allclose(np.asarray(params["w"]), 1.0 - steps * 1e-4, rtol=0, atol=1e-5)  # float32 rounding: 1.7e-6
+    np.testing.assert_allclose(np.asarray(params["w"]), 1.0 - steps * 1e-4, rtol=0, atol=1e-5)  # rounding: 1.7e-6
     assert params["w"].dtype == jnp.float32
     assert float(bf16["w"][0, 0]) == 1.0  # what bf16 storage without a master copy does: nothing
     assert float(optim.compute_params(params, mask, jnp.bfloat16)["w"][0, 0]) < 1.0  # the forward sees it
