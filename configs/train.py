@@ -18,6 +18,7 @@ DEFAULT_DATA = "synth"
 SCHEDULES = ("cosine", "const", "const-cooldown")  # the paper's spellings, written unchanged as lr_scheduler
 ARG_KEYS = ("model", "data")
 AUTO = "auto"
+AUTO_AXIS = 0  # mesh.fsdp left to the model's default (an int, so every reader can still int() it)
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -74,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.caption_loss_weight = 2.0
 
     # Runtime (not part of the parameters): compute dtype, rematerialisation, scan over layers. "auto" (None for
-    # scan_layers and mesh.fsdp) is filled by ``resolve_runtime`` from the model and platform (``runtime_defaults``);
+    # scan_layers, 0 for mesh.fsdp) is filled by ``resolve_runtime`` from the model and platform (``runtime_defaults``);
     # a value the user sets always wins.
     c.dtype = AUTO  # float32 | bfloat16 compute (the residual stream, norms and losses stay float32)
     c.remat = AUTO  # none | block | full
@@ -89,9 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.skip_nonfinite = False  # True: skip updates whose loss or gradients are not finite (and count them)
 
     # Mesh: -1 takes the devices the other axes leave; devices = 0 uses all of them (N: the first N, e.g. tests).
-    # fsdp None: filled by resolve_runtime (the paper's ViTs: every device the other axes leave; other models: 1).
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": ml_collections.FieldReference(None, field_type=int),
-                                        "tensor": 1, "devices": 0})
+    # fsdp 0 = auto, filled by resolve_runtime (the paper's ViTs: every device the other axes leave; others: 1).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": AUTO_AXIS, "tensor": 1, "devices": 0})
 
     # Logging and checkpoints.
     c.log_every = 10  # steps
@@ -122,7 +122,7 @@ NON_IDENTITY_FIELDS = frozenset({
 })
 
 
-# Defaults of the runtime fields left at "auto"/None, by model and platform. The paper's ViTs (models.config
+# Defaults of the runtime fields left at "auto"/None/0, by model and platform. The paper's ViTs (models.config
 # PAPER_MODELS) train as the paper did on accelerators: bf16 compute with float32 master weights, FSDP over every
 # device, scanned layers (one compiled block per tower, short compiles), remat by vision width. Tiny and shapes
 # models (tests, CPU studies) keep float32, no remat, unscanned layers and a data-parallel mesh everywhere; on CPU
@@ -152,7 +152,7 @@ def runtime_defaults(model: str, platform: str) -> dict:
 
 
 def resolve_runtime(config, platform: str) -> list[str]:
-    """Fills, in place, the runtime fields left at "auto"/None; returns the names it filled.
+    """Fills, in place, the runtime fields left at "auto"/None/0; returns the names it filled.
 
     ``mesh.fsdp`` auto on a paper ViT takes every device the other axes leave: ``mesh.data`` left at -1 becomes 1.
     """
@@ -167,7 +167,7 @@ def resolve_runtime(config, platform: str) -> list[str]:
             config.scan_layers = table["scan_layers"]
             filled.append("scan_layers")
         mesh = config.mesh
-        if mesh.get("fsdp") is None:
+        if int(mesh.get("fsdp", 1)) == AUTO_AXIS:
             mesh.fsdp = table["fsdp"]
             if table["fsdp"] == -1 and int(mesh.data) == -1:
                 mesh.data = 1
@@ -177,4 +177,4 @@ def resolve_runtime(config, platform: str) -> list[str]:
 
 def is_resolved(config) -> bool:
     return not (str(config.dtype) == AUTO or str(config.param_dtype) == AUTO or str(config.remat) == AUTO
-                or config.scan_layers is None or config.mesh.get("fsdp") is None)
+                or config.scan_layers is None or int(config.mesh.get("fsdp", 1)) == AUTO_AXIS)
