@@ -250,8 +250,8 @@ def budget(model: str, batch: int, data: int = 1, fsdp: int = 8, tensor: int = 1
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     top = sorted(collectives, key=lambda c: -c.bytes_per_step)[:sites]
     return {
-        "model": model, "batch": batch, "mesh": dict(mesh.shape), "dtype": str(config.dtype),
-        "remat": str(config.remat), "scan_layers": bool(config.scan_layers), "compile_s": compile_s,
+        "model": model, "batch": batch, "mesh": dict(mesh.shape), "dtype": trainer.spec.dtype,
+        "remat": trainer.spec.remat, "scan_layers": trainer.spec.scan_layers, "compile_s": compile_s,
         "xla_flops": float(cost.get("flops", math.nan)) * n, "hlo_matmul_flops": float(matmul_flops) * n,
         "paper_flops_x3": flops.training_flops(model, batch_size=batch),
         "collectives": summarize(collectives),

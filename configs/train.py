@@ -17,6 +17,8 @@ DEFAULT_MODEL = "tiny-clip"
 DEFAULT_DATA = "synth"
 SCHEDULES = ("cosine", "const", "const-cooldown")  # the paper's spellings, written unchanged as lr_scheduler
 ARG_KEYS = ("model", "data")
+AUTO = "auto"
+AUTO_AXIS = 0  # mesh.fsdp left to the model's default (an int, so every reader can still int() it)
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -72,11 +74,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.clip_loss_weight = 1.0
     c.caption_loss_weight = 2.0
 
-    # Runtime (not part of the parameters): compute dtype, rematerialisation, scan over layers.
-    c.dtype = "float32"  # float32 | bfloat16 (parameters and optimizer state stay float32)
-    c.remat = "none"  # none | block | full
-    c.scan_layers = False
-    c.param_dtype = "float32"  # float32 | bfloat16 parameter storage (logit_scale stays float32)
+    # Runtime (not part of the parameters): compute dtype, rematerialisation, scan over layers. "auto" (None for
+    # scan_layers, 0 for mesh.fsdp) is filled by ``resolve_runtime`` from the model and platform (``runtime_defaults``);
+    # a value the user sets always wins.
+    c.dtype = AUTO  # float32 | bfloat16 compute (the residual stream, norms and losses stay float32)
+    c.remat = AUTO  # none | block | full
+    c.scan_layers = ml_collections.FieldReference(None, field_type=bool)
+    # float32 | bfloat16: the dtype the forward reads the weights in. The trainer keeps float32 master weights and
+    # Adam moments either way (logit_scale, norms and biases are never cast).
+    c.param_dtype = AUTO
     c.attention = "auto"  # auto: cudnn on GPU, pallas on TPU, else xla | xla (reference) | dot_product | cudnn | pallas
     # Contrastive loss under shard_map that never builds the B x B logits on one device (global batches >~ 32k).
     c.sharded_contrastive = False
@@ -84,7 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.skip_nonfinite = False  # True: skip updates whose loss or gradients are not finite (and count them)
 
     # Mesh: -1 takes the devices the other axes leave; devices = 0 uses all of them (N: the first N, e.g. tests).
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "devices": 0})
+    # fsdp 0 = auto, filled by resolve_runtime (the paper's ViTs: every device the other axes leave; others: 1).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": AUTO_AXIS, "tensor": 1, "devices": 0})
 
     # Logging and checkpoints.
     c.log_every = 10  # steps
@@ -111,5 +118,63 @@ NON_IDENTITY_FIELDS = frozenset({
     "mesh", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_suite", "allow_config_change",
     "compilation_cache", "data.worker_count", "data.worker_buffer_size", "data.prefetch", "data.read_threads",
     "data.warn_interval_s", "data.process_index", "data.process_count", "remat", "attention", "sharded_contrastive", "checkpoint_at_samples",
-    "data.cache_dir", "data.image_dtype", "stop_check_every",
+    "data.cache_dir", "data.image_dtype", "stop_check_every", "auto_fields",
 })
+
+
+# Defaults of the runtime fields left at "auto"/None/0, by model and platform. The paper's ViTs (models.config
+# PAPER_MODELS) train as the paper did on accelerators: bf16 compute with float32 master weights, FSDP over every
+# device, scanned layers (one compiled block per tower, short compiles), remat by vision width. Tiny and shapes
+# models (tests, CPU studies) keep float32, no remat, unscanned layers and a data-parallel mesh everywhere; on CPU
+# every model computes in float32 (XLA's CPU backend has no fast bf16 matmul).
+REMAT_BY_WIDTH = ((768, "none"), (1024, "block"))  # vision width below the bound -> policy; wider: "full"
+
+
+def remat_for(model: str) -> str:
+    """The paper models' default remat: none for S/M (width < 768), block for B (768), full for L and H."""
+    from vlscale.models.config import get_config
+
+    width = get_config(model).vision.width
+    for bound, policy in REMAT_BY_WIDTH:
+        if width < bound:
+            return policy
+    return "full"
+
+
+def runtime_defaults(model: str, platform: str) -> dict:
+    """What "auto" means for this model on this platform ("cpu", "gpu", "tpu"): the resolution table."""
+    from vlscale.models.config import PAPER_MODELS
+
+    if model not in PAPER_MODELS:
+        return {"dtype": "float32", "param_dtype": "float32", "remat": "none", "scan_layers": False, "fsdp": 1}
+    dtype = "float32" if platform == "cpu" else "bfloat16"
+    return {"dtype": dtype, "param_dtype": dtype, "remat": remat_for(model), "scan_layers": True, "fsdp": -1}
+
+
+def resolve_runtime(config, platform: str) -> list[str]:
+    """Fills, in place, the runtime fields left at "auto"/None/0; returns the names it filled.
+
+    ``mesh.fsdp`` auto on a paper ViT takes every device the other axes leave: ``mesh.data`` left at -1 becomes 1.
+    """
+    table = runtime_defaults(str(config.model), platform)
+    filled = []
+    with config.unlocked():
+        for field in ("dtype", "param_dtype", "remat"):
+            if str(config[field]) == AUTO:
+                config[field] = table[field]
+                filled.append(field)
+        if config.scan_layers is None:
+            config.scan_layers = table["scan_layers"]
+            filled.append("scan_layers")
+        mesh = config.mesh
+        if int(mesh.get("fsdp", 1)) == AUTO_AXIS:
+            mesh.fsdp = table["fsdp"]
+            if table["fsdp"] == -1 and int(mesh.data) == -1:
+                mesh.data = 1
+            filled.append("mesh.fsdp")
+    return filled
+
+
+def is_resolved(config) -> bool:
+    return not (str(config.dtype) == AUTO or str(config.param_dtype) == AUTO or str(config.remat) == AUTO
+                or config.scan_layers is None or int(config.mesh.get("fsdp", 1)) == AUTO_AXIS)

@@ -19,6 +19,7 @@ from vlscale.models.layers import (
     LENGTH,
     POSITION_EMBED_STD,
     PROJ,
+    RESIDUAL_DTYPE,
     TOKEN_EMBED_STD,
     VOCAB,
     boxed,
@@ -75,14 +76,15 @@ class CLIP(nn.Module):
         if tokens.shape[-1] != ctx:
             raise ValueError(f"expected tokens [B, {ctx}] (zero-padded), got {tokens.shape}")
         dtype = compute_dtype(self.runtime.dtype)
-        x = embed_tokens(self.token_embedding, tokens, dtype) + self.positional_embedding.astype(dtype)
+        x = (embed_tokens(self.token_embedding, tokens, RESIDUAL_DTYPE)
+             + self.positional_embedding.astype(RESIDUAL_DTYPE))
         x = constrain(x, (BATCH, LENGTH, EMBED))
         x = self.transformer(x, causal_mask(ctx))
         x = self.ln_final(x)
         # EOT (49407) is the largest id, so argmax finds it (open_clip text_global_pool 'argmax').
         eot = jnp.argmax(tokens, axis=-1)
         pooled = x[jnp.arange(x.shape[0]), eot]
-        pooled = pooled @ self.text_projection.astype(dtype)
+        pooled = pooled.astype(dtype) @ self.text_projection.astype(dtype)
         return l2_normalize(pooled) if normalize else pooled
 
     def __call__(self, images: jax.Array, tokens: jax.Array) -> dict:

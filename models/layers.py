@@ -44,6 +44,10 @@ POSITION_EMBED_STD = 0.01
 InitScheme = Literal["torch_default", "clip_text"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The residual stream (embeddings plus every block's output) and the LayerNorms stay float32 whatever the compute
+# dtype, as under open_clip's amp_bfloat16: only matmuls and attention run in the compute dtype, so the small
+# per-block increments are added to a float32 sum.
+RESIDUAL_DTYPE = jnp.float32
 
 
 def compute_dtype(name_or_dtype: Any) -> Any:

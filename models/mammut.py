@@ -38,6 +38,7 @@ from vlscale.models.layers import (
     LENGTH,
     POSITION_EMBED_STD,
     PROJ,
+    RESIDUAL_DTYPE,
     TOKEN_EMBED_STD,
     VOCAB,
     boxed,
@@ -142,7 +143,8 @@ class TextDecoder(nn.Module):
         positional = self.param("positional_embedding", boxed(normal_init(POSITION_EMBED_STD), (LENGTH, EMBED)),
                                 (cfg.context_length, cfg.width), self.param_dtype)
         positions = jnp.minimum(self._positions(padded, decode), cfg.context_length - 1)
-        x = embed_tokens(embed, tokens, self.dtype) + jnp.take(positional, positions, axis=0).astype(self.dtype)
+        x = (embed_tokens(embed, tokens, RESIDUAL_DTYPE)
+             + jnp.take(positional, positions, axis=0).astype(RESIDUAL_DTYPE))
         x = constrain(x, (BATCH, LENGTH, EMBED))
 
         captioning = decode or image_embs is not None
@@ -156,7 +158,7 @@ class TextDecoder(nn.Module):
             x = self._scanned_blocks(x, image_embs, mask)
         else:
             x = self._unrolled_blocks(x, image_embs, mask, decode)
-        h = layer_norm("ln_final", self.param_dtype)(x)
+        h = layer_norm("ln_final", self.param_dtype)(x).astype(self.dtype)  # x: the float32 residual stream
         if pad:
             h = h[:, :length]
         if not lm_head:

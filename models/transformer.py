@@ -10,7 +10,18 @@ import jax
 import jax.numpy as jnp
 
 from vlscale.models.attention import Attention
-from vlscale.models.layers import BATCH, EMBED, LAYERS, LENGTH, InitScheme, LayerScale, Mlp, constrain, layer_norm
+from vlscale.models.layers import (
+    BATCH,
+    EMBED,
+    LAYERS,
+    LENGTH,
+    RESIDUAL_DTYPE,
+    InitScheme,
+    LayerScale,
+    Mlp,
+    constrain,
+    layer_norm,
+)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -18,6 +29,8 @@ class ResidualAttentionBlock(nn.Module):
 
     ``is_cross`` makes the attention a cross-attention onto ``kv`` normalised by its own ``ln_1_kv`` (MaMMUT).
     ``stack_depth`` is the number of blocks in the stack, used only by the "clip_text" init.
+    The residual ``x`` is kept in float32 (``RESIDUAL_DTYPE``); the norms' outputs enter attention and the MLP
+    in ``dtype``, whose outputs are added to the float32 sum.
     """
 
     width: int
@@ -35,23 +48,23 @@ class ResidualAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x, kv=None, mask=None, decode: bool = False):
         pd = self.param_dtype
-        x = constrain(x, (BATCH, LENGTH, EMBED))
-        h = layer_norm("ln_1", pd)(x)
+        x = constrain(x.astype(RESIDUAL_DTYPE), (BATCH, LENGTH, EMBED))
+        h = layer_norm("ln_1", pd)(x).astype(self.dtype)
         if self.is_cross and kv is not None:
-            kv = layer_norm("ln_1_kv", pd)(kv)
+            kv = layer_norm("ln_1_kv", pd)(kv).astype(self.dtype)
         h = Attention(self.width, self.heads, is_cross=self.is_cross, init_scheme=self.init_scheme,
                       stack_depth=self.stack_depth, dtype=self.dtype, param_dtype=pd, attention=self.attention,
                       name="attn")(h, kv=kv, mask=mask, decode=decode)
         if self.ls_init_value is not None:
             h = LayerScale(self.ls_init_value, pd, name="ls_1")(h)
-        x = x + h
+        x = x + h.astype(RESIDUAL_DTYPE)
         if self.has_mlp:
-            h = layer_norm("ln_2", pd)(x)
+            h = layer_norm("ln_2", pd)(x).astype(self.dtype)
             h = Mlp(self.width, int(self.width * self.mlp_ratio), init_scheme=self.init_scheme,
                     stack_depth=self.stack_depth, dtype=self.dtype, param_dtype=pd, name="mlp")(h)
             if self.ls_init_value is not None:
                 h = LayerScale(self.ls_init_value, pd, name="ls_2")(h)
-            x = x + h
+            x = x + h.astype(RESIDUAL_DTYPE)
         return constrain(x, (BATCH, LENGTH, EMBED))
 
 

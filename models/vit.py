@@ -19,6 +19,7 @@ from vlscale.models.layers import (
     EMBED,
     LENGTH,
     PROJ,
+    RESIDUAL_DTYPE,
     boxed,
     constrain,
     layer_norm,
@@ -64,14 +65,14 @@ class VisionTransformer(nn.Module):
         w, p = cfg.width, cfg.patch_size
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(f"expected images [B, {cfg.image_size}, {cfg.image_size}, 3], got {images.shape}")
-        x = _Conv1(w, p, pd, name="conv1")(images.astype(self.dtype), self.dtype)
+        x = _Conv1(w, p, pd, name="conv1")(images.astype(self.dtype), self.dtype).astype(RESIDUAL_DTYPE)
         x = constrain(x, (BATCH, LENGTH, EMBED))
         scale = w**-0.5
         class_embedding = self.param("class_embedding", boxed(normal_init(scale), (EMBED,)), (w,), pd)
         positional = self.param("positional_embedding", boxed(normal_init(scale), (LENGTH, EMBED)),
                                 (cfg.num_tokens, w), pd)
-        cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (x.shape[0], 1, w))
-        x = jnp.concatenate([cls, x], axis=1) + positional.astype(self.dtype)
+        cls = jnp.broadcast_to(class_embedding.astype(RESIDUAL_DTYPE), (x.shape[0], 1, w))
+        x = jnp.concatenate([cls, x], axis=1) + positional.astype(RESIDUAL_DTYPE)
         x = layer_norm("ln_pre", pd)(x)
         x = Transformer(w, cfg.layers, cfg.heads, mlp_ratio=cfg.mlp_ratio, ls_init_value=cfg.ls_init_value,
                         init_scheme="torch_default", dtype=self.dtype, remat=self.remat,
@@ -87,7 +88,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"unsupported pooling {cfg.pool_type!r} "
                              f"with final_ln_after_pool={cfg.final_ln_after_pool}")
         proj = self.param("proj", boxed(normal_init(scale), (EMBED, PROJ)), (w, self.embed_dim), pd)
-        pooled = pooled @ proj.astype(self.dtype)
+        pooled = pooled.astype(self.dtype) @ proj.astype(self.dtype)
         return pooled, tokens
 
 

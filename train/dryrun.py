@@ -90,7 +90,22 @@ def analyse(config) -> dict:
     from vlscale.models import flops
 
     out["paper_train_flops_per_step"] = flops.training_flops(config.model, batch_size=gbs)
+    out["runtime"] = runtime_summary(config)
     return out
+
+
+def runtime_summary(config) -> dict:
+    """The resolved runtime fields of a config (after ``loop.resolve_config``) and which of them were defaults."""
+    return {"dtype": str(config.dtype), "param_dtype": str(config.param_dtype), "remat": str(config.remat),
+            "scan_layers": bool(config.scan_layers), "attention": str(config.attention),
+            "auto_fields": [f for f in str(config.get("auto_fields", "")).split(",") if f]}
+
+
+def runtime_line(runtime: dict) -> str:
+    auto = ", ".join(runtime["auto_fields"]) or "none"
+    return (f"  runtime           dtype {runtime['dtype']}, param_dtype {runtime['param_dtype']} (master weights "
+            f"and Adam moments float32), remat {runtime['remat']}, scan_layers {runtime['scan_layers']}, "
+            f"attention {runtime['attention']}; model/platform defaults filled: {auto}")
 
 
 def dry_run(config) -> str:
@@ -103,6 +118,7 @@ def dry_run(config) -> str:
     lines = [
         f"dry run: {a['model']}, global batch {a['global_batch_size']}, {n} x {a['device_kind']}, "
         f"mesh {a['mesh']}",
+        runtime_line(a["runtime"]),
         f"  parameters        {_gib(a['params_bytes_per_device'])} per device, {a['params_bytes_per_device']} bytes "
         f"({_gib(a['params_bytes'])} in all, {a['params_bytes']} bytes; / {n} devices = {_gib(a['params_bytes'] / n)})",
         f"  optimizer state   {_gib(a['opt_state_bytes_per_device'])} per device, {a['opt_state_bytes_per_device']} "

@@ -33,12 +33,20 @@ Evaluator = Callable[..., "dict[str, float]"]
 
 
 def resolve_config(config):
-    """A copy with the data pipeline tied to the run: global batch, the model's image size and context, the seed."""
+    """A copy with the data pipeline tied to the run (global batch, the model's image size and context, the seed)
+    and the runtime fields left at "auto" filled for the model and platform (``configs.train.resolve_runtime``;
+    the names filled are listed in ``auto_fields``, which run.json and ``--dry-run`` show)."""
+    import jax
+
+    from vlscale.configs import train as train_config
     from vlscale.models.config import get_config
 
     config = config.copy_and_resolve_references()
     model = get_config(config.model)
+    filled = train_config.resolve_runtime(config, jax.default_backend())
     with config.unlocked():
+        if filled or "auto_fields" not in config:
+            config.auto_fields = ",".join(filled)
         config.data.batch_size = int(config.global_batch_size)
         config.data.image_size = int(model.image_size)
         config.data.context_length = int(model.context_length)

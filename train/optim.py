@@ -104,6 +104,17 @@ def make_adam(config) -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=float(config.beta1), b2=float(config.beta2), eps=float(config.eps))
 
 
+def compute_params(params: Any, mask: Any, dtype: Any) -> Any:
+    """The weights the forward reads, as open_clip's autocast casts them: the decayed leaves (matrices,
+    embeddings, projections) in ``dtype``; norms, biases, layer-scale gammas, the class token and the temperature
+    stay float32. Called inside the differentiated loss, so gradients, Adam moments and the updates they make
+    stay with the float32 master copy: an update below ``dtype``'s resolution is kept, not rounded away."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return params
+    return jax.tree.map(lambda p, decay: p.astype(dtype) if decay else p, params, mask)
+
+
 def adamw_update(params: Any, adam_updates: Any, mask: Any, lr: jax.Array, weight_decay: jax.Array) -> Any:
     """Decoupled AdamW as torch does it: p <- p - lr·(adam + wd·p) on decayed leaves, p - lr·adam elsewhere."""
 

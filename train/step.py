@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from vlscale.configs import train as train_config
 from vlscale.models import registry
 from vlscale.models.config import get_config as get_model_config
+from vlscale.models.layers import compute_dtype
 from vlscale.train import losses, optim
 from vlscale.runtime import sharding
 
@@ -67,6 +69,9 @@ class StepSpec:
 
     @classmethod
     def from_config(cls, config, mesh, image_dtype: str = "float32") -> "StepSpec":
+        if not train_config.is_resolved(config):  # benches pass configs that did not go through resolve_config
+            config = config.copy_and_resolve_references()
+            train_config.resolve_runtime(config, mesh.devices.flat[0].platform)
         return cls(model=str(config.model), dtype=str(config.dtype), remat=str(config.remat),
                    scan_layers=bool(config.scan_layers), global_batch_size=int(config.global_batch_size),
                    grad_accum=int(config.grad_accum), beta1=float(config.beta1), beta2=float(config.beta2),
@@ -96,9 +101,12 @@ class TrainStep:
 
     def __init__(self, spec: StepSpec, mesh):
         self.spec, self.mesh = spec, mesh
+        # Master weights and Adam moments are float32 whatever param_dtype says: the forward reads a cast copy
+        # (optim.compute_params), so small updates accumulate in float32 as under open_clip's AMP.
         self.model = registry.build_model(spec.model, dtype=spec.dtype, remat=spec.remat,
-                                          scan_layers=spec.scan_layers, param_dtype=spec.param_dtype,
+                                          scan_layers=spec.scan_layers, param_dtype="float32",
                                           attention=spec.attention)
+        self.weight_dtype = compute_dtype(spec.param_dtype)
         self.config = self.model.config
         self.family = self.config.family
         self.adam = optax_adam(spec)
@@ -153,12 +161,14 @@ class TrainStep:
     # --- loss ---------------------------------------------------------------------------------------------------
 
     def _features(self, params, images, tokens):
+        params = optim.compute_params(params, self.mask, self.weight_dtype)
         apply = lambda method, x: self.model.apply({"params": params}, x, normalize=True, method=method)  # noqa
         return apply(self.model.encode_image, images), apply(self.model.encode_text, tokens)
 
     def _micro_loss(self, params, images, tokens, cached_img, cached_txt, slot, n_tokens):
         """Loss of the global batch with micro-batch ``slot`` live (the others from the cache)."""
         s = self.spec
+        params = optim.compute_params(params, self.mask, self.weight_dtype)
         if self.family == "mammut":
             # Hidden states + LM head: the caption CE applies the head in chunks, so the [B, L-1, vocab] logits
             # and their float32 copies never exist whole (losses.caption_nll_from_hidden); on the mesh, the LM head

@@ -19,9 +19,15 @@ def total_steps(config) -> int:
 
 
 def check_config(config, *, device_count: int, process_count: int) -> None:
+    import jax
+
+    from vlscale.configs import train as train_config
     from vlscale.models.config import RuntimeOptions, get_config
 
     get_config(config.model)  # unknown model: one line with close names
+    if not train_config.is_resolved(config):  # a config not yet through loop.resolve_config (study preflight)
+        config = config.copy_and_resolve_references()
+        train_config.resolve_runtime(config, jax.default_backend())
     RuntimeOptions(dtype=config.dtype, remat=config.remat, scan_layers=bool(config.scan_layers),
                    param_dtype=config.param_dtype, attention=config.attention)
     gbs = int(config.global_batch_size)
