@@ -209,7 +209,16 @@ def apply_overrides(cfg: ml_collections.ConfigDict, pairs: Sequence[tuple[str, s
         current = node[leaf]
         if isinstance(current, ml_collections.ConfigDict):
             raise UserError(f"--config.{field}: is a group of fields; set one of {', '.join(current.keys())}")
-        value = parse_value(text, current, field)
+        proto = current
+        if current is None and text.strip().lower() not in ("none", "null"):
+            # An unset typed field (a FieldReference(None, field_type=bool) "auto" sentinel): parse as its type.
+            try:
+                declared = node.get_ref(leaf).get_type()
+            except (AttributeError, KeyError, ValueError):
+                declared = None
+            if declared in (bool, int, float):
+                proto = declared()
+        value = parse_value(text, proto, field)
         try:
             node[leaf] = value
         except TypeError as e:

@@ -63,13 +63,13 @@ def test_bf16_on_cpu_gives_metrics_close_to_float32(tmp_path, clip_ckpt, monkeyp
         assert a["metrics"].keys() == b["metrics"].keys()
         for k, v in a["metrics"].items():
             assert b["metrics"][k] == pytest.approx(v, abs=0.04), k  # at most 5 of 128 images flip
-    assert fp32[0]["metrics"] != bf16[0]["metrics"]  # bf16 really ran: near-ties of random weights flip
 
     ds = datasets.open_dataset("synth:colour", "zeroshot", num_examples=128)
     em32, em16 = (EvalModel.create(ckpt.model_name, ckpt.params, dtype=d) for d in ("fp32", "bf16"))
     images = np.stack([ds.preprocessed(i, em32.config.image_size) for i in range(ds.num_images)])[:BATCH]
     f32, f16 = (np.asarray(em.fn("encode_image")(em.params, em.replicated(images))) for em in (em32, em16))
     assert f16.dtype == np.float32 and np.min(np.sum(f32 * f16, axis=1)) > 0.999
+    assert not np.array_equal(f32, f16)  # bf16 really ran (the metrics of random weights may or may not flip)
     w32 = zeroshot.build_classifier(em32, ds.prompts, BATCH, progress=None)
     w16 = zeroshot.build_classifier(em16, ds.prompts, BATCH, progress=None)
     p32 = zeroshot.classify(em32, ds, w32, BATCH)["pred"]

@@ -152,6 +152,7 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
         yield flag
         return
     in_hook = [False]
+    closing = [False]
 
     def handler(signum, frame):
         flag.count += 1
@@ -159,6 +160,8 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
         if first:
             flag.signum = signum
         if in_hook[0]:  # raised here it would be swallowed once more; the watchdog delivers it after the hook
+            return
+        if closing[0]:  # the block is being left (its stop, if any, is already under way): count, do not raise
             return
         if raise_on_signal and flag.delivered <= flag.swallowed:  # the first, or every earlier one was swallowed
             flag.delivered += 1
@@ -191,6 +194,9 @@ def stop_on_signals(raise_on_signal: bool = True, force_after: float | None = No
     try:
         yield flag
     finally:
+        # A signal during this cleanup (a third Ctrl-C while the watchdog is joined) must not raise out of it: that
+        # would print a traceback past the command's one-line report.
+        closing[0] = True
         watchdog.stop()
         _active.remove(flag)
         sys.unraisablehook = previous_hook
