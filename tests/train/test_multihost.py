@@ -177,7 +177,7 @@ def test_parameters_split_over_two_processes_evaluate_and_caption(matrix, tmp_pa
     out = _two_processes(cache, [sys.executable, "-m", "vlscale", "eval", "--checkpoint", str(clip), "--task",
                                     "zeroshot", "--dataset", "synth:colour", "--num-examples", "48", "--batch-size",
                                     "16", "--out", str(tmp_path / "eval2"), "--results", str(tmp_path / "two.csv")])
-    assert out[1] == ""  # the first process reports and writes
+    assert out[1].strip() == ""  # the first process reports and writes (a split gloo notice may leave a newline)
     two = json.loads((tmp_path / "eval2" / f"step_{STEPS}" / "zeroshot_synth_colour.json").read_text())
     (one,) = runner.evaluate_checkpoint(clip, [runner.TaskSpec("zeroshot", "synth:colour", num_examples=48)],
                                         out_dir=tmp_path / "eval1", results=tmp_path / "one.csv", batch_size=16)
@@ -195,4 +195,4 @@ def test_parameters_split_over_two_processes_evaluate_and_caption(matrix, tmp_pa
     size = em.config.image_size
     batch = np.stack([transforms.eval_transform(transforms.load_image(p), size=size) for p in images] * 2)[:4]
     want = generative.caption_images(em, batch, method="greedy")[:3]
-    assert out[0].splitlines() == [f"{p}\t{c}" for p, c in zip(images, want)] and out[1] == ""
+    assert [ln for ln in out[0].splitlines() if ln.strip()] == [f"{p}\t{c}" for p, c in zip(images, want)] and out[1].strip() == ""
